@@ -1,0 +1,1 @@
+//! The command table: flags and key positions of every command.

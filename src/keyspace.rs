@@ -1,0 +1,1 @@
+//! Key pattern -> keyspace mode.

@@ -1,0 +1,29 @@
+//! cachet: a sidecar consistency proxy for Redis.
+//!
+//! An application points its Redis URL at cachet; cachet parses every command, decides
+//! what it touches, and forwards it to the upstream Redis over a few shared, pipelined
+//! connections (or a pinned one while the client is in a stateful mode).
+//!
+//! # Layout
+//!
+//! A command's life, stage by stage, with the file that owns each stage:
+//!
+//! | stage | file |
+//! |---|---|
+//! | accept, connection limit, shutdown | `listener.rs` |
+//! | one client: read, order, reply | `session/mod.rs` |
+//! | decode requests with limits (RESP2/RESP3/inline) | `resp/request.rs` |
+//! | find reply frame boundaries, encode local replies | `resp/reply.rs` |
+//! | command table, flags, key positions | `command/` |
+//! | key pattern -> keyspace mode | `keyspace.rs` |
+//! | session state answered locally (`SELECT`, `HELLO`, `CLIENT`, `AUTH`) | `session/local.rs` |
+//! | stateful modes on a dedicated connection (`MULTI`, subscribe, blocking) | `session/pinned.rs` |
+//! | the rewrite stage (where a command becomes its upstream form) | `rewrite.rs` |
+//! | shared multiplexed upstream connections | `upstream/shared.rs` |
+//! | connecting and the per-connection handshake | `upstream/connect.rs` |
+//! | configuration: TOML schema, defaults, validation | `config.rs` |
+
+pub mod command;
+pub mod config;
+pub mod keyspace;
+pub mod resp;

@@ -1,0 +1,2 @@
+//! RESP wire format: request decoding with limits, reply framing, local reply encoding.
+//! Knows nothing of sockets: an incomplete frame is "not yet", never an error.

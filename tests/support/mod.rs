@@ -1,0 +1,5 @@
+//! Test support: real `redis-server` processes on free ports, cachet in-process, raw
+//! RESP clients. Each test owns its servers; nothing depends on a fixed port.
+#![allow(dead_code)]
+
+pub mod redis;

@@ -21,9 +21,18 @@
 //! | the rewrite stage (where a command becomes its upstream form) | `rewrite.rs` |
 //! | shared multiplexed upstream connections | `upstream/shared.rs` |
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
+//! | what all sessions share (upstream, table, server facts) | `context.rs` |
 //! | configuration: TOML schema, defaults, validation | `config.rs` |
 
 pub mod command;
 pub mod config;
+pub mod context;
 pub mod keyspace;
+pub mod listener;
 pub mod resp;
+pub mod rewrite;
+pub mod session;
+pub mod upstream;
+
+pub use config::Config;
+pub use listener::{Server, ServerError};

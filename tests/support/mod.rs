@@ -2,4 +2,6 @@
 //! RESP clients. Each test owns its servers; nothing depends on a fixed port.
 #![allow(dead_code)]
 
+pub mod cachet;
+pub mod raw;
 pub mod redis;

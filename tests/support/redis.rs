@@ -123,7 +123,10 @@ impl RedisServer {
                 return;
             }
             self.kill();
-            assert!(Instant::now() < deadline, "redis-server did not restart on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -1,0 +1,168 @@
+//! What every session shares: the upstream, the command table, facts about the upstream
+//! server (for `HELLO` and `SELECT`), limits and timeouts, and the shutdown signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::command::CommandTable;
+use crate::resp::{Limits, reply};
+use crate::upstream::connect::{Identity, connect, roundtrip};
+use crate::upstream::{Settings, Upstream, UpstreamError};
+
+/// Facts about the upstream server that sessions answer from locally.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `HELLO` reply fields as raw frames, per protocol version (index 0: RESP2,
+    /// 1: RESP3), in the server's order. `proto` and `id` are replaced per session.
+    pub hello: [Vec<(Bytes, Bytes)>; 2],
+    /// Number of databases (`CONFIG GET databases`), for `SELECT` range checks.
+    pub databases: u32,
+    /// Whether the upstream knows `CLIENT SETINFO` (Redis 7.2+).
+    pub has_setinfo: bool,
+    /// Whether these facts came from the upstream (false: built-in defaults).
+    pub live: bool,
+}
+
+impl Default for ServerInfo {
+    fn default() -> Self {
+        let field = |k: &str, v: &[u8]| {
+            let mut key = bytes::BytesMut::new();
+            reply::push_bulk(&mut key, k.as_bytes());
+            (key.freeze(), Bytes::copy_from_slice(v))
+        };
+        let fields = vec![
+            field("server", b"$5\r\nredis\r\n"),
+            field("version", b"$5\r\n7.0.0\r\n"),
+            field("proto", b":2\r\n"),
+            field("id", b":0\r\n"),
+            field("mode", b"$10\r\nstandalone\r\n"),
+            field("role", b"$6\r\nmaster\r\n"),
+            field("modules", b"*0\r\n"),
+        ];
+        ServerInfo {
+            hello: [fields.clone(), fields],
+            databases: 16,
+            has_setinfo: false,
+            live: false,
+        }
+    }
+}
+
+/// Process-wide state handed to every session.
+#[derive(Debug)]
+pub struct Context {
+    pub upstream: Upstream,
+    pub table: ArcSwap<CommandTable>,
+    pub server: ArcSwap<ServerInfo>,
+    pub limits: Limits,
+    /// The database a new session starts in (the upstream URL's).
+    pub default_db: u32,
+    next_session: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Context {
+    pub fn new(
+        upstream: Upstream,
+        limits: Limits,
+        default_db: u32,
+        shutdown: watch::Receiver<bool>,
+    ) -> Context {
+        Context {
+            upstream,
+            table: ArcSwap::from_pointee(CommandTable::builtin()),
+            server: ArcSwap::from_pointee(ServerInfo::default()),
+            limits,
+            default_db,
+            next_session: AtomicU64::new(1),
+            shutdown,
+        }
+    }
+
+    /// A new session id, used for `CLIENT ID` and to spread sessions over connections.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Reads the command table and server facts from the upstream. On failure the
+    /// built-in table and defaults stay in place.
+    pub async fn discover(&self) -> Result<(), UpstreamError> {
+        let settings: &Settings = self.upstream.settings();
+        let mut conn = connect(settings, Identity { db: 0, proto: 2 }).await?;
+        let cmd = |args: &[&str]| -> Vec<Bytes> {
+            args.iter()
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect()
+        };
+        let replies = tokio::time::timeout(
+            settings.command_timeout.max(Duration::from_secs(1)),
+            roundtrip(
+                &mut conn,
+                &[
+                    cmd(&["COMMAND"]),
+                    cmd(&["HELLO", "3"]),
+                    cmd(&["HELLO", "2"]),
+                    cmd(&["CONFIG", "GET", "databases"]),
+                ],
+            ),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(settings.command_timeout))??;
+        let [command, hello3, hello2, databases] = replies.as_slice() else {
+            return Err(UpstreamError::Protocol("missing discovery replies".into()));
+        };
+        match CommandTable::from_command_reply(command) {
+            Ok(table) => {
+                let table = table.merged_with_builtin();
+                tracing::debug!(commands = table.len(), "command table read from upstream");
+                self.table.store(Arc::new(table));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read COMMAND from upstream; using the built-in Redis 7 table");
+            }
+        }
+        let mut info = ServerInfo::default();
+        if let (Some(h2), Some(h3)) = (hello_fields(hello2), hello_fields(hello3)) {
+            info.hello = [h2, h3];
+        }
+        if let Some(n) = reply::elements(databases)
+            .and_then(|el| el.get(1).and_then(|v| reply::string_value(v)))
+            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+        {
+            info.databases = n;
+        }
+        info.has_setinfo = self
+            .table
+            .load()
+            .lookup(&[
+                Bytes::from_static(b"client"),
+                Bytes::from_static(b"setinfo"),
+            ])
+            .map(|c| c.name == "client|setinfo")
+            .unwrap_or(false);
+        info.live = true;
+        self.server.store(Arc::new(info));
+        Ok(())
+    }
+}
+
+/// The key/value frames of a `HELLO` reply (a RESP3 map or a RESP2 flat array).
+fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
+    let el = reply::elements(frame)?;
+    if el.len() % 2 != 0 || el.is_empty() {
+        return None;
+    }
+    Some(
+        el.chunks(2)
+            .filter_map(|kv| match kv {
+                [k, v] => Some((Bytes::copy_from_slice(k), Bytes::copy_from_slice(v))),
+                _ => None,
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,212 @@
+//! The accept loop: binding, the client limit, and graceful shutdown (stop accepting,
+//! let in-flight commands finish within the grace period, close).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+
+use crate::config::Config;
+use crate::context::Context;
+use crate::resp::Limits;
+use crate::session;
+use crate::upstream::{Settings, Upstream};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("upstream TLS (rediss://) is not supported yet")]
+    TlsUnsupported,
+}
+
+/// A bound, not yet running, cachet.
+pub struct Server {
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    shutdown: watch::Sender<bool>,
+    max_clients: usize,
+    grace: Duration,
+}
+
+impl Server {
+    /// Binds the listen address and prepares the upstream. Connections to the upstream
+    /// are made lazily; if it is down now, cachet still starts and fails closed.
+    pub async fn bind(config: &Config) -> Result<Server, ServerError> {
+        let address = config.listen.address;
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| ServerError::Bind { address, source })?;
+        let url = &config.upstream.url;
+        if url.tls {
+            return Err(ServerError::TlsUnsupported);
+        }
+        let settings = Settings {
+            address: url.address(),
+            username: config
+                .upstream
+                .username
+                .clone()
+                .or_else(|| url.username.clone()),
+            password: config
+                .upstream
+                .password
+                .clone()
+                .or_else(|| url.password.clone()),
+            connect_timeout: config.upstream.connect_timeout,
+            command_timeout: config.upstream.command_timeout,
+            shared_connections: config.upstream.shared_connections,
+        };
+        let limits = Limits {
+            max_bulk_len: config.limits.max_bulk_len,
+            max_multibulk_len: config.limits.max_multibulk_len,
+            max_inline_len: config.limits.max_inline_len,
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(Context::new(
+            Upstream::new(settings),
+            limits,
+            url.db,
+            shutdown_rx,
+        ));
+        match ctx.discover().await {
+            Ok(()) => {
+                // Open the default shared connections now so the first client does not
+                // pay for them.
+                let _ = ctx.upstream.shared(
+                    crate::upstream::Identity {
+                        db: url.db,
+                        proto: 2,
+                    },
+                    0,
+                );
+            }
+            Err(e) => {
+                tracing::warn!(upstream = %ctx.upstream.settings().address, error = %e, "upstream not reachable at start-up; serving with the built-in command table and retrying");
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let mut wait = Duration::from_millis(200);
+                    loop {
+                        tokio::time::sleep(wait).await;
+                        if *ctx.shutdown.borrow() {
+                            return;
+                        }
+                        if ctx.discover().await.is_ok() {
+                            tracing::info!("upstream reachable; command table read");
+                            return;
+                        }
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
+                });
+            }
+        }
+        Ok(Server {
+            listener,
+            ctx,
+            shutdown,
+            max_clients: config.listen.max_clients,
+            grace: config.listen.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    pub fn context(&self) -> Arc<Context> {
+        self.ctx.clone()
+    }
+
+    /// Serves until `signal` completes, then drains: no new connections, sessions finish
+    /// what they have started, and whatever is left after the grace period is dropped.
+    pub async fn run(self, signal: impl Future<Output = ()>) {
+        let active = Arc::new(Active::default());
+        tokio::pin!(signal);
+        tracing::info!(address = %self.local_addr(), upstream = %self.ctx.upstream.settings().address, "cachet listening");
+        loop {
+            tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, peer)) => self.admit(stream, peer, &active),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = &mut signal => break,
+            }
+        }
+        drop(self.listener);
+        let _ = self.shutdown.send(true);
+        let clients = active.count.load(Ordering::Relaxed);
+        tracing::info!(clients, grace = ?self.grace, "shutting down: draining clients");
+        let drained = tokio::time::timeout(self.grace, active.drained())
+            .await
+            .is_ok();
+        if !drained {
+            tracing::warn!(
+                clients = active.count.load(Ordering::Relaxed),
+                "grace period over; closing the remaining connections"
+            );
+        }
+    }
+
+    fn admit(&self, mut stream: TcpStream, peer: SocketAddr, active: &Arc<Active>) {
+        if active.count.load(Ordering::Relaxed) >= self.max_clients {
+            tokio::spawn(async move {
+                let _ = stream
+                    .write_all(b"-ERR max number of clients reached\r\n")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+            return;
+        }
+        active.count.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(active.clone());
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            session::run(ctx, stream, peer).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Live client connections, and a way to wait for there to be none.
+#[derive(Default)]
+struct Active {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl Active {
+    async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+struct ActiveGuard(Arc<Active>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}

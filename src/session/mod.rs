@@ -1,0 +1,704 @@
+//! One client connection: read commands, route each one, answer in order.
+//!
+//! A session is one task. It decodes what the client sent, answers session-state
+//! commands itself, and sends the rest upstream: to its shared connection, or to a
+//! pinned one while it is in a stateful mode. Replies are queued in the order the
+//! commands arrived and written to the client in batches.
+//!
+//! Ordering rule: a session has requests outstanding on at most one upstream connection
+//! at a time. Before it sends to a different one (another database, a pinned
+//! connection), it waits until everything outstanding is answered. That keeps a
+//! client's pipeline in order across connections (`SET k 1`, `SELECT`, `MOVE`, `MULTI`)
+//! and lets every upstream reply arrive on one channel in request order.
+
+mod local;
+mod pinned;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::command::{CommandKind, CommandTable};
+use crate::context::Context;
+use crate::resp::{Decoder, Request, reply};
+use crate::rewrite::{self, Plan};
+use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
+use local::ReplyMode;
+use pinned::{Incoming, Pinned, SessionEffect};
+
+/// Commands accepted ahead of their replies before cachet stops reading the client.
+const MAX_QUEUED: usize = 16 * 1024;
+/// Reply bytes waiting for a slow client before cachet stops reading it.
+const MAX_OUT: usize = 8 * 1024 * 1024;
+/// Read buffer given to a connection when it has something to read.
+const READ_CHUNK: usize = 16 * 1024;
+/// Buffers grown past this by a large value are released once empty.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// A reply still owed to the client, in request order.
+#[derive(Debug)]
+enum Slot {
+    /// Known now, but behind an upstream reply.
+    Ready(Bytes),
+    /// Coming from upstream as `frames` frames; not written if `discard`.
+    Await {
+        frames: u32,
+        discard: bool,
+        post: Post,
+    },
+}
+
+/// Session state to update when an awaited reply arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Post {
+    Nothing,
+    /// `HELLO … AUTH` verified upstream: on success, switch protocol, set the name and
+    /// answer with the `HELLO` reply instead.
+    Hello {
+        proto: u8,
+        setname: Option<Bytes>,
+    },
+}
+
+/// Where a command goes upstream; a session has outstanding requests on one at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Shared(Identity),
+    Pinned,
+    /// A one-off connection (credential checks).
+    Aux,
+}
+
+/// Why the loop woke.
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Upstream(Reply),
+    PinnedRead(std::io::Result<usize>),
+    PinnedTimeout,
+    Shutdown,
+}
+
+pub struct Session {
+    id: u64,
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    table: Arc<CommandTable>,
+    db: u32,
+    proto: u8,
+    name: Option<Bytes>,
+    reply_mode: ReplyMode,
+    decoder: Decoder,
+    rbuf: BytesMut,
+    out: BytesMut,
+    slots: VecDeque<Slot>,
+    /// `Await` slots in `slots`.
+    inflight: usize,
+    route: Option<Route>,
+    shared: Option<(Identity, SharedConn)>,
+    reply_tx: ReplyTx,
+    pinned: Option<Pinned>,
+    /// A command that must wait until everything outstanding is answered.
+    stalled: Option<Request>,
+    /// No more commands are read; the session ends once every reply is written.
+    closing: bool,
+}
+
+/// Runs one client connection to its end.
+pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+    let id = ctx.next_session_id();
+    let session = Session {
+        id,
+        table: ctx.table.load_full(),
+        peer,
+        db: ctx.default_db,
+        proto: 2,
+        name: None,
+        reply_mode: ReplyMode::On,
+        decoder: Decoder::new(ctx.limits),
+        rbuf: BytesMut::new(),
+        out: BytesMut::new(),
+        slots: VecDeque::new(),
+        inflight: 0,
+        route: None,
+        shared: None,
+        reply_tx,
+        pinned: None,
+        stalled: None,
+        closing: false,
+        ctx,
+    };
+    session.serve(stream, reply_rx).await;
+}
+
+impl Session {
+    async fn serve(mut self, stream: TcpStream, mut reply_rx: ReplyRx) {
+        let (mut client_rd, mut client_wr) = stream.into_split();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut shutting_down = *shutdown.borrow();
+        if shutting_down {
+            self.closing = true;
+        }
+        loop {
+            if self.closing && self.slots.is_empty() && self.out.is_empty() {
+                break;
+            }
+            let want_read = !self.closing
+                && self.stalled.is_none()
+                && self.slots.len() < MAX_QUEUED
+                && self.out.len() < MAX_OUT;
+            if want_read && self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                let want = self.decoder.wants(&self.rbuf).clamp(READ_CHUNK, 1 << 20);
+                self.rbuf.reserve(want);
+            }
+            let timeout = self.ctx.upstream.settings().command_timeout;
+            let deadline = self.pinned.as_ref().and_then(|p| p.deadline(timeout));
+            let event = {
+                let rbuf = &mut self.rbuf;
+                let out = &self.out;
+                let pinned = &mut self.pinned;
+                tokio::select! {
+                    r = client_rd.read_buf(rbuf), if want_read => Event::ClientRead(r),
+                    Some(r) = reply_rx.recv() => Event::Upstream(r),
+                    r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
+                    r = read_pinned(pinned) => Event::PinnedRead(r),
+                    _ = sleep_until(deadline) => Event::PinnedTimeout,
+                    _ = shutdown.changed(), if !shutting_down => Event::Shutdown,
+                }
+            };
+            match event {
+                Event::ClientRead(Ok(0)) => self.closing = true,
+                Event::ClientRead(Ok(_)) => self.process().await,
+                Event::ClientRead(Err(e)) => {
+                    tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
+                    break;
+                }
+                Event::Wrote(Ok(n)) => {
+                    self.out.advance(n);
+                    if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+                        self.out = BytesMut::new();
+                    }
+                }
+                Event::Wrote(Err(e)) => {
+                    tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
+                    break;
+                }
+                Event::Upstream(r) => {
+                    self.on_upstream(r);
+                    self.resume().await;
+                }
+                Event::PinnedRead(Ok(n)) if n > 0 => {
+                    self.on_pinned_data();
+                    self.resume().await;
+                }
+                Event::PinnedRead(Ok(_)) => {
+                    self.pinned_failed(UpstreamError::Io("connection closed by upstream".into()));
+                    self.resume().await;
+                }
+                Event::PinnedRead(Err(e)) => {
+                    self.pinned_failed(UpstreamError::Io(e.to_string()));
+                    self.resume().await;
+                }
+                Event::PinnedTimeout => {
+                    self.pinned_failed(UpstreamError::Timeout(timeout));
+                    self.resume().await;
+                }
+                Event::Shutdown => {
+                    shutting_down = true;
+                    self.closing = true;
+                    // A subscriber or a blocked command would hold shutdown for the
+                    // whole grace period; end them now.
+                    if self.pinned.as_ref().is_some_and(Pinned::waiting_long) {
+                        self.pinned_failed(UpstreamError::Unavailable(
+                            "cachet is shutting down".into(),
+                        ));
+                    }
+                }
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
+                self.rbuf = BytesMut::new();
+            }
+        }
+        let _ = client_wr.shutdown().await;
+    }
+
+    /// Decodes and routes buffered commands until the buffer is empty or a command must
+    /// wait for outstanding replies.
+    async fn process(&mut self) {
+        self.table = self.ctx.table.load_full();
+        while !self.closing {
+            let req = match self.stalled.take() {
+                Some(req) => req,
+                None => match self.decoder.decode(&mut self.rbuf) {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return,
+                    Err(e) => {
+                        tracing::info!(session = self.id, peer = %self.peer, error = %e, "protocol error; closing the connection");
+                        self.queue(e.reply());
+                        self.closing = true;
+                        return;
+                    }
+                },
+            };
+            if let Some(req) = self.handle(req).await {
+                self.stalled = Some(req);
+                return;
+            }
+        }
+    }
+
+    /// Continues with buffered commands once a reply or a pinned connection's end may
+    /// have lifted a wait.
+    async fn resume(&mut self) {
+        if self.inflight == 0 {
+            if self.pinned.as_ref().is_some_and(Pinned::done) {
+                self.unpin();
+            }
+            if self.stalled.is_some() || !self.rbuf.is_empty() {
+                self.process().await;
+            }
+        }
+    }
+
+    /// Routes one command; gives it back if it must wait.
+    async fn handle(&mut self, req: Request) -> Option<Request> {
+        use CommandKind as K;
+        let info = self.table.lookup(&req.args).cloned();
+        let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
+        // Inside the client's transaction everything is queued upstream, except what
+        // ends the connection itself.
+        if self.pinned.as_ref().is_some_and(|p| p.multi) && !matches!(kind, K::Quit | K::Reset) {
+            return self.send_pinned(req, kind, false).await;
+        }
+        match kind {
+            K::Quit => {
+                self.queue(Bytes::from_static(reply::OK));
+                self.closing = true;
+                None
+            }
+            K::Reset => {
+                if self.inflight > 0 {
+                    return Some(req);
+                }
+                self.reset();
+                self.queue(Bytes::from_static(b"+RESET\r\n"));
+                None
+            }
+            K::Select => {
+                let info = self.ctx.server.load();
+                match local::select(&req.args, &info) {
+                    Ok(db) if self.pinned.is_some() => {
+                        let _ = db;
+                        self.send_pinned(req, kind, false).await
+                    }
+                    Ok(db) => {
+                        self.db = db;
+                        self.reply(Bytes::from_static(reply::OK));
+                        None
+                    }
+                    Err(e) => {
+                        self.reply(e);
+                        None
+                    }
+                }
+            }
+            K::Hello => self.hello(req).await,
+            K::Auth => self.auth(req, Post::Nothing),
+            K::ClientId => {
+                let mut out = BytesMut::new();
+                reply::push_int(&mut out, self.id as i64);
+                self.reply(out.freeze());
+                None
+            }
+            K::ClientGetName => {
+                let r = local::getname(self.name.as_ref(), self.proto);
+                self.reply(r);
+                None
+            }
+            K::ClientSetName => {
+                let r = match req.args.get(2) {
+                    Some(name) if req.args.len() == 3 => match local::check_name(name) {
+                        Ok(()) => {
+                            self.name = (!name.is_empty()).then(|| name.clone());
+                            Bytes::from_static(reply::OK)
+                        }
+                        Err(e) => e,
+                    },
+                    _ => reply::wrong_arity("client|setname"),
+                };
+                self.reply(r);
+                None
+            }
+            K::ClientSetInfo if self.ctx.server.load().has_setinfo => {
+                let r = match local::setinfo(&req.args) {
+                    Ok(()) => Bytes::from_static(reply::OK),
+                    Err(e) => e,
+                };
+                self.reply(r);
+                None
+            }
+            K::ClientReply => {
+                match local::reply_mode(&req.args) {
+                    Ok(ReplyMode::On) => {
+                        self.reply_mode = ReplyMode::On;
+                        self.queue(Bytes::from_static(reply::OK));
+                    }
+                    // Neither OFF nor SKIP is answered.
+                    Ok(mode) => self.reply_mode = mode,
+                    Err(e) => self.reply(e),
+                }
+                None
+            }
+            K::Replication => {
+                self.reply(reply::error(
+                    "ERR cachet: replication commands (SYNC, PSYNC, REPLCONF) cannot go through a proxy; connect replicas to Redis directly",
+                ));
+                None
+            }
+            K::Multi
+            | K::Watch
+            | K::Subscribe
+            | K::PSubscribe
+            | K::SSubscribe
+            | K::Unsubscribe
+            | K::PUnsubscribe
+            | K::SUnsubscribe
+            | K::Monitor => self.send_pinned(req, kind, false).await,
+            K::ClientTracking
+                if self.pinned.is_some()
+                    || req
+                        .args
+                        .get(2)
+                        .is_some_and(|a| a.eq_ignore_ascii_case(b"on")) =>
+            {
+                self.send_pinned(req, kind, false).await
+            }
+            _ => {
+                let blocking = info.as_ref().is_some_and(|i| i.is_blocking(&req.args));
+                if blocking || self.pinned.is_some() {
+                    self.send_pinned(req, kind, blocking).await
+                } else {
+                    self.send_shared(req, info.as_deref())
+                }
+            }
+        }
+    }
+
+    /// Sends a command over the session's shared connection, through the rewrite stage.
+    fn send_shared(
+        &mut self,
+        req: Request,
+        info: Option<&crate::command::CommandInfo>,
+    ) -> Option<Request> {
+        let id = self.identity();
+        let route = Route::Shared(id);
+        if self.inflight > 0 && self.route != Some(route) {
+            return Some(req);
+        }
+        let conn = match &self.shared {
+            Some((cid, conn)) if *cid == id => conn.clone(),
+            _ => {
+                let conn = self.ctx.upstream.shared(id, self.id);
+                self.shared = Some((id, conn.clone()));
+                conn
+            }
+        };
+        let Plan::Forward { data, frames } = rewrite::plan(&req, info);
+        conn.send(Job {
+            data,
+            frames,
+            reply: self.reply_tx.clone(),
+        });
+        self.await_reply(route, frames, Post::Nothing);
+        None
+    }
+
+    /// Sends a command over the pinned connection, pinning one first if needed.
+    async fn send_pinned(
+        &mut self,
+        req: Request,
+        kind: CommandKind,
+        blocking: bool,
+    ) -> Option<Request> {
+        if self.pinned.is_none() {
+            if self.inflight > 0 {
+                return Some(req);
+            }
+            match self.ctx.upstream.pin(self.identity()).await {
+                Ok(conn) => self.pinned = Some(Pinned::new(conn, self.identity())),
+                Err(e) => {
+                    self.reply(e.reply());
+                    return None;
+                }
+            }
+        }
+        let p = self.pinned.as_mut()?;
+        match p.send(&req, kind, blocking).await {
+            Ok(0) => {}
+            Ok(frames) => self.await_reply(Route::Pinned, frames, Post::Nothing),
+            Err(e) => {
+                self.reply(e.reply());
+                self.pinned_failed(e);
+            }
+        }
+        None
+    }
+
+    fn await_reply(&mut self, route: Route, frames: u32, post: Post) {
+        let discard = self.take_discard();
+        self.slots.push_back(Slot::Await {
+            frames,
+            discard,
+            post,
+        });
+        self.inflight += 1;
+        self.route = Some(route);
+    }
+
+    /// `AUTH`, checked against the upstream on a connection of its own: the reply is
+    /// the upstream's own, and no shared connection changes user.
+    fn auth(&mut self, req: Request, post: Post) -> Option<Request> {
+        if self.inflight > 0 && self.route != Some(Route::Aux) {
+            return Some(req);
+        }
+        let mut settings = self.ctx.upstream.settings().clone();
+        settings.username = None;
+        settings.password = None;
+        let tx = self.reply_tx.clone();
+        let args = req.args.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let mut conn = connect::connect(&settings, Identity { db: 0, proto: 2 }).await?;
+                let mut replies = connect::roundtrip(&mut conn, &[args]).await?;
+                replies.pop().ok_or(UpstreamError::Lost)
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        self.await_reply(Route::Aux, 1, post);
+        None
+    }
+
+    async fn hello(&mut self, req: Request) -> Option<Request> {
+        let hello = match local::parse_hello(&req.args) {
+            Ok(h) => h,
+            Err(e) => {
+                self.reply(e);
+                return None;
+            }
+        };
+        let proto = hello.proto.unwrap_or(self.proto);
+        if let Some((user, pass)) = hello.auth {
+            let auth = Request::from_args([&b"AUTH"[..], &user, &pass]);
+            return self
+                .auth(
+                    auth,
+                    Post::Hello {
+                        proto,
+                        setname: hello.setname,
+                    },
+                )
+                .map(|_| req);
+        }
+        if proto != self.proto && self.pinned.is_some() {
+            // The pinned connection speaks the old protocol; switching it mid-mode
+            // would change its framing under the client's feet.
+            self.reply(reply::error(
+                "ERR cachet: HELLO cannot change the protocol inside a transaction, subscription or monitor session",
+            ));
+            return None;
+        }
+        self.apply_hello(proto, hello.setname);
+        None
+    }
+
+    fn apply_hello(&mut self, proto: u8, setname: Option<Bytes>) {
+        self.proto = proto;
+        if let Some(name) = setname {
+            self.name = (!name.is_empty()).then_some(name);
+        }
+        let r = local::hello_reply(&self.ctx.server.load(), proto, self.id);
+        self.reply(r);
+    }
+
+    /// `RESET`: back to a fresh connection's state.
+    fn reset(&mut self) {
+        self.pinned = None;
+        self.db = self.ctx.default_db;
+        self.proto = 2;
+        self.name = None;
+        self.reply_mode = ReplyMode::On;
+    }
+
+    fn identity(&self) -> Identity {
+        Identity {
+            db: self.db,
+            proto: self.proto,
+        }
+    }
+
+    /// Whether the next reply is suppressed by `CLIENT REPLY`.
+    fn take_discard(&mut self) -> bool {
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// A reply of this session's own, subject to `CLIENT REPLY`.
+    fn reply(&mut self, bytes: Bytes) {
+        if !self.take_discard() {
+            self.queue(bytes);
+        }
+    }
+
+    /// Queues bytes for the client behind whatever is owed before them.
+    fn queue(&mut self, bytes: Bytes) {
+        if self.slots.is_empty() {
+            self.out.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(Slot::Ready(bytes));
+        }
+    }
+
+    /// An upstream reply (shared connection or credential check) for the oldest slot.
+    fn on_upstream(&mut self, r: Reply) {
+        let (bytes, frames) = match r {
+            Ok(b) => (b, None),
+            Err(e) => (e.reply(), Some(u32::MAX)),
+        };
+        self.deliver(bytes, frames);
+    }
+
+    /// Gives `bytes` (the whole reply, or one frame of it when `frames` is `Some(1)`) to
+    /// the oldest awaited slot, then flushes the ready replies behind it.
+    fn deliver(&mut self, bytes: Bytes, frames: Option<u32>) {
+        let Some(Slot::Await {
+            frames: left,
+            discard,
+            post,
+        }) = self.slots.front_mut()
+        else {
+            tracing::error!(session = self.id, "reply without a request; dropped");
+            return;
+        };
+        *left = left.saturating_sub(frames.unwrap_or(*left));
+        let discard = *discard;
+        let finished = *left == 0;
+        let post = if finished {
+            std::mem::replace(post, Post::Nothing)
+        } else {
+            Post::Nothing
+        };
+        if !finished {
+            if !discard {
+                self.out.extend_from_slice(&bytes);
+            }
+            return;
+        }
+        self.slots.pop_front();
+        self.inflight -= 1;
+        match post {
+            Post::Hello { proto, setname } if bytes.starts_with(b"+OK") => {
+                self.proto = proto;
+                if let Some(name) = setname {
+                    self.name = (!name.is_empty()).then_some(name);
+                }
+                if !discard {
+                    let r = local::hello_reply(&self.ctx.server.load(), proto, self.id);
+                    self.out.extend_from_slice(&r);
+                }
+            }
+            _ => {
+                if !discard {
+                    self.out.extend_from_slice(&bytes);
+                }
+            }
+        }
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            if let Some(Slot::Ready(b)) = self.slots.pop_front() {
+                self.out.extend_from_slice(&b);
+            }
+        }
+    }
+
+    /// Frames arrived on the pinned connection.
+    fn on_pinned_data(&mut self) {
+        loop {
+            let Some(p) = self.pinned.as_mut() else {
+                return;
+            };
+            match p.next_frame() {
+                Ok(Some(Incoming::Push(bytes))) => self.out.extend_from_slice(&bytes),
+                Ok(Some(Incoming::Reply(bytes))) => {
+                    let effects = p.take_effects();
+                    self.deliver(bytes, Some(1));
+                    for e in effects {
+                        match e {
+                            SessionEffect::Select(db) => self.db = db,
+                        }
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.pinned_failed(e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The pinned connection broke or stalled: every reply it owed becomes an error. If
+    /// it held server-side state (a transaction, subscriptions) the client's session
+    /// is gone with it, so the client connection is closed after the errors, as if
+    /// Redis itself had dropped it.
+    fn pinned_failed(&mut self, err: UpstreamError) {
+        let Some(p) = self.pinned.take() else { return };
+        tracing::warn!(session = self.id, peer = %self.peer, error = %err, "pinned upstream connection failed");
+        let stateful = p.stateful();
+        drop(p);
+        let reply = err.reply();
+        while self.inflight > 0 {
+            self.deliver(reply.clone(), None);
+        }
+        if stateful {
+            self.closing = true;
+        }
+    }
+
+    fn unpin(&mut self) {
+        if let Some(p) = self.pinned.take() {
+            let id = p.identity;
+            if let Some(conn) = p.into_reusable() {
+                self.ctx.upstream.unpin(id, conn);
+            }
+        }
+        self.route = None;
+    }
+}
+
+async fn read_pinned(pinned: &mut Option<Pinned>) -> std::io::Result<usize> {
+    match pinned {
+        Some(p) => p.read().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,395 @@
+//! A session's dedicated upstream connection, held while the client is in a stateful
+//! mode that cannot share a connection: a transaction (`MULTI`, `WATCH`), the subscribe
+//! family (RESP2 subscribe mode and RESP3 pushes), `MONITOR`, `CLIENT TRACKING`, and
+//! blocking commands.
+//!
+//! Everything the session sends here is answered here, in order, so replies need no
+//! matching beyond counting: each command expects a known number of reply frames, and
+//! every other frame (a published message, a tracking invalidation, a monitor line) is
+//! an out-of-band push passed straight to the client. The state kept here is what tells
+//! the session when the connection holds no more server-side state and can go back to
+//! the idle pool.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+use crate::command::CommandKind;
+use crate::resp::reply::{elements, int_value, string_value};
+use crate::resp::{Request, Scanner};
+use crate::upstream::{Identity, UpstreamError};
+
+/// What a reply changes once it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnReply {
+    Nothing,
+    /// `EXEC`: the transaction is over; apply a `SELECT` queued inside it if it ran.
+    Exec,
+    /// `SELECT` outside a transaction: the session's database on success.
+    Select(u32),
+    /// `CLIENT TRACKING on|off` on success.
+    Tracking(bool),
+    /// `MONITOR` on success: from here on every frame is a monitor line.
+    Monitor,
+}
+
+#[derive(Debug)]
+struct Expect {
+    frames: u32,
+    blocking: bool,
+    sent_at: Instant,
+    on_reply: OnReply,
+}
+
+/// What the session must do with a frame read from the pinned connection.
+#[derive(Debug)]
+pub enum Incoming {
+    /// Out-of-band: write to the client as it comes.
+    Push(Bytes),
+    /// One reply frame of the oldest outstanding command.
+    Reply(Bytes),
+}
+
+/// A change to the session's own state caused by a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEffect {
+    Select(u32),
+}
+
+#[derive(Debug)]
+pub struct Pinned {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    scanner: Scanner,
+    pub identity: Identity,
+    expect: VecDeque<Expect>,
+    /// Inside the client's `MULTI`: every command is queued upstream.
+    pub multi: bool,
+    watching: bool,
+    tracking: bool,
+    monitor: bool,
+    /// Subscriptions as they will stand once everything sent has run: channels,
+    /// patterns, shard channels. They predict how many confirmations an argument-less
+    /// `UNSUBSCRIBE` produces.
+    subs: [HashSet<Bytes>; 3],
+    /// Subscription counts as the upstream last confirmed them (channels + patterns,
+    /// shard channels): in RESP2, a connection with any is in subscribe mode.
+    confirmed: [i64; 2],
+    /// A `SELECT` queued in the current transaction.
+    queued_select: Option<u32>,
+    /// The connection's state differs from a fresh one in ways not tracked here.
+    dirty: bool,
+    effects: Vec<SessionEffect>,
+}
+
+const CONFIRMATIONS: [&[u8]; 6] = [
+    b"subscribe",
+    b"unsubscribe",
+    b"psubscribe",
+    b"punsubscribe",
+    b"ssubscribe",
+    b"sunsubscribe",
+];
+
+impl Pinned {
+    pub fn new(conn: TcpStream, identity: Identity) -> Pinned {
+        let (rd, wr) = conn.into_split();
+        Pinned {
+            rd,
+            wr,
+            buf: BytesMut::with_capacity(4096),
+            scanner: Scanner::default(),
+            identity,
+            expect: VecDeque::new(),
+            multi: false,
+            watching: false,
+            tracking: false,
+            monitor: false,
+            subs: Default::default(),
+            confirmed: [0, 0],
+            queued_select: None,
+            dirty: false,
+            effects: Vec::new(),
+        }
+    }
+
+    /// Sends one command and returns how many reply frames it will produce (0 in monitor
+    /// mode, where nothing is a reply any more).
+    pub async fn send(
+        &mut self,
+        req: &Request,
+        kind: CommandKind,
+        blocking: bool,
+    ) -> Result<u32, UpstreamError> {
+        let (frames, on_reply) = self.expectation(req, kind);
+        self.wr
+            .write_all(&req.raw)
+            .await
+            .map_err(|e| UpstreamError::Io(e.to_string()))?;
+        if frames > 0 {
+            self.expect.push_back(Expect {
+                frames,
+                blocking: blocking && !self.multi,
+                sent_at: Instant::now(),
+                on_reply,
+            });
+        }
+        Ok(frames)
+    }
+
+    fn expectation(&mut self, req: &Request, kind: CommandKind) -> (u32, OnReply) {
+        use CommandKind as K;
+        if self.monitor {
+            return (0, OnReply::Nothing);
+        }
+        let args = req.args.get(1..).unwrap_or_default();
+        if self.multi {
+            // Queued: one `+QUEUED` (or an error) each, whatever the command.
+            match kind {
+                K::Exec => {
+                    self.multi = false;
+                    self.watching = false;
+                    return (1, OnReply::Exec);
+                }
+                K::Discard => {
+                    self.multi = false;
+                    self.watching = false;
+                    self.queued_select = None;
+                }
+                K::Select => {
+                    self.queued_select = args
+                        .first()
+                        .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+                }
+                K::Hello | K::ClientSetName | K::ClientTracking | K::ClientReply => {
+                    self.dirty = true;
+                }
+                _ => {}
+            }
+            return (1, OnReply::Nothing);
+        }
+        match kind {
+            K::Multi => self.multi = true,
+            K::Watch => self.watching = true,
+            K::Unwatch | K::Exec | K::Discard => self.watching = false,
+            K::Select => {
+                self.dirty = true;
+                if let Some(db) = args
+                    .first()
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+                {
+                    return (1, OnReply::Select(db));
+                }
+            }
+            K::ClientTracking => {
+                self.dirty = true;
+                let on = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                return (1, OnReply::Tracking(on));
+            }
+            K::Monitor => {
+                self.dirty = true;
+                return (1, OnReply::Monitor);
+            }
+            K::Hello | K::ClientSetName | K::ClientReply => self.dirty = true,
+            K::Subscribe | K::PSubscribe | K::SSubscribe => {
+                let set = self.set_of(kind);
+                for a in args {
+                    set.insert(a.clone());
+                }
+                return (args.len().max(1) as u32, OnReply::Nothing);
+            }
+            K::Unsubscribe | K::PUnsubscribe | K::SUnsubscribe => {
+                let set = self.set_of(kind);
+                let n = if args.is_empty() {
+                    let n = set.len();
+                    set.clear();
+                    n
+                } else {
+                    for a in args {
+                        set.remove(a);
+                    }
+                    args.len()
+                };
+                return (n.max(1) as u32, OnReply::Nothing);
+            }
+            _ => {}
+        }
+        (1, OnReply::Nothing)
+    }
+
+    fn set_of(&mut self, kind: CommandKind) -> &mut HashSet<Bytes> {
+        use CommandKind as K;
+        let [channels, patterns, shard] = &mut self.subs;
+        match kind {
+            K::PSubscribe | K::PUnsubscribe => patterns,
+            K::SSubscribe | K::SUnsubscribe => shard,
+            _ => channels,
+        }
+    }
+
+    /// Reads more bytes from the upstream.
+    pub async fn read(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(16 * 1024);
+        }
+        self.rd.read_buf(&mut self.buf).await
+    }
+
+    /// The next complete frame, classified.
+    pub fn next_frame(&mut self) -> Result<Option<Incoming>, UpstreamError> {
+        let frame = match self.scanner.scan(&self.buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+        };
+        let bytes = self.buf.split_to(frame.len).freeze();
+        if self.monitor {
+            return Ok(Some(Incoming::Push(bytes)));
+        }
+        let confirmation = self.confirmation(&bytes, frame.kind);
+        let is_reply = match frame.kind {
+            b'>' => confirmation,
+            b'*' if self.identity.proto == 2 && self.in_subscribe_mode() => {
+                confirmation || !is_message(&bytes)
+            }
+            _ => true,
+        };
+        if !is_reply {
+            return Ok(Some(Incoming::Push(bytes)));
+        }
+        let Some(front) = self.expect.front_mut() else {
+            // A reply nobody asked for: the connection is out of step; treat as broken.
+            return Err(UpstreamError::Protocol("unexpected reply".into()));
+        };
+        front.frames = front.frames.saturating_sub(1);
+        if front.frames == 0 {
+            if let Some(done) = self.expect.pop_front() {
+                self.apply(done.on_reply, &bytes);
+            }
+        }
+        Ok(Some(Incoming::Reply(bytes)))
+    }
+
+    /// Whether `frame` confirms a (un)subscription; records the confirmed count if so.
+    fn confirmation(&mut self, frame: &[u8], kind: u8) -> bool {
+        if kind != b'>' && kind != b'*' {
+            return false;
+        }
+        let Some(el) = elements(frame) else {
+            return false;
+        };
+        let (Some(name), Some(count)) = (
+            el.first().and_then(|e| string_value(e)),
+            el.get(2).and_then(|e| int_value(e)),
+        ) else {
+            return false;
+        };
+        let Some(i) = CONFIRMATIONS
+            .iter()
+            .position(|c| name.eq_ignore_ascii_case(c))
+        else {
+            return false;
+        };
+        if el.len() != 3 {
+            return false;
+        }
+        let slot = if i >= 4 { 1 } else { 0 };
+        if let Some(c) = self.confirmed.get_mut(slot) {
+            *c = count;
+        }
+        true
+    }
+
+    fn in_subscribe_mode(&self) -> bool {
+        self.confirmed.iter().any(|&c| c > 0)
+    }
+
+    fn apply(&mut self, on_reply: OnReply, reply: &[u8]) {
+        let ok = reply.starts_with(b"+OK");
+        match on_reply {
+            OnReply::Nothing => {}
+            OnReply::Exec => {
+                let ran = reply.first() == Some(&b'*') && !reply.starts_with(b"*-1");
+                if let Some(db) = self.queued_select.take() {
+                    if ran {
+                        self.effects.push(SessionEffect::Select(db));
+                    }
+                }
+            }
+            OnReply::Select(db) => {
+                if ok {
+                    self.effects.push(SessionEffect::Select(db));
+                }
+            }
+            OnReply::Tracking(on) => {
+                if ok {
+                    self.tracking = on;
+                }
+            }
+            OnReply::Monitor => {
+                if ok {
+                    self.monitor = true;
+                }
+            }
+        }
+    }
+
+    /// Session state changes produced by replies since the last call.
+    pub fn take_effects(&mut self) -> Vec<SessionEffect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// When the oldest outstanding non-blocking command is overdue.
+    pub fn deadline(&self, timeout: Duration) -> Option<Instant> {
+        let front = self.expect.front()?;
+        if front.blocking || self.monitor {
+            return None;
+        }
+        Some(front.sent_at + timeout)
+    }
+
+    /// Whether the connection holds server-side state the client relies on (losing
+    /// the connection then means the client's session is broken).
+    pub fn stateful(&self) -> bool {
+        self.multi
+            || self.watching
+            || self.tracking
+            || self.monitor
+            || self.subs.iter().any(|s| !s.is_empty())
+            || self.in_subscribe_mode()
+    }
+
+    /// Whether a blocking command is outstanding (it may wait indefinitely).
+    pub fn waiting_long(&self) -> bool {
+        self.monitor || self.expect.iter().any(|e| e.blocking) || self.stateful()
+    }
+
+    /// Nothing outstanding and no state: the session can go back to shared connections.
+    pub fn done(&self) -> bool {
+        self.expect.is_empty() && !self.stateful()
+    }
+
+    /// The connection, if it is as clean as a freshly set-up one.
+    pub fn into_reusable(self) -> Option<TcpStream> {
+        if self.dirty || !self.done() || !self.buf.is_empty() {
+            return None;
+        }
+        self.rd.reunite(self.wr).ok()
+    }
+}
+
+fn is_message(frame: &[u8]) -> bool {
+    elements(frame)
+        .and_then(|el| el.first().and_then(|e| string_value(e)).map(<[u8]>::to_vec))
+        .is_some_and(|n| {
+            n.eq_ignore_ascii_case(b"message")
+                || n.eq_ignore_ascii_case(b"pmessage")
+                || n.eq_ignore_ascii_case(b"smessage")
+        })
+}

@@ -1,0 +1,124 @@
+//! Opening one upstream connection: TCP connect within `connect_timeout`, then the
+//! handshake that gives it its identity (credentials, protocol version, database).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{Settings, UpstreamError};
+use crate::resp::Scanner;
+use crate::resp::request::encode_command;
+
+/// What an upstream connection is set up as: cachet's credentials, the database and the
+/// protocol version of the sessions it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub db: u32,
+    pub proto: u8,
+}
+
+/// Connects and runs the handshake; fails with the upstream's own error text (for
+/// example a wrong password) or a timeout.
+pub async fn connect(settings: &Settings, id: Identity) -> Result<TcpStream, UpstreamError> {
+    let timeout = settings.connect_timeout;
+    let mut stream =
+        match tokio::time::timeout(timeout, TcpStream::connect(&settings.address)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(UpstreamError::Unavailable(e.to_string())),
+            Err(_) => {
+                return Err(UpstreamError::Unavailable(format!(
+                    "connect timed out after {}",
+                    fmt_duration(timeout)
+                )));
+            }
+        };
+    // Requests are batched by cachet itself; Nagle would only add latency.
+    let _ = stream.set_nodelay(true);
+    let mut commands: Vec<Vec<Bytes>> = Vec::new();
+    if let Some(password) = &settings.password {
+        let mut auth = vec![Bytes::from_static(b"AUTH")];
+        if let Some(user) = &settings.username {
+            auth.push(Bytes::from(user.clone()));
+        }
+        auth.push(Bytes::from(password.clone()));
+        commands.push(auth);
+    }
+    if id.proto >= 3 {
+        commands.push(vec![Bytes::from_static(b"HELLO"), Bytes::from_static(b"3")]);
+    }
+    if id.db != 0 {
+        commands.push(vec![
+            Bytes::from_static(b"SELECT"),
+            Bytes::from(id.db.to_string()),
+        ]);
+    }
+    if commands.is_empty() {
+        return Ok(stream);
+    }
+    let replies = tokio::time::timeout(timeout, roundtrip(&mut stream, &commands))
+        .await
+        .map_err(|_| {
+            UpstreamError::Unavailable(format!(
+                "handshake timed out after {}",
+                fmt_duration(timeout)
+            ))
+        })??;
+    for reply in replies {
+        if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
+            let text = String::from_utf8_lossy(&reply);
+            return Err(UpstreamError::Handshake(
+                text.trim_start_matches(['-', '!']).trim_end().to_string(),
+            ));
+        }
+    }
+    Ok(stream)
+}
+
+/// Sends `commands` pipelined and reads one reply frame per command.
+pub async fn roundtrip(
+    stream: &mut TcpStream,
+    commands: &[Vec<Bytes>],
+) -> Result<Vec<Bytes>, UpstreamError> {
+    let mut out = BytesMut::new();
+    for c in commands {
+        encode_command(&mut out, c);
+    }
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = Scanner::default();
+    let mut replies = Vec::with_capacity(commands.len());
+    while replies.len() < commands.len() {
+        match scanner.scan(&buf) {
+            Ok(Some(frame)) => {
+                replies.push(buf.split_to(frame.len).freeze());
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+        }
+        let n = stream
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
+        if n == 0 {
+            return Err(UpstreamError::Unavailable(
+                "connection closed during handshake".into(),
+            ));
+        }
+    }
+    Ok(replies)
+}
+
+/// `1s`, `250ms`: durations as the configuration writes them.
+pub fn fmt_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 && d.as_secs() > 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -141,6 +141,9 @@ impl CommandTable {
     pub fn len(&self) -> usize {
         self.map.len()
     }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
     pub fn lookup(&self, args: &[Bytes]) -> Option<&Arc<CommandInfo>> {
         let name = String::from_utf8_lossy(args.first()?).to_ascii_lowercase();
         if let Some(sub) = args.get(1) {

@@ -1,5 +1,7 @@
 //! The first thing a user notices: cachet answers like Redis.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 mod support;
 
 use support::cachet::Cachet;

@@ -1,0 +1,185 @@
+//! Failing upstreams: clients get prompt errors (never a hang), and cachet recovers by
+//! itself once Redis is back. Also graceful shutdown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cachet::{Cachet, config_for};
+use support::raw::{Raw, words};
+use support::redis::RedisServer;
+
+/// Retries `GET` until it succeeds, for at most `within`.
+fn wait_until_served(c: &mut Raw, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = c.call(&words("PING"));
+        if r == b"+PONG\r\n" {
+            return start.elapsed();
+        }
+        assert!(
+            r.starts_with(b"-ERR cachet: upstream"),
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&r)
+        );
+        assert!(
+            start.elapsed() < within,
+            "not served again within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn killed_mid_pipeline_answers_every_command_then_recovers() {
+    let mut redis = RedisServer::start();
+    let cachet = Cachet::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+
+    let n = 20_000;
+    let mut pipeline = Vec::new();
+    for i in 0..n {
+        pipeline.extend_from_slice(&words(&format!("SET key:{i} {i}")));
+    }
+    c.send(&pipeline);
+    // Let part of the pipeline through, then pull the plug.
+    let first = c.frame();
+    assert_eq!(first, b"+OK\r\n");
+    redis.kill();
+    let start = Instant::now();
+    let (mut ok, mut errors) = (1, 0);
+    for _ in 1..n {
+        let r = c
+            .try_frame(Duration::from_secs(5))
+            .expect("every command is answered, none hangs");
+        if r == b"+OK\r\n" {
+            ok += 1;
+        } else {
+            assert!(
+                r.starts_with(b"-ERR cachet: upstream"),
+                "{:?}",
+                String::from_utf8_lossy(&r)
+            );
+            errors += 1;
+        }
+    }
+    assert!(errors > 0, "the kill must have hit the pipeline ({ok} ok)");
+    assert!(start.elapsed() < Duration::from_secs(5));
+
+    redis.restart();
+    let took = wait_until_served(&mut c, Duration::from_secs(5));
+    assert!(took < Duration::from_secs(5));
+    assert_eq!(c.call(&words("SET k again")), b"+OK\r\n");
+    assert_eq!(c.call(&words("GET k")), b"$5\r\nagain\r\n");
+}
+
+#[test]
+fn down_at_start_fails_fast_then_serves() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let cachet = Cachet::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    let start = Instant::now();
+    let r = c.call(&words("GET k"));
+    assert!(
+        r.starts_with(b"-ERR cachet: upstream unavailable"),
+        "{:?}",
+        String::from_utf8_lossy(&r)
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "fails fast, not after a hang"
+    );
+    redis.restart();
+    wait_until_served(&mut c, Duration::from_secs(5));
+    assert_eq!(c.call(&words("SET k 1")), b"+OK\r\n");
+}
+
+#[test]
+fn stalled_upstream_times_out_then_recovers() {
+    let redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.upstream.command_timeout = Duration::from_millis(300);
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    // DEBUG SLEEP stalls the whole server: the next command's reply is late.
+    let mut sleeper = Raw::connect(redis.addr());
+    sleeper.send(&words("DEBUG SLEEP 1.5"));
+    std::thread::sleep(Duration::from_millis(50));
+    let start = Instant::now();
+    let r = c.call(&words("GET k"));
+    let waited = start.elapsed();
+    assert!(
+        r.starts_with(b"-ERR cachet: upstream did not answer within 300ms"),
+        "{:?}",
+        String::from_utf8_lossy(&r)
+    );
+    assert!(
+        waited < Duration::from_millis(1000),
+        "answered after {waited:?}"
+    );
+    assert_eq!(sleeper.frame(), b"+OK\r\n");
+    wait_until_served(&mut c, Duration::from_secs(5));
+    assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn blocked_client_gets_an_error_when_upstream_dies() {
+    let mut redis = RedisServer::start();
+    let cachet = Cachet::start(&redis.url());
+    let mut blocked = Raw::connect(cachet.addr);
+    blocked.send(&words("BLPOP nothing 0"));
+    // Make sure the BLPOP reached Redis before the kill.
+    let mut direct = Raw::connect(redis.addr());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let info = direct.call(&words("INFO clients"));
+        if String::from_utf8_lossy(&info).contains("blocked_clients:1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "BLPOP never blocked upstream");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    redis.kill();
+    let r = blocked
+        .try_frame(Duration::from_secs(3))
+        .expect("the blocked client is answered");
+    assert!(
+        r.starts_with(b"-ERR cachet: upstream connection lost"),
+        "{:?}",
+        String::from_utf8_lossy(&r)
+    );
+    redis.restart();
+    wait_until_served(&mut blocked, Duration::from_secs(5));
+}
+
+#[test]
+fn shutdown_lets_in_flight_commands_finish() {
+    let redis = RedisServer::start();
+    let mut cachet = Cachet::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    // A slow command in flight when the shutdown begins.
+    c.send(&words("DEBUG SLEEP 0.3"));
+    c.send(&words("GET k"));
+    std::thread::sleep(Duration::from_millis(50));
+    let addr = cachet.addr;
+    let stopper = std::thread::spawn(move || {
+        cachet.stop();
+    });
+    assert_eq!(c.frame(), b"+OK\r\n");
+    assert_eq!(c.frame(), b"$1\r\nv\r\n");
+    assert!(
+        c.closed_within(Duration::from_secs(3)),
+        "connection closed after draining"
+    );
+    stopper.join().unwrap();
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "no longer accepting"
+    );
+}

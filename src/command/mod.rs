@@ -1,160 +1,94 @@
-//! Temporary minimal command table (replaced by the full table).
-use bytes::Bytes;
-use std::collections::HashMap;
-use std::sync::Arc;
+//! The command table: flags, key positions and special handling of every command.
+//!
+//! Owns reading the upstream's `COMMAND` reply (or the embedded Redis 7 snapshot) into
+//! a [`CommandTable`], resolving an invocation to its [`CommandInfo`], and answering
+//! the questions later stages ask of it: is it a write, does it block, which arguments
+//! are keys and how are they accessed. Key extraction gives the answer Redis's own
+//! `COMMAND GETKEYS` gives, never a guess from `argv[1]`.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `parse.rs` | RESP2 reply -> command descriptions, [`TableError`] |
+//! | `table.rs` | [`CommandTable`]: builtin, merge, lookup |
+//! | `keys.rs` | key specs and spec-driven key extraction |
+//! | `procs.rs` | Redis's command-specific key procedures (SORT, MIGRATE, …) |
+//! | `kind.rs` | [`CommandKind`] and blocking detection, by name |
+//! | `flags.rs` | [`CommandFlags`], [`KeyFlags`] |
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommandKind {
-    Plain,
-    Select,
-    Hello,
-    Auth,
-    Quit,
-    Reset,
-    Ping,
-    Echo,
-    ClientId,
-    ClientSetName,
-    ClientGetName,
-    ClientSetInfo,
-    ClientReply,
-    ClientTracking,
-    ClientCaching,
-    ClientKill,
-    ClientList,
-    ClientInfo,
-    ClientUnblock,
-    ClientNoEvict,
-    ClientNoTouch,
-    ClientPause,
-    Multi,
-    Exec,
-    Discard,
-    Watch,
-    Unwatch,
-    Subscribe,
-    PSubscribe,
-    SSubscribe,
-    Unsubscribe,
-    PUnsubscribe,
-    SUnsubscribe,
-    Publish,
-    SPublish,
-    Monitor,
-    Replication,
-    FlushDb,
-    FlushAll,
-    SwapDb,
-    Move,
-    Copy,
-    Eval,
-    EvalSha,
-    EvalRo,
-    EvalShaRo,
-    FCall,
-    FCallRo,
-    Script,
-    Function,
-    Keys,
-    Scan,
-    Command,
-}
-#[derive(Debug)]
+mod flags;
+mod keys;
+mod kind;
+mod parse;
+mod procs;
+mod table;
+
+#[cfg(test)]
+mod tests;
+
+use bytes::Bytes;
+
+pub use flags::{CommandFlags, KeyFlags};
+pub use keys::{BeginSearch, FindKeys, KeyRef, KeySpec};
+pub use kind::CommandKind;
+pub use parse::TableError;
+pub use table::CommandTable;
+
+/// One command (or subcommand) as the upstream describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandInfo {
+    /// Lowercase; subcommands as `container|sub` (`client|setname`).
     pub name: String,
+    /// Redis convention, counting the command name (and the subcommand name): exactly
+    /// `arity` arguments, or at least `-arity` when negative.
     pub arity: i32,
+    pub flags: CommandFlags,
+    pub key_specs: Vec<KeySpec>,
+    /// First key, last key, step, as reported (what Redis 6 offers instead of specs).
+    pub legacy_keys: (i32, i32, i32),
     pub kind: CommandKind,
 }
+
 impl CommandInfo {
+    /// Whether `argc` arguments (the command name included) satisfy the arity.
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let Ok(argc) = i64::try_from(argc) else {
+            return false;
+        };
+        let arity = i64::from(self.arity);
+        if arity >= 0 {
+            argc == arity
+        } else {
+            argc >= -arity
+        }
+    }
+
+    /// Whether the command may write: the `write` flag, or a script or function call
+    /// that is not declared read-only (Redis does not flag `EVAL` as a write because
+    /// the script decides; the proxy must assume it does).
+    pub fn is_write(&self) -> bool {
+        self.flags.contains(CommandFlags::WRITE)
+            || matches!(
+                self.kind,
+                CommandKind::Eval | CommandKind::EvalSha | CommandKind::FCall
+            )
+    }
+
+    /// Whether this invocation may block its connection: the blocking list and
+    /// `WAIT`/`WAITAOF` always, `XREAD`/`XREADGROUP` only with a `BLOCK` option, and any
+    /// other command the upstream flags `blocking`.
     pub fn is_blocking(&self, args: &[Bytes]) -> bool {
-        match self.name.as_str() {
-            "blpop" | "brpop" | "blmove" | "brpoplpush" | "blmpop" | "bzpopmin" | "bzpopmax"
-            | "bzmpop" | "wait" | "waitaof" => true,
-            "xread" | "xreadgroup" => args.iter().any(|a| a.eq_ignore_ascii_case(b"block")),
-            _ => false,
-        }
+        kind::is_blocking(&self.name, self.flags, args)
     }
-}
-#[derive(Debug, Default)]
-pub struct CommandTable {
-    map: HashMap<String, Arc<CommandInfo>>,
-}
-#[derive(Debug, thiserror::Error)]
-#[error("bad table")]
-pub struct TableError;
-impl CommandTable {
-    pub fn builtin() -> CommandTable {
-        use CommandKind::*;
-        let mut map = HashMap::new();
-        for (n, k) in [
-            ("select", Select),
-            ("hello", Hello),
-            ("auth", Auth),
-            ("quit", Quit),
-            ("reset", Reset),
-            ("client|id", ClientId),
-            ("client|setname", ClientSetName),
-            ("client|getname", ClientGetName),
-            ("client|setinfo", ClientSetInfo),
-            ("client|reply", ClientReply),
-            ("client|tracking", ClientTracking),
-            ("multi", Multi),
-            ("exec", Exec),
-            ("discard", Discard),
-            ("watch", Watch),
-            ("unwatch", Unwatch),
-            ("subscribe", Subscribe),
-            ("psubscribe", PSubscribe),
-            ("ssubscribe", SSubscribe),
-            ("unsubscribe", Unsubscribe),
-            ("punsubscribe", PUnsubscribe),
-            ("sunsubscribe", SUnsubscribe),
-            ("monitor", Monitor),
-            ("sync", Replication),
-            ("psync", Replication),
-            ("blpop", Plain),
-            ("brpop", Plain),
-            ("blmove", Plain),
-            ("xread", Plain),
-            ("bzpopmin", Plain),
-            ("wait", Plain),
-            ("get", Plain),
-            ("client", Plain),
-        ] {
-            map.insert(
-                n.to_string(),
-                Arc::new(CommandInfo {
-                    name: n.to_string(),
-                    arity: -1,
-                    kind: k,
-                }),
-            );
-        }
-        CommandTable { map }
-    }
-    pub fn from_command_reply(_reply: &[u8]) -> Result<CommandTable, TableError> {
-        Ok(Self::builtin())
-    }
-    pub fn merged_with_builtin(self) -> CommandTable {
-        self
-    }
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-    pub fn lookup(&self, args: &[Bytes]) -> Option<&Arc<CommandInfo>> {
-        let name = String::from_utf8_lossy(args.first()?).to_ascii_lowercase();
-        if let Some(sub) = args.get(1) {
-            let full = format!(
-                "{name}|{}",
-                String::from_utf8_lossy(sub).to_ascii_lowercase()
-            );
-            if let Some(i) = self.map.get(&full) {
-                return Some(i);
-            }
-        }
-        self.map.get(&name)
+
+    /// Appends the keys of this invocation exactly as Redis's `COMMAND GETKEYS` would
+    /// report them: in its order (spec order, which is argument order except where a
+    /// command's own procedure puts a destination last), duplicates kept, each with
+    /// its access flags. Never panics, whatever `args` holds; a malformed invocation
+    /// yields the keys Redis would find in it, usually none.
+    ///
+    /// `args` is the whole invocation, command name included. Arity is not checked
+    /// here (see [`CommandInfo::arity_ok`]).
+    pub fn keys(&self, args: &[Bytes], out: &mut Vec<KeyRef>) {
+        keys::extract(self, args, out);
     }
 }

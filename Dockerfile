@@ -1,0 +1,27 @@
+# cachet container image: a static-enough release build on Debian slim, run as non-root.
+#
+#   docker build -t cachet .
+#   docker run --rm -p 6380:6380 cachet --listen 0.0.0.0:6380 --upstream redis://host.docker.internal:6379/0
+
+FROM rust:1.95-slim-trixie AS build
+WORKDIR /src
+# Dependencies first, so that source edits do not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo fetch --locked
+COPY . .
+RUN cargo build --release --locked --bin cachet \
+    && strip target/release/cachet
+
+FROM debian:trixie-slim
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin cachet
+COPY --from=build /src/target/release/cachet /usr/local/bin/cachet
+COPY config/docker.toml /etc/cachet/cachet.toml
+USER 10001
+EXPOSE 6380 9180
+# Healthy when cachet answers PING through to its upstream (bash's /dev/tcp: the image
+# needs no extra tools).
+HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6380 && printf 'PING\\r\\n' >&3 && read -r -t 2 reply <&3 && [[ $reply == +PONG* ]]"]
+ENTRYPOINT ["cachet"]
+CMD ["--config", "/etc/cachet/cachet.toml"]

@@ -2,6 +2,8 @@
 //! client pipeline, framing upstream replies, classification with key extraction, and
 //! encoding local replies.
 
+#![allow(clippy::indexing_slicing)]
+
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;

@@ -273,10 +273,21 @@ impl Session {
         use CommandKind as K;
         let info = self.table.lookup(&req.args).cloned();
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
+        let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
         // Inside the client's transaction everything is queued upstream, except what
-        // ends the connection itself.
-        if self.pinned.as_ref().is_some_and(|p| p.multi) && !matches!(kind, K::Quit | K::Reset) {
+        // ends the connection itself. A malformed `RESET` goes too: Redis rejects it
+        // and that rejection aborts the transaction.
+        if self.pinned.as_ref().is_some_and(|p| p.multi)
+            && (!matches!(kind, K::Quit | K::Reset) || !arity_ok)
+        {
             return self.send_pinned(req, kind, false).await;
+        }
+        // Redis checks arity before anything else; commands answered here must too.
+        if !arity_ok && local::answers(kind) {
+            if let Some(i) = &info {
+                self.reply(reply::wrong_arity(&i.name));
+            }
+            return None;
         }
         match kind {
             K::Quit => {
@@ -351,6 +362,8 @@ impl Session {
                         self.reply_mode = ReplyMode::On;
                         self.queue(Bytes::from_static(reply::OK));
                     }
+                    // Redis ignores SKIP while replies are off.
+                    Ok(ReplyMode::Skip) if self.reply_mode == ReplyMode::Off => {}
                     // Neither OFF nor SKIP is answered.
                     Ok(mode) => self.reply_mode = mode,
                     Err(e) => self.reply(e),

@@ -23,8 +23,13 @@ pub struct Pair {
 
 impl Pair {
     pub fn start() -> Pair {
-        let direct = RedisServer::start();
-        let upstream = RedisServer::start();
+        Pair::start_with(&[])
+    }
+
+    /// Both servers started with the same extra `redis-server` arguments.
+    pub fn start_with(redis_args: &[&str]) -> Pair {
+        let direct = RedisServer::start_with(redis_args);
+        let upstream = RedisServer::start_with(redis_args);
         let cachet = Cachet::start(&upstream.url());
         Pair {
             direct,

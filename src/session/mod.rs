@@ -175,7 +175,12 @@ impl Session {
                 }
             };
             match event {
-                Event::ClientRead(Ok(0)) => self.closing = true,
+                Event::ClientRead(Ok(0)) => {
+                    self.closing = true;
+                    if self.pinned.as_ref().is_some_and(Pinned::blocked) {
+                        self.hang_up_blocked();
+                    }
+                }
                 Event::ClientRead(Ok(_)) => self.process().await,
                 Event::ClientRead(Err(e)) => {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
@@ -689,6 +694,18 @@ impl Session {
         if stateful {
             self.closing = true;
         }
+    }
+
+    /// The client hung up while blocked. Redis would drop it at once, cancelling the
+    /// blocked command; left running upstream, the command would still pop an element
+    /// (or a stream entry) for nobody. Closing the dedicated connection cancels it; the
+    /// replies still owed have no reader.
+    fn hang_up_blocked(&mut self) {
+        self.pinned = None;
+        self.slots.clear();
+        self.inflight = 0;
+        self.stalled = None;
+        self.route = None;
     }
 
     fn unpin(&mut self) {

@@ -403,6 +403,11 @@ impl Pinned {
             || self.in_subscribe_mode()
     }
 
+    /// Whether a blocking command is outstanding outside a transaction.
+    pub fn blocked(&self) -> bool {
+        self.expect.iter().any(|e| e.blocking)
+    }
+
     /// Whether a blocking command is outstanding (it may wait indefinitely).
     pub fn waiting_long(&self) -> bool {
         self.monitor || self.expect.iter().any(|e| e.blocking) || self.stateful()

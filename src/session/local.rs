@@ -4,6 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::command::CommandKind;
 use crate::context::ServerInfo;
 use crate::resp::reply::{self, push_int, push_map_header, push_null};
 use crate::resp::request::parse_int;
@@ -15,6 +16,24 @@ pub enum ReplyMode {
     Off,
     /// Skip the reply of the next command only.
     Skip,
+}
+
+/// Whether a command of this kind is answered by the session itself (so nothing
+/// upstream checks its arity).
+pub fn answers(kind: CommandKind) -> bool {
+    use CommandKind as K;
+    matches!(
+        kind,
+        K::Quit
+            | K::Reset
+            | K::Select
+            | K::Hello
+            | K::ClientId
+            | K::ClientGetName
+            | K::ClientSetName
+            | K::ClientSetInfo
+            | K::ClientReply
+    )
 }
 
 /// Validates `SELECT <db>`; the new database or the error reply.

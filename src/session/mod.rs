@@ -175,7 +175,12 @@ impl Session {
                 }
             };
             match event {
-                Event::ClientRead(Ok(0)) => self.closing = true,
+                Event::ClientRead(Ok(0)) => {
+                    self.closing = true;
+                    if self.pinned.as_ref().is_some_and(Pinned::blocked) {
+                        self.hang_up_blocked();
+                    }
+                }
                 Event::ClientRead(Ok(_)) => self.process().await,
                 Event::ClientRead(Err(e)) => {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
@@ -273,10 +278,21 @@ impl Session {
         use CommandKind as K;
         let info = self.table.lookup(&req.args).cloned();
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
+        let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
         // Inside the client's transaction everything is queued upstream, except what
-        // ends the connection itself.
-        if self.pinned.as_ref().is_some_and(|p| p.multi) && !matches!(kind, K::Quit | K::Reset) {
+        // ends the connection itself. A malformed `RESET` goes too: Redis rejects it
+        // and that rejection aborts the transaction.
+        if self.pinned.as_ref().is_some_and(|p| p.multi)
+            && (!matches!(kind, K::Quit | K::Reset) || !arity_ok)
+        {
             return self.send_pinned(req, kind, false).await;
+        }
+        // Redis checks arity before anything else; commands answered here must too.
+        if !arity_ok && local::answers(kind) {
+            if let Some(i) = &info {
+                self.reply(reply::wrong_arity(&i.name));
+            }
+            return None;
         }
         match kind {
             K::Quit => {
@@ -351,6 +367,8 @@ impl Session {
                         self.reply_mode = ReplyMode::On;
                         self.queue(Bytes::from_static(reply::OK));
                     }
+                    // Redis ignores SKIP while replies are off.
+                    Ok(ReplyMode::Skip) if self.reply_mode == ReplyMode::Off => {}
                     // Neither OFF nor SKIP is answered.
                     Ok(mode) => self.reply_mode = mode,
                     Err(e) => self.reply(e),
@@ -676,6 +694,18 @@ impl Session {
         if stateful {
             self.closing = true;
         }
+    }
+
+    /// The client hung up while blocked. Redis would drop it at once, cancelling the
+    /// blocked command; left running upstream, the command would still pop an element
+    /// (or a stream entry) for nobody. Closing the dedicated connection cancels it; the
+    /// replies still owed have no reader.
+    fn hang_up_blocked(&mut self) {
+        self.pinned = None;
+        self.slots.clear();
+        self.inflight = 0;
+        self.stalled = None;
+        self.route = None;
     }
 
     fn unpin(&mut self) {

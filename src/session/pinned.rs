@@ -28,7 +28,11 @@ use crate::upstream::{Identity, UpstreamError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OnReply {
     Nothing,
-    /// `EXEC`: the transaction is over; apply a `SELECT` queued inside it if it ran.
+    /// A command sent inside `MULTI`: counts it if the upstream queued it, remembering
+    /// where a queued `SELECT <db>` sits in the transaction.
+    Queued(Option<u32>),
+    /// `EXEC`: the transaction is over; apply the last `SELECT` queued inside it that
+    /// succeeded.
     Exec,
     /// `SELECT` outside a transaction: the session's database on success.
     Select(u32),
@@ -81,8 +85,13 @@ pub struct Pinned {
     /// Subscription counts as the upstream last confirmed them (channels + patterns,
     /// shard channels): in RESP2, a connection with any is in subscribe mode.
     confirmed: [i64; 2],
-    /// A `SELECT` queued in the current transaction.
-    queued_select: Option<u32>,
+    /// Commands the upstream answered `+QUEUED` in the current transaction: the index
+    /// of the next one's reply in the `EXEC` array.
+    queued: usize,
+    /// `SELECT`s queued in the current transaction: their index in the `EXEC` array and
+    /// their database. A `SELECT` that fails inside `EXEC` (an index out of range)
+    /// leaves the database as it was, so each one's own reply decides.
+    queued_selects: Vec<(usize, u32)>,
     /// The connection's state differs from a fresh one in ways not tracked here.
     dirty: bool,
     effects: Vec<SessionEffect>,
@@ -113,7 +122,8 @@ impl Pinned {
             monitor: false,
             subs: Default::default(),
             confirmed: [0, 0],
-            queued_select: None,
+            queued: 0,
+            queued_selects: Vec::new(),
             dirty: false,
             effects: Vec::new(),
         }
@@ -160,24 +170,34 @@ impl Pinned {
                 K::Discard => {
                     self.multi = false;
                     self.watching = false;
-                    self.queued_select = None;
+                    return (1, OnReply::Nothing);
                 }
                 K::Select => {
-                    self.queued_select = args
+                    // Whatever its outcome, the connection may leave this transaction
+                    // in another database than its identity says: never reuse it.
+                    self.dirty = true;
+                    let db = args
                         .first()
                         .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+                    return (1, OnReply::Queued(db));
                 }
                 K::Hello | K::ClientSetName | K::ClientTracking | K::ClientReply => {
                     self.dirty = true;
                 }
                 _ => {}
             }
-            return (1, OnReply::Nothing);
+            return (1, OnReply::Queued(None));
         }
         match kind {
-            K::Multi => self.multi = true,
+            K::Multi => {
+                self.multi = true;
+                self.queued = 0;
+                self.queued_selects.clear();
+            }
             K::Watch => self.watching = true,
-            K::Unwatch | K::Exec | K::Discard => self.watching = false,
+            // `EXEC` and `DISCARD` outside a transaction are errors that leave the
+            // client's watches in place; only `UNWATCH` ends them here.
+            K::Unwatch => self.watching = false,
             K::Select => {
                 self.dirty = true;
                 if let Some(db) = args
@@ -314,12 +334,30 @@ impl Pinned {
         let ok = reply.starts_with(b"+OK");
         match on_reply {
             OnReply::Nothing => {}
-            OnReply::Exec => {
-                let ran = reply.first() == Some(&b'*') && !reply.starts_with(b"*-1");
-                if let Some(db) = self.queued_select.take() {
-                    if ran {
-                        self.effects.push(SessionEffect::Select(db));
+            OnReply::Queued(select) => {
+                if reply.starts_with(b"+QUEUED") {
+                    if let Some(db) = select {
+                        self.queued_selects.push((self.queued, db));
                     }
+                    self.queued += 1;
+                }
+            }
+            OnReply::Exec => {
+                let selects = std::mem::take(&mut self.queued_selects);
+                self.queued = 0;
+                // An aborted transaction (`*-1`, `-EXECABORT`) ran nothing.
+                let ran = reply.first() == Some(&b'*') && !reply.starts_with(b"*-1");
+                if !ran || selects.is_empty() {
+                    return;
+                }
+                let results = elements(reply).unwrap_or_default();
+                let db = selects
+                    .iter()
+                    .filter(|(i, _)| results.get(*i).is_some_and(|r| r.starts_with(b"+OK")))
+                    .map(|&(_, db)| db)
+                    .next_back();
+                if let Some(db) = db {
+                    self.effects.push(SessionEffect::Select(db));
                 }
             }
             OnReply::Select(db) => {
@@ -363,6 +401,11 @@ impl Pinned {
             || self.monitor
             || self.subs.iter().any(|s| !s.is_empty())
             || self.in_subscribe_mode()
+    }
+
+    /// Whether a blocking command is outstanding outside a transaction.
+    pub fn blocked(&self) -> bool {
+        self.expect.iter().any(|e| e.blocking)
     }
 
     /// Whether a blocking command is outstanding (it may wait indefinitely).

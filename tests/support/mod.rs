@@ -8,5 +8,6 @@
 )]
 
 pub mod cachet;
+pub mod compare;
 pub mod raw;
 pub mod redis;

@@ -1,0 +1,219 @@
+//! Pub/sub and client-side caching through cachet, compared with Redis directly:
+//! confirmations, messages published by other clients, `PING` and other commands in
+//! subscribe mode, leaving subscribe mode, RESP2 and RESP3, shard channels, and
+//! `CLIENT TRACKING` invalidation pushes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::time::Duration;
+
+use cachet::resp::reply::elements;
+use support::compare::{Pair, Twin, hello_without_id, lines};
+use support::raw::words;
+
+/// Nothing more arrives: short, since every expected frame has been read by then.
+const QUIET: Duration = Duration::from_millis(100);
+
+/// `sub` receives `n` frames (messages, pushes), identical on both sides.
+fn receive(sub: &mut Twin, n: usize, what: &str) {
+    for _ in 0..n {
+        sub.frame(what.as_bytes());
+    }
+}
+
+/// The confirmations of an argument-less `UNSUBSCRIBE`/`SUNSUBSCRIBE` name the
+/// channels in the order of the client's channel hash table, which Redis seeds at
+/// random: compare which channels were confirmed as a set, and the remaining counts
+/// (which decrease one by one) in order.
+fn receive_unsubscribed(sub: &mut Twin, n: usize, what: &str) {
+    let read = |raw: &mut support::raw::Raw| {
+        let mut names = Vec::new();
+        let mut counts = Vec::new();
+        for _ in 0..n {
+            let f = raw.frame();
+            let el = elements(&f).expect("a confirmation");
+            names.push([el[0], el[1]].concat());
+            counts.push(el[2].to_vec());
+        }
+        names.sort();
+        (names, counts)
+    };
+    let d = read(&mut sub.direct);
+    let p = read(&mut sub.proxied);
+    assert!(d == p, "{what}: direct {d:?}, cachet {p:?}");
+}
+
+#[test]
+fn subscribe_family_in_resp2() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.send(&words("SUBSCRIBE a b"));
+    receive(&mut sub, 2, "SUBSCRIBE a b");
+    publisher.call(&words("PUBLISH a hello"));
+    receive(&mut sub, 1, "message on a");
+    sub.send(&words("PSUBSCRIBE p* q?"));
+    receive(&mut sub, 2, "PSUBSCRIBE p* q?");
+    publisher.call(&words("PUBLISH pa x"));
+    receive(&mut sub, 1, "pmessage on pa");
+    publisher.call(&words("PUBLISH b y"));
+    receive(&mut sub, 1, "message on b");
+    publisher.call(&words("PUBLISH nobody z"));
+    sub.call(&words("PING"));
+    sub.call(&words("PING hi"));
+    sub.call(&words("GET k"));
+    sub.call(&words("SUBSCRIBE a"));
+    sub.send(&words("UNSUBSCRIBE a nosuch"));
+    receive(&mut sub, 2, "UNSUBSCRIBE a nosuch");
+    publisher.call(&words("PUBLISH a gone"));
+    sub.send(&words("PUNSUBSCRIBE"));
+    receive(&mut sub, 2, "PUNSUBSCRIBE");
+    sub.quiet(QUIET);
+    // Still subscribed to b, so still in subscribe mode.
+    sub.call(&words("GET k"));
+    sub.call(&words("UNSUBSCRIBE"));
+    // Out of subscribe mode: plain commands again.
+    sub.script(&lines("SET k v\nGET k\nPING"));
+    publisher.call(&words("PUBLISH b none"));
+    sub.quiet(QUIET);
+    // Unsubscribing with nothing subscribed still answers.
+    sub.script(&lines("UNSUBSCRIBE\nPUNSUBSCRIBE\nUNSUBSCRIBE x\nGET k"));
+}
+
+#[test]
+fn many_messages_arrive_in_order() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.call(&words("SUBSCRIBE ch"));
+    let mut p = Vec::new();
+    for i in 0..500 {
+        p.extend_from_slice(&words(&format!("PUBLISH ch message-{i}")));
+    }
+    publisher.send(&p);
+    receive(&mut publisher, 500, "PUBLISH");
+    receive(&mut sub, 500, "message");
+    sub.call(&words("UNSUBSCRIBE ch"));
+    sub.call(&words("GET k"));
+}
+
+#[test]
+fn subscribe_family_in_resp3() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.call_with(&words("HELLO 3"), hello_without_id);
+    sub.send(&words("SUBSCRIBE a b"));
+    receive(&mut sub, 2, "SUBSCRIBE a b");
+    publisher.call(&words("PUBLISH a hello"));
+    receive(&mut sub, 1, "message push on a");
+    // RESP3 allows every command while subscribed.
+    sub.script(&lines("SET k v\nGET k\nPING\nPING hi\nHGETALL missing"));
+    sub.send(&words("PSUBSCRIBE p*"));
+    receive(&mut sub, 1, "PSUBSCRIBE p*");
+    publisher.call(&words("PUBLISH pa x"));
+    receive(&mut sub, 1, "pmessage push on pa");
+    sub.send(&words("UNSUBSCRIBE"));
+    receive_unsubscribed(&mut sub, 2, "UNSUBSCRIBE");
+    sub.send(&words("PUNSUBSCRIBE"));
+    receive(&mut sub, 1, "PUNSUBSCRIBE");
+    publisher.call(&words("PUBLISH a gone"));
+    sub.quiet(QUIET);
+    sub.script(&lines("GET k\nDEL k"));
+    sub.call_with(&words("HELLO 2"), hello_without_id);
+    sub.call(&words("GET k"));
+}
+
+/// A message published while the subscriber's own command is in flight is delivered
+/// between replies, as Redis delivers it.
+#[test]
+fn resp3_messages_interleave_with_replies() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.call_with(&words("HELLO 3"), hello_without_id);
+    sub.call(&words("SUBSCRIBE ch"));
+    for i in 0..20 {
+        publisher.call(&words(&format!("PUBLISH ch m{i}")));
+        // The push was sent before the reply to this GET.
+        sub.send(&words("GET k"));
+        sub.frame(b"message push");
+        sub.frame(b"GET k");
+    }
+}
+
+#[test]
+fn shard_channels_on_a_standalone_server() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.send(&words("SSUBSCRIBE s1 s2"));
+    receive(&mut sub, 2, "SSUBSCRIBE s1 s2");
+    publisher.call(&words("SPUBLISH s1 hello"));
+    receive(&mut sub, 1, "smessage on s1");
+    publisher.call(&words("PUBLISH s1 not-a-shard-message"));
+    sub.call(&words("PING"));
+    sub.send(&words("SUNSUBSCRIBE"));
+    receive_unsubscribed(&mut sub, 2, "SUNSUBSCRIBE");
+    sub.script(&lines("SET k v\nGET k"));
+    publisher.call(&words("SPUBLISH s1 gone"));
+    sub.quiet(QUIET);
+}
+
+#[test]
+fn client_tracking_invalidation_pushes_in_resp3() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    let mut writer = pair.twin();
+    writer.script(&lines("SET k v1\nSET other x"));
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.call(&words("CLIENT TRACKING ON"));
+    tracker.script(&lines("GET k\nGET other"));
+    writer.call(&words("SET k v2"));
+    receive(&mut tracker, 1, "invalidation of k");
+    tracker.quiet(QUIET);
+    // Tracking holds for keys read again; writes to an unread key are silent.
+    tracker.call(&words("GET k"));
+    writer.call(&words("DEL k"));
+    receive(&mut tracker, 1, "invalidation of k after DEL");
+    writer.call(&words("SET unread 1"));
+    tracker.quiet(QUIET);
+    // A FLUSHDB invalidates everything (a null key list).
+    writer.call(&words("FLUSHDB"));
+    receive(&mut tracker, 1, "invalidation of everything");
+    tracker.call(&words("CLIENT TRACKING OFF"));
+    tracker.call(&words("GET k"));
+    writer.call(&words("SET k v3"));
+    tracker.quiet(QUIET);
+    tracker.call(&words("GET k"));
+}
+
+#[test]
+fn client_tracking_broadcast_with_prefix() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    let mut writer = pair.twin();
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.call(&words("CLIENT TRACKING ON BCAST PREFIX user:"));
+    writer.call(&words("SET user:1 a"));
+    receive(&mut tracker, 1, "invalidation of user:1");
+    writer.call(&words("SET session:1 b"));
+    tracker.quiet(QUIET);
+    tracker.call(&words("CLIENT TRACKING ON BCAST PREFIX user"));
+    tracker.call(&words("CLIENT TRACKING OFF"));
+    tracker.call(&words("GET user:1"));
+}
+
+/// In RESP2, tracking without a redirect is accepted; whatever Redis sends the client
+/// after a write to a tracked key, cachet sends the same.
+#[test]
+fn client_tracking_in_resp2() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    let mut writer = pair.twin();
+    tracker.script(&lines("CLIENT TRACKING ON\nGET k"));
+    writer.call(&words("SET k v"));
+    tracker.transcript(&lines("GET k\nCLIENT TRACKING OFF\nSET k w\nGET k"));
+}

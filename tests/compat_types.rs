@@ -1,0 +1,577 @@
+//! Data-type commands through cachet answer byte for byte what Redis answers directly
+//! (G1): every family of commands, errors, a large value, a long mixed pipeline.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use support::compare::{Pair, compare, compare_pipelined, lines, sorted};
+use support::raw::cmd;
+
+#[test]
+fn strings() {
+    compare(&lines(
+        "
+        SET s hello
+        GET s
+        APPEND s _world
+        STRLEN s
+        SETRANGE s 6 Redis
+        GET s
+        GETRANGE s 0 4
+        GETRANGE s -5 -1
+        GETRANGE s 100 200
+        SETRANGE padded 5 x
+        GET padded
+        INCR n
+        INCRBY n 10
+        DECRBY n 3
+        DECR n
+        INCRBYFLOAT f 10.5
+        INCRBYFLOAT f 0.1
+        INCRBYFLOAT f -5.0e3
+        INCRBYFLOAT f abc
+        INCR s
+        SET big 9223372036854775807
+        INCR big
+        SET e 1 EX 100
+        TTL e
+        GETEX e PERSIST
+        TTL e
+        GETEX e EX 50
+        TTL e
+        GETEX missing
+        GETDEL e
+        GETDEL e
+        EXISTS e
+        MSET a 1 b 2 c 3
+        MGET a b c missing
+        MSETNX a 9 d 4
+        SETNX a 9
+        SET a 5 GET
+        SET a 6 NX
+        SET a 7 XX KEEPTTL
+        GETSET a 8
+        SET fresh 1 XX
+        SET k1 ohmytext
+        SET k2 mynewtext
+        LCS k1 k2
+        LCS k1 k2 LEN
+        LCS k1 k2 IDX MINMATCHLEN 4 WITHMATCHLEN
+        STRLEN missing
+        get s
+        GeT s
+        SET e 1 EX -1
+        SET e 1 EX notanumber
+        SETEX e 10 v
+        PSETEX e 100000 v
+        OBJECT ENCODING n
+        OBJECT ENCODING s
+        ",
+    ));
+}
+
+#[test]
+fn hashes() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        HSET h f1 v1 f2 v2 f3 3
+        HGET h f1
+        HGET h nope
+        HMGET h f1 nope f3
+        HGETALL h
+        HINCRBY h f3 7
+        HINCRBYFLOAT h f3 0.5
+        HINCRBY h f1 1
+        HKEYS h
+        HVALS h
+        HLEN h
+        HEXISTS h f1
+        HEXISTS h nope
+        HDEL h f2 nope
+        HSTRLEN h f1
+        HSETNX h f1 x
+        HSETNX h f9 x
+        HMSET h a 1 b 2
+        HGETALL h
+        HSET h
+        HGETALL missing
+        OBJECT ENCODING h
+        ",
+    ));
+    // Past 128 fields a hash is a hash table, listed in the order of a randomly seeded
+    // hash function: compare as sorted.
+    let mut fill = vec![b"HSET".to_vec(), b"large".to_vec()];
+    for i in 0..200 {
+        fill.push(format!("field{i}").into_bytes());
+        fill.push(format!("value{i}").into_bytes());
+    }
+    let fill: Vec<&[u8]> = fill.iter().map(Vec::as_slice).collect();
+    c.call(&cmd(&fill));
+    c.call_with(&cmd(&[b"HGETALL", b"large"]), sorted);
+    c.call_with(&cmd(&[b"HKEYS", b"large"]), sorted);
+    c.script(&lines(
+        "
+        HLEN large
+        HGET large field150
+        OBJECT ENCODING large
+        ",
+    ));
+}
+
+#[test]
+fn lists() {
+    compare(&lines(
+        "
+        RPUSH l a b c d e
+        LPUSH l z
+        LRANGE l 0 -1
+        LINDEX l 2
+        LINDEX l 99
+        LLEN l
+        LPOP l
+        RPOP l 2
+        LINSERT l BEFORE c x
+        LINSERT l AFTER nope y
+        LSET l 0 first
+        LSET l 99 nope
+        LREM l 1 x
+        LRANGE l 0 -1
+        LPOS l c
+        LPOS l nope
+        RPUSH dup a b a c a
+        LPOS dup a RANK 2 COUNT 0
+        LTRIM dup 1 -2
+        LRANGE dup 0 -1
+        LMOVE l l2 LEFT RIGHT
+        RPOPLPUSH l l2
+        LRANGE l2 0 -1
+        LMPOP 2 nolist l2 LEFT COUNT 5
+        LMPOP 1 nolist RIGHT
+        LPUSHX nolist a
+        RPUSHX l2 a
+        LPOP nolist
+        LRANGE nolist 0 -1
+        OBJECT ENCODING l
+        ",
+    ));
+}
+
+#[test]
+fn sets() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        SADD ints 3 1 2 10
+        SMEMBERS ints
+        SADD s1 a b c d
+        SADD s1 a
+        SADD s2 c d e
+        SCARD s1
+        SISMEMBER s1 a
+        SISMEMBER s1 z
+        SMISMEMBER s1 a z b
+        SREM s1 d z
+        SINTERCARD 2 s1 s2
+        SINTERSTORE i s1 s2
+        SUNIONSTORE u s1 s2
+        SDIFFSTORE d s1 s2
+        SCARD u
+        SMOVE s1 s2 a
+        SMOVE s1 s2 nope
+        SCARD s2
+        SMEMBERS missing
+        OBJECT ENCODING ints
+        ",
+    ));
+    // A set of strings is a hash table in Redis 7.0: its order is the hash seed's.
+    for q in [
+        "SMEMBERS s1",
+        "SMEMBERS s2",
+        "SINTER s1 s2",
+        "SUNION s1 s2",
+        "SDIFF s2 s1",
+    ] {
+        c.call_with(&support::raw::words(q), sorted);
+    }
+}
+
+#[test]
+fn sorted_sets() {
+    compare(&lines(
+        "
+        ZADD z 1 a 2 b 3 c 4.5 d
+        ZADD z 1 a
+        ZADD z XX CH 5 a
+        ZADD z NX 9 e
+        ZADD z GT 1 a
+        ZADD z INCR 1.5 b
+        ZADD z nan a
+        ZRANGE z 0 -1 WITHSCORES
+        ZRANGE z 2 4 BYSCORE WITHSCORES
+        ZRANGE z (1 +inf BYSCORE LIMIT 1 2
+        ZRANGE z +inf -inf BYSCORE REV WITHSCORES
+        ZRANGEBYSCORE z -inf +inf WITHSCORES
+        ZREVRANGE z 0 1
+        ZADD lex 0 a 0 b 0 c 0 d
+        ZRANGE lex [b (d BYLEX
+        ZRANGEBYLEX lex - +
+        ZLEXCOUNT lex - [c
+        ZSCORE z d
+        ZSCORE z nope
+        ZMSCORE z a nope d
+        ZINCRBY z 1.5 a
+        ZINCRBY z 0.1 a
+        ZRANK z c
+        ZREVRANK z c
+        ZCOUNT z 2 5
+        ZCARD z
+        ZREM z e nope
+        ZADD z2 10 a 20 x 0.5 c
+        ZUNIONSTORE out 2 z z2 WEIGHTS 1 2 AGGREGATE MAX
+        ZRANGE out 0 -1 WITHSCORES
+        ZUNIONSTORE out2 2 z z2
+        ZRANGE out2 0 -1 WITHSCORES
+        ZINTERSTORE both 2 z z2 AGGREGATE SUM
+        ZRANGE both 0 -1 WITHSCORES
+        ZUNION 2 z z2 WITHSCORES
+        ZINTER 2 z z2
+        ZDIFF 2 z z2 WITHSCORES
+        ZDIFFSTORE dz 2 z z2
+        ZINTERCARD 2 z z2
+        ZRANGESTORE top z 0 1
+        ZRANGE top 0 -1 WITHSCORES
+        ZPOPMIN z
+        ZPOPMAX z 2
+        ZMPOP 2 nope z MIN COUNT 1
+        ZREMRANGEBYSCORE out 0 10
+        ZREMRANGEBYRANK out2 0 0
+        ZRANGE out2 0 -1 WITHSCORES
+        ZRANDMEMBER missing
+        OBJECT ENCODING z2
+        ",
+    ));
+}
+
+#[test]
+fn streams_with_explicit_ids() {
+    compare(&lines(
+        "
+        XADD st 1-1 f v
+        XADD st 1-2 f2 v2
+        XADD st 2-0 a b
+        XADD st 1-5 late x
+        XADD st 0-0 x y
+        XLEN st
+        XRANGE st - +
+        XRANGE st 1-2 + COUNT 1
+        XRANGE st (1-1 +
+        XREVRANGE st + - COUNT 2
+        XREAD COUNT 2 STREAMS st 0
+        XREAD STREAMS st 1-2
+        XREAD STREAMS st 2-0
+        XREAD STREAMS st nope 0 0
+        XGROUP CREATE st g 0
+        XGROUP CREATE st g 0
+        XGROUP CREATE nostream g 0
+        XGROUP CREATE nostream g $ MKSTREAM
+        XREADGROUP GROUP g c1 COUNT 2 STREAMS st >
+        XREADGROUP GROUP g c2 STREAMS st >
+        XREADGROUP GROUP g c1 STREAMS st 0
+        XREADGROUP GROUP nogroup c1 STREAMS st >
+        XPENDING st g
+        XACK st g 1-1 9-9
+        XPENDING st g
+        XPENDING st g - + 10 c9
+        XINFO STREAM st
+        XINFO GROUPS st
+        XGROUP CREATECONSUMER st g c3
+        XGROUP DELCONSUMER st g c3
+        XGROUP SETID st g 0
+        XDEL st 1-2 9-9
+        XTRIM st MAXLEN 1
+        XRANGE st - +
+        XINFO STREAM st
+        XADD capped MAXLEN 2 1-1 a 1
+        XADD capped MAXLEN 2 1-2 a 2
+        XADD capped MAXLEN 2 1-3 a 3
+        XRANGE capped - +
+        XADD capped NOMKSTREAM 1-4 a 4
+        XADD nomk NOMKSTREAM 1-1 a 1
+        EXISTS nomk
+        XGROUP DESTROY st g
+        XINFO GROUPS st
+        ",
+    ));
+}
+
+#[test]
+fn hyperloglog_and_bitmaps() {
+    compare(&lines(
+        "
+        PFADD hll a b c d
+        PFADD hll a
+        PFCOUNT hll
+        PFADD hll2 c d e f g
+        PFCOUNT hll hll2
+        PFMERGE merged hll hll2
+        PFCOUNT merged
+        GET hll
+        SETBIT b 7 1
+        SETBIT b 7 1
+        SETBIT b 100 1
+        SETBIT b 2 x
+        GETBIT b 7
+        GETBIT b 8
+        GETBIT nope 0
+        BITCOUNT b
+        BITCOUNT b 0 0
+        BITCOUNT b 0 7 BIT
+        BITPOS b 1
+        BITPOS b 0
+        SET x1 foobar
+        SET x2 abcdef
+        BITOP AND and x1 x2
+        BITOP OR or x1 x2
+        BITOP XOR xor x1 x2
+        BITOP NOT not x1
+        GET and
+        GET or
+        GET xor
+        GET not
+        BITOP NOT bad x1 x2
+        BITFIELD bf SET u8 0 255 GET u8 0 INCRBY u4 4 3
+        BITFIELD bf OVERFLOW SAT INCRBY u4 4 100 OVERFLOW FAIL INCRBY u4 4 100 OVERFLOW WRAP INCRBY i8 0 200
+        BITFIELD_RO bf GET u8 0 GET i4 4
+        BITFIELD bf GET u99 0
+        GET bf
+        ",
+    ));
+}
+
+#[test]
+fn geo() {
+    compare(&lines(
+        "
+        GEOADD geo 13.361389 38.115556 Palermo 15.087269 37.502669 Catania
+        GEOADD geo 200 100 Nowhere
+        GEODIST geo Palermo Catania
+        GEODIST geo Palermo Catania km
+        GEODIST geo Palermo Nope
+        GEOPOS geo Palermo Nope Catania
+        GEOHASH geo Palermo Catania
+        GEOSEARCH geo FROMLONLAT 15 37 BYRADIUS 200 km ASC WITHCOORD WITHDIST WITHHASH
+        GEOSEARCH geo FROMMEMBER Palermo BYBOX 400 400 km DESC COUNT 1
+        GEOSEARCHSTORE near geo FROMLONLAT 15 37 BYRADIUS 100 km STOREDIST
+        ZRANGE near 0 -1 WITHSCORES
+        GEORADIUS geo 15 37 200 km WITHDIST ASC
+        GEORADIUSBYMEMBER geo Palermo 300 km
+        ",
+    ));
+}
+
+#[test]
+fn sort() {
+    compare(&lines(
+        "
+        RPUSH ids 3 1 2
+        MSET w_1 30 w_2 10 w_3 20
+        MSET name_1 one name_2 two name_3 three
+        HSET obj_1 n uno
+        HSET obj_2 n dos
+        SORT ids
+        SORT ids DESC
+        SORT ids LIMIT 0 2
+        SORT ids BY w_*
+        SORT ids BY w_* GET # GET name_*
+        SORT ids BY nosort GET name_* GET obj_*->n
+        SORT ids BY w_* STORE dst
+        LRANGE dst 0 -1
+        SORT ids BY w_* GET name_* STORE dst2
+        LRANGE dst2 0 -1
+        RPUSH words b a c
+        SORT words
+        SORT words ALPHA DESC
+        SORT_RO ids BY w_* GET name_*
+        SADD nums 5 3 9
+        SORT nums
+        ZADD zs 1 c 2 a
+        SORT zs ALPHA
+        ",
+    ));
+}
+
+#[test]
+fn expiry_rename_copy() {
+    compare(&lines(
+        "
+        SET k v
+        TTL k
+        EXPIRE k 100
+        TTL k
+        EXPIRE k 200 NX
+        EXPIRE k 200 XX
+        EXPIRE k 50 GT
+        TTL k
+        PERSIST k
+        PERSIST k
+        TTL k
+        TTL missing
+        EXPIRE missing 10
+        PEXPIRE k 100000
+        TTL k
+        SET gone v
+        EXPIRE gone 0
+        EXISTS gone
+        TYPE k
+        TYPE missing
+        RENAME k k2
+        GET k
+        TTL k2
+        RENAME missing x
+        SET other o
+        RENAMENX k2 other
+        RENAMENX k2 k3
+        COPY k3 copy
+        COPY k3 copy
+        COPY k3 copy REPLACE
+        COPY k3 copy DB 1
+        COPY k3 copy DB 99
+        GET copy
+        SELECT 1
+        GET copy
+        SELECT 0
+        RPUSH lst a b
+        COPY lst lst2
+        LRANGE lst2 0 -1
+        DEL k3 lst lst2 missing
+        UNLINK copy
+        TOUCH other missing
+        EXISTS other other missing
+        DBSIZE
+        RANDOMKEY
+        MOVE other 2
+        MOVE other 2
+        SELECT 2
+        GET other
+        SWAPDB 0 2
+        GET other
+        SELECT 0
+        GET other
+        FLUSHDB
+        DBSIZE
+        ",
+    ));
+}
+
+#[test]
+fn keys_listing_in_hash_order() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines("MSET a 1 b 2 c 3 d 4 key:1 x key:2 y"));
+    // The keyspace is a hash table seeded at random: compare as sorted.
+    c.call_with(&support::raw::words("KEYS *"), sorted);
+    c.call_with(&support::raw::words("KEYS key:*"), sorted);
+    c.call(&support::raw::words("KEYS nothing*"));
+}
+
+#[test]
+fn errors() {
+    compare(&lines(
+        "
+        RPUSH l a
+        SET s v
+        GET l
+        LPUSH s x
+        HGET s f
+        ZADD s 1 m
+        SADD l m
+        INCR l
+        ZADD z notafloat m
+        FOO bar baz
+        FOO
+        GET
+        GET a b
+        SET k
+        HSET h f
+        OBJECT nosuchsub k
+        CLIENT nosuchsub
+        CONFIG GET nosuchparam
+        XADD st 1-1
+        EXPIRE s notanumber
+        INCRBY s 1
+        SET n 9223372036854775807
+        INCR n
+        LRANGE l a b
+        ZRANGE l 0 -1
+        ",
+    ));
+}
+
+/// A 4 MiB value goes through whole in both directions, alone and pipelined with small
+/// commands on either side.
+#[test]
+fn four_mib_value() {
+    let value: Vec<u8> = (0..4 * 1024 * 1024)
+        .map(|i| b'a' + (i % 26) as u8)
+        .collect();
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.call(&cmd(&[b"SET", b"big", &value]));
+    let got = c.call(&cmd(&[b"GET", b"big"]));
+    assert_eq!(got.len(), value.len() + 12, "the whole value came back");
+    c.pipeline(&[
+        cmd(&[b"SET", b"before", b"1"]),
+        cmd(&[b"SET", b"big2", &value]),
+        cmd(&[b"GET", b"big2"]),
+        cmd(&[b"STRLEN", b"big"]),
+        cmd(&[b"GETRANGE", b"big", b"4194300", b"-1"]),
+        cmd(&[b"APPEND", b"big", b"tail"]),
+        cmd(&[b"GET", b"before"]),
+    ]);
+}
+
+/// 5,000 commands of every kind written in one go, answered in order.
+#[test]
+fn pipeline_of_5000_mixed_commands() {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = move || {
+        // xorshift: the same script every run, no dependency.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut script = Vec::with_capacity(5000);
+    for i in 0..5000u64 {
+        let r = next();
+        let k = r % 37;
+        let line = match r % 20 {
+            0 => format!("SET k{k} v{i}"),
+            1 => format!("GET k{k}"),
+            2 => format!("INCR n{}", k % 7),
+            3 => format!("LPUSH l{} {i}", k % 5),
+            4 => format!("LRANGE l{} 0 2", k % 5),
+            5 => format!("HSET h{} f{} {i}", k % 3, k % 11),
+            6 => format!("HGET h{} f{}", k % 3, k % 11),
+            7 => format!("ZADD z {} m{}", i % 13, k),
+            8 => "ZRANGE z 0 2 WITHSCORES".to_string(),
+            9 => format!("DEL k{k}"),
+            10 => format!("EXISTS k{k} n{}", k % 7),
+            11 => format!("APPEND a{} x{i}", k % 4),
+            12 => format!("SADD s{} {}", k % 4, i % 100),
+            13 => format!("SCARD s{}", k % 4),
+            14 => format!("INCR k{k}"),
+            15 => "PING".to_string(),
+            16 => format!("ECHO e{i}"),
+            17 => format!("NOSUCHCOMMAND {i}"),
+            18 => format!("MGET k{k} k{} missing", k / 2),
+            _ => format!("STRLEN a{}", k % 4),
+        };
+        script.push(support::raw::words(&line));
+    }
+    compare_pipelined(&script);
+}

@@ -66,16 +66,35 @@ impl Server {
             connect_timeout: config.upstream.connect_timeout,
             command_timeout: config.upstream.command_timeout,
             shared_connections: config.upstream.shared_connections,
+            preload: Vec::new(),
         };
         let limits = Limits {
             max_bulk_len: config.limits.max_bulk_len,
             max_multibulk_len: config.limits.max_multibulk_len,
             max_inline_len: config.limits.max_inline_len,
         };
+        let engine = Engine::new(&config.consistency, &config.keyspace);
+        let mut settings = settings;
+        if engine.has_cache() {
+            // Every shared connection loads the lease scripts as it connects, so that
+            // EVALSHA finds them after an upstream restart too.
+            settings.preload = engine
+                .scripts
+                .all()
+                .iter()
+                .map(|s| {
+                    vec![
+                        bytes::Bytes::from_static(b"SCRIPT"),
+                        bytes::Bytes::from_static(b"LOAD"),
+                        s.body.clone(),
+                    ]
+                })
+                .collect();
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(Context::new(
             Upstream::new(settings),
-            Engine::new(&config.consistency, &config.keyspace),
+            engine,
             limits,
             url.db,
             shutdown_rx,

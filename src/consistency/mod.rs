@@ -15,13 +15,19 @@
 //! `EXEC`, written contiguously on one connection. No observer can see the new value
 //! without the invalidation having happened.
 
+pub mod cache;
 pub mod lock_mode;
 pub mod reserved;
+pub mod scripts;
 pub mod stats;
 pub mod translate;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
@@ -32,6 +38,7 @@ use crate::keyspace::Keyspaces;
 use crate::resp::Request;
 use crate::resp::reply;
 use crate::resp::request::encode_command;
+pub use scripts::Scripts;
 pub use stats::Stats;
 pub use translate::Translate;
 
@@ -66,10 +73,18 @@ pub struct Engine {
     channel: Bytes,
     prefix: Bytes,
     hold_off: Duration,
+    lease_ttl: Duration,
+    pub coalesce_wait: Duration,
     /// Whether any keyspace is `cache` (only then does cachet keep state upstream).
     has_cache: bool,
     pub locks: Arc<KeyLocks>,
     pub stats: Stats,
+    pub scripts: Scripts,
+    /// Distinguishes this cachet's lease tokens from other cachets' and earlier runs'.
+    instance: u64,
+    lease_seq: AtomicU64,
+    /// Keys with a live or recently voided lease granted here, and until when.
+    leased: DashMap<Bytes, Instant>,
 }
 
 impl Engine {
@@ -79,10 +94,21 @@ impl Engine {
             channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
             prefix: Bytes::copy_from_slice(consistency.reserved_prefix.as_bytes()),
             hold_off: consistency.hold_off,
+            lease_ttl: consistency.lease_ttl,
+            coalesce_wait: consistency.coalesce_wait,
+            scripts: Scripts::default(),
+            instance: instance_id(),
+            lease_seq: AtomicU64::new(0),
+            leased: DashMap::new(),
             has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
             locks: Arc::new(KeyLocks::default()),
             stats: Stats::default(),
         }
+    }
+
+    /// Whether cachet keeps lease state upstream (some keyspace is `cache`).
+    pub fn has_cache(&self) -> bool {
+        self.has_cache
     }
 
     pub fn keyspaces(&self) -> &Keyspaces {
@@ -100,6 +126,7 @@ impl Engine {
         req: &Request,
         info: Option<&CommandInfo>,
         keys: &mut Vec<KeyRef>,
+        cache: Option<(&mut cache::Leases, u64, u8)>,
     ) -> Result<Plan, Bytes> {
         let Some(info) = info else {
             return Ok(Plan::forward(req));
@@ -107,6 +134,11 @@ impl Engine {
         keys.clear();
         info.keys(&req.args, keys);
         self.check_reserved(req, keys)?;
+        if let Some((leases, session, proto)) = cache {
+            if let Some(plan) = self.cache_plan(req, info, leases, session, proto) {
+                return Ok(plan);
+            }
+        }
         match info.kind {
             CommandKind::Keys if self.has_cache => {
                 return Ok(Plan {
@@ -206,6 +238,7 @@ impl Engine {
                 KeyspaceMode::Passthrough | KeyspaceMode::Lock => continue,
                 KeyspaceMode::Strict => {}
                 KeyspaceMode::Cache => {
+                    self.lease_voided(key);
                     if let Some(state) = reserved::state_keys(&self.prefix, key) {
                         out.commands
                             .push(vec![Bytes::from_static(b"DEL"), state.lease]);
@@ -251,6 +284,16 @@ impl Engine {
             written: Vec::new(),
         })
     }
+}
+
+/// A value unlikely to repeat across processes and restarts (process id and start
+/// time), so that a lease granted before a restart never matches one granted after.
+fn instance_id() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ (u64::from(std::process::id()) << 40)
 }
 
 /// What invalidating one write takes.

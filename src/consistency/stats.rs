@@ -11,6 +11,16 @@ pub struct Stats {
     pub key_lock_waits: AtomicU64,
     pub key_lock_timeouts: AtomicU64,
     pub reserved_key_refusals: AtomicU64,
+    pub leases_granted: AtomicU64,
+    pub leases_voided: AtomicU64,
+    pub fills_stored: AtomicU64,
+    pub fills_rejected: AtomicU64,
+    pub writes_collapsed: AtomicU64,
+    /// Missers that found another client's lease and waited for its fill.
+    pub coalesced: AtomicU64,
+    pub coalesce_filled: AtomicU64,
+    pub coalesce_timed_out: AtomicU64,
+    pub noscript_recoveries: AtomicU64,
 }
 
 impl Stats {

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
 use crate::consistency::Translate;
+use crate::consistency::cache::{Finish, Leases};
 use crate::context::Context;
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Decoder, Request, reply};
@@ -50,10 +51,17 @@ enum Slot {
     Ready(Bytes),
     /// Coming from upstream as `frames` frames; not written if `discard`.
     Await {
-        frames: u32,
+        /// Identifies the slot to replies that come back out of order (see `parked`).
+        seq: u64,
         discard: bool,
         post: Post,
         translate: Translate,
+        /// Waiting for something other than the next upstream reply: a coalesced miss
+        /// waiting for another client's fill, or a script re-run after `NOSCRIPT`.
+        /// Later replies go to later slots meanwhile.
+        parked: bool,
+        /// The request as sent, kept for script commands (`NOSCRIPT` recovery).
+        sent: Option<Bytes>,
     },
 }
 
@@ -83,6 +91,7 @@ enum Event {
     ClientRead(std::io::Result<usize>),
     Wrote(std::io::Result<usize>),
     Upstream(Reply),
+    Resolved(u64, Bytes, bool),
     PinnedRead(std::io::Result<usize>),
     PinnedTimeout,
     Shutdown,
@@ -113,12 +122,19 @@ pub struct Session {
     closing: bool,
     /// Scratch space for key extraction, reused across commands.
     keys: Vec<KeyRef>,
+    /// Leases this connection holds on `cache` keys.
+    leases: Leases,
+    next_seq: u64,
+    /// Replies of parked slots, by slot sequence number; `true` when the reply still
+    /// needs finishing by the engine.
+    resolve_tx: mpsc::UnboundedSender<(u64, Bytes, bool)>,
 }
 
 /// Runs one client connection to its end.
 pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+    let (resolve_tx, resolve_rx) = mpsc::unbounded_channel();
     let id = ctx.next_session_id();
     let session = Session {
         id,
@@ -140,13 +156,21 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         stalled: None,
         closing: false,
         keys: Vec::with_capacity(8),
+        leases: Leases::new(),
+        next_seq: 0,
+        resolve_tx,
         ctx,
     };
-    session.serve(stream, reply_rx).await;
+    session.serve(stream, reply_rx, resolve_rx).await;
 }
 
 impl Session {
-    async fn serve(mut self, stream: TcpStream, mut reply_rx: ReplyRx) {
+    async fn serve(
+        mut self,
+        stream: TcpStream,
+        mut reply_rx: ReplyRx,
+        mut resolve_rx: mpsc::UnboundedReceiver<(u64, Bytes, bool)>,
+    ) {
         let (mut client_rd, mut client_wr) = stream.into_split();
         let mut shutdown = self.ctx.shutdown.clone();
         let mut shutting_down = *shutdown.borrow();
@@ -174,6 +198,7 @@ impl Session {
                 tokio::select! {
                     r = client_rd.read_buf(rbuf), if want_read => Event::ClientRead(r),
                     Some(r) = reply_rx.recv() => Event::Upstream(r),
+                    Some((seq, bytes, finish)) = resolve_rx.recv() => Event::Resolved(seq, bytes, finish),
                     r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
                     r = read_pinned(pinned) => Event::PinnedRead(r),
                     _ = sleep_until(deadline) => Event::PinnedTimeout,
@@ -204,6 +229,10 @@ impl Session {
                 }
                 Event::Upstream(r) => {
                     self.on_upstream(r);
+                    self.resume().await;
+                }
+                Event::Resolved(seq, bytes, finish) => {
+                    self.on_resolved(seq, bytes, finish);
                     self.resume().await;
                 }
                 Event::PinnedRead(Ok(n)) if n > 0 => {
@@ -435,7 +464,8 @@ impl Session {
                 conn
             }
         };
-        let plan = match self.ctx.engine.plan(&req, info, &mut self.keys) {
+        let cache = Some((&mut self.leases, self.id, self.proto));
+        let plan = match self.ctx.engine.plan(&req, info, &mut self.keys, cache) {
             Ok(plan) => plan,
             Err(refusal) => {
                 self.reply(refusal);
@@ -450,15 +480,24 @@ impl Session {
                 None => return None,
             }
         };
+        let script = matches!(
+            plan.translate,
+            Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. }
+        );
+        let sent = script.then(|| plan.data.clone());
         conn.send(Job {
             data: plan.data,
             frames: plan.frames,
             reply: Some(self.reply_tx.clone()),
             held,
         });
-        self.await_reply(route, plan.frames, Post::Nothing);
-        if let Some(Slot::Await { translate, .. }) = self.slots.back_mut() {
+        self.await_reply(route, Post::Nothing);
+        if let Some(Slot::Await {
+            translate, sent: s, ..
+        }) = self.slots.back_mut()
+        {
             *translate = plan.translate;
+            *s = sent;
         }
         None
     }
@@ -523,7 +562,7 @@ impl Session {
         let p = self.pinned.as_mut()?;
         match p.send(&req, kind, blocking, rewrite).await {
             Ok(0) => {}
-            Ok(_) => self.await_reply(Route::Pinned, 1, Post::Nothing),
+            Ok(_) => self.await_reply(Route::Pinned, Post::Nothing),
             Err(e) => {
                 self.reply(e.reply());
                 self.pinned_failed(e);
@@ -559,7 +598,7 @@ impl Session {
                 ..Rewrite::default()
             });
         }
-        let plan = engine.plan(req, Some(&info), &mut self.keys)?;
+        let plan = engine.plan(req, Some(&info), &mut self.keys, None)?;
         Ok(Rewrite {
             data: Some(plan.data),
             extra_frames: plan.frames.saturating_sub(1),
@@ -568,13 +607,16 @@ impl Session {
         })
     }
 
-    fn await_reply(&mut self, route: Route, frames: u32, post: Post) {
+    fn await_reply(&mut self, route: Route, post: Post) {
         let discard = self.take_discard();
+        self.next_seq += 1;
         self.slots.push_back(Slot::Await {
-            frames,
+            seq: self.next_seq,
             discard,
             post,
             translate: Translate::None,
+            parked: false,
+            sent: None,
         });
         self.inflight += 1;
         self.route = Some(route);
@@ -589,6 +631,7 @@ impl Session {
         let mut settings = self.ctx.upstream.settings().clone();
         settings.username = None;
         settings.password = None;
+        settings.preload = Vec::new();
         let tx = self.reply_tx.clone();
         let args = req.args.clone();
         tokio::spawn(async move {
@@ -600,7 +643,7 @@ impl Session {
             .await;
             let _ = tx.send(result);
         });
-        self.await_reply(Route::Aux, 1, post);
+        self.await_reply(Route::Aux, post);
         None
     }
 
@@ -693,69 +736,193 @@ impl Session {
     /// An upstream reply (shared connection or credential check) for the oldest slot.
     fn on_upstream(&mut self, r: Reply) {
         match r {
-            Ok(b) => self.deliver(b, None, false),
-            Err(e) => self.deliver(e.reply(), None, true),
+            Ok(b) => self.deliver(b, false),
+            Err(e) => self.deliver(e.reply(), true),
         }
     }
 
-    /// Gives `bytes` (the whole reply, or one frame of it when `frames` is `Some(1)`) to
-    /// the oldest awaited slot, then flushes the ready replies behind it.
-    fn deliver(&mut self, bytes: Bytes, frames: Option<u32>, is_error: bool) {
-        let Some(Slot::Await {
-            frames: left,
-            discard,
-            post,
-            translate,
-        }) = self.slots.front_mut()
+    /// Gives `bytes` (a complete reply) to the oldest slot waiting for an upstream
+    /// reply, then writes out every reply now ready at the front.
+    fn deliver(&mut self, bytes: Bytes, is_error: bool) {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Await { parked: false, .. }))
         else {
             tracing::error!(session = self.id, "reply without a request; dropped");
             return;
         };
-        *left = left.saturating_sub(frames.unwrap_or(*left));
-        let discard = *discard;
-        let finished = *left == 0;
-        let post = if finished {
-            std::mem::replace(post, Post::Nothing)
-        } else {
-            Post::Nothing
+        self.complete(idx, bytes, is_error);
+    }
+
+    /// A parked slot's reply arrived.
+    fn on_resolved(&mut self, seq: u64, bytes: Bytes, finish: bool) {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Await { seq: q, .. } if *q == seq))
+        else {
+            return;
         };
-        // A rewritten command's reply becomes the plain command's reply; an error made
-        // by cachet (upstream failure) is passed as it is.
-        let bytes = if finished && !is_error {
-            std::mem::replace(translate, Translate::None).apply(bytes)
+        if finish {
+            self.complete(idx, bytes, false);
         } else {
-            bytes
+            self.settle(idx, bytes, Post::Nothing, false);
+        }
+    }
+
+    /// Finishes slot `idx` with its upstream reply: translation, lease bookkeeping, or
+    /// parking it (coalescing, `NOSCRIPT` recovery).
+    fn complete(&mut self, idx: usize, bytes: Bytes, is_error: bool) {
+        let Some(Slot::Await {
+            seq,
+            discard,
+            post,
+            translate,
+            parked,
+            sent,
+            ..
+        }) = self.slots.get_mut(idx)
+        else {
+            return;
         };
-        if !finished {
-            if !discard {
-                self.out.extend_from_slice(&bytes);
-            }
+        let seq = *seq;
+        let _ = discard;
+        if is_error {
+            let post = std::mem::replace(post, Post::Nothing);
+            self.settle(idx, bytes, post, true);
             return;
         }
-        self.slots.pop_front();
-        self.inflight -= 1;
-        match post {
-            Post::Hello { proto, setname } if bytes.starts_with(b"+OK") => {
+        if bytes.starts_with(b"-NOSCRIPT") {
+            if let Some(fallback) = sent.take().and_then(|s| self.ctx.engine.eval_fallback(&s)) {
+                *parked = true;
+                self.ctx
+                    .engine
+                    .stats
+                    .noscript_recoveries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.spawn_retry(seq, fallback);
+                return;
+            }
+        }
+        let t = std::mem::take(translate);
+        let post = std::mem::replace(post, Post::Nothing);
+        let bytes = match self.ctx.engine.finish(&t, bytes) {
+            Finish::Reply(b) => b,
+            Finish::Leased { reply, key, token } => {
+                self.leases.insert(key.clone(), token);
+                self.ctx.engine.lease_granted(key);
+                reply
+            }
+            Finish::Coalesce { key } => {
+                if let Some(Slot::Await { parked, .. }) = self.slots.get_mut(idx) {
+                    *parked = true;
+                }
+                self.spawn_coalesce(seq, key);
+                return;
+            }
+        };
+        self.settle(idx, bytes, post, false);
+    }
+
+    /// Slot `idx` has its final reply.
+    fn settle(&mut self, idx: usize, bytes: Bytes, post: Post, is_error: bool) {
+        let discard = matches!(self.slots.get(idx), Some(Slot::Await { discard: true, .. }));
+        let bytes = match post {
+            Post::Hello { proto, setname } if !is_error && bytes.starts_with(b"+OK") => {
                 self.proto = proto;
                 if let Some(name) = setname {
                     self.name = (!name.is_empty()).then_some(name);
                 }
-                if !discard {
-                    let r = local::hello_reply(&self.ctx.server.load(), proto, self.id);
-                    self.out.extend_from_slice(&r);
-                }
+                local::hello_reply(&self.ctx.server.load(), proto, self.id)
             }
-            _ => {
-                if !discard {
-                    self.out.extend_from_slice(&bytes);
-                }
-            }
+            _ => bytes,
+        };
+        if let Some(slot) = self.slots.get_mut(idx) {
+            *slot = Slot::Ready(if discard { Bytes::new() } else { bytes });
+            self.inflight -= 1;
         }
         while let Some(Slot::Ready(_)) = self.slots.front() {
             if let Some(Slot::Ready(b)) = self.slots.pop_front() {
                 self.out.extend_from_slice(&b);
             }
         }
+    }
+
+    /// Waits (up to `coalesce_wait`) for another client's fill of `key`, polling the
+    /// key, and resolves slot `seq` with the value or nil.
+    fn spawn_coalesce(&mut self, seq: u64, key: Bytes) {
+        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        let tx = self.resolve_tx.clone();
+        let ctx = self.ctx.clone();
+        let proto = self.proto;
+        tokio::spawn(async move {
+            let wait = ctx.engine.coalesce_wait;
+            let deadline = Instant::now() + wait;
+            let step = (wait / 10).max(std::time::Duration::from_millis(2));
+            let mut get = BytesMut::new();
+            crate::resp::request::encode_command(&mut get, &[Bytes::from_static(b"GET"), key]);
+            let get = get.freeze();
+            loop {
+                tokio::time::sleep_until((Instant::now() + step).min(deadline)).await;
+                let (rtx, mut rrx) = mpsc::unbounded_channel();
+                conn.send(Job {
+                    data: get.clone(),
+                    frames: 1,
+                    reply: Some(rtx),
+                    held: None,
+                });
+                let stats = &ctx.engine.stats;
+                match rrx.recv().await {
+                    Some(Ok(b)) if b.first() == Some(&b'$') && !b.starts_with(b"$-1") => {
+                        stats
+                            .coalesce_filled
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let _ = tx.send((seq, b, false));
+                        return;
+                    }
+                    Some(Ok(b)) if b.first() == Some(&b'-') => {
+                        let _ = tx.send((seq, b, false));
+                        return;
+                    }
+                    Some(Err(e)) => {
+                        let _ = tx.send((seq, e.reply(), false));
+                        return;
+                    }
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    stats
+                        .coalesce_timed_out
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut nil = BytesMut::new();
+                    reply::push_null(&mut nil, proto);
+                    let _ = tx.send((seq, nil.freeze(), false));
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Re-runs a script command with its body after `NOSCRIPT`.
+    fn spawn_retry(&mut self, seq: u64, data: Bytes) {
+        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        let tx = self.resolve_tx.clone();
+        tokio::spawn(async move {
+            let (rtx, mut rrx) = mpsc::unbounded_channel();
+            conn.send(Job {
+                data,
+                frames: 1,
+                reply: Some(rtx),
+                held: None,
+            });
+            let r = match rrx.recv().await {
+                Some(Ok(b)) => (seq, b, true),
+                Some(Err(e)) => (seq, e.reply(), false),
+                None => (seq, UpstreamError::Lost.reply(), false),
+            };
+            let _ = tx.send(r);
+        });
     }
 
     /// Frames arrived on the pinned connection.
@@ -769,7 +936,7 @@ impl Session {
                 Ok(Some(Incoming::Nothing)) => {}
                 Ok(Some(Incoming::Reply(bytes))) => {
                     let effects = p.take_effects();
-                    self.deliver(bytes, Some(1), false);
+                    self.deliver(bytes, false);
                     for e in effects {
                         match e {
                             SessionEffect::Select(db) => self.db = db,
@@ -815,8 +982,12 @@ impl Session {
         let stateful = p.stateful();
         drop(p);
         let reply = err.reply();
-        while self.inflight > 0 {
-            self.deliver(reply.clone(), None, true);
+        while self
+            .slots
+            .iter()
+            .any(|s| matches!(s, Slot::Await { parked: false, .. }))
+        {
+            self.deliver(reply.clone(), true);
         }
         if stateful {
             self.closing = true;

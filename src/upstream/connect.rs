@@ -54,6 +54,8 @@ pub async fn connect(settings: &Settings, id: Identity) -> Result<TcpStream, Ups
             Bytes::from(id.db.to_string()),
         ]);
     }
+    let checked = commands.len();
+    commands.extend(settings.preload.iter().cloned());
     if commands.is_empty() {
         return Ok(stream);
     }
@@ -65,9 +67,9 @@ pub async fn connect(settings: &Settings, id: Identity) -> Result<TcpStream, Ups
                 fmt_duration(timeout)
             ))
         })??;
-    for reply in replies {
+    for reply in replies.iter().take(checked) {
         if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
-            let text = String::from_utf8_lossy(&reply);
+            let text = String::from_utf8_lossy(reply);
             return Err(UpstreamError::Handshake(
                 text.trim_start_matches(['-', '!']).trim_end().to_string(),
             ));

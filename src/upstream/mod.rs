@@ -31,6 +31,9 @@ pub struct Settings {
     pub command_timeout: Duration,
     /// Shared connections per (database, protocol).
     pub shared_connections: usize,
+    /// Commands run on every new connection after the handshake, whose failure is
+    /// not fatal (loading cachet's scripts).
+    pub preload: Vec<Vec<Bytes>>,
 }
 
 /// Why an upstream request got no reply from Redis. Every variant reaches the client as

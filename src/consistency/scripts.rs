@@ -1,0 +1,90 @@
+//! The Lua scripts that check leases upstream, where the check and the write must be
+//! one atomic step. They are loaded on every shared connection when it connects and
+//! called by `EVALSHA`; a `NOSCRIPT` reply (after a `SCRIPT FLUSH`) is answered by
+//! re-running the script with `EVAL`.
+
+use bytes::Bytes;
+
+/// A script and its SHA1, as `EVALSHA` names it.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub body: Bytes,
+    pub sha: Bytes,
+}
+
+impl Script {
+    fn new(body: &'static str) -> Script {
+        Script {
+            body: Bytes::from_static(body.as_bytes()),
+            sha: Bytes::from(sha1_smol::Sha1::from(body).digest().to_string()),
+        }
+    }
+}
+
+/// A read of a `cache` key. KEYS: key, lease key. ARGV: lease token, lease TTL (ms).
+/// Returns `{1, value}` on a hit, `{2}` on a miss with a lease granted to the caller,
+/// `{3}` on a miss while another client holds the lease; errors as `GET` gives them.
+pub const LEASE_GET: &str = r#"
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' and v.err then return v end
+if v then return {1, v} end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
+return {3}
+"#;
+
+/// A fill under a lease. KEYS: key, lease key, tombstone key. ARGV: lease token, then
+/// the `SET` arguments after the key. Stored only if the caller's lease is still the
+/// live one and no invalidation happened within `hold_off`; returns `{1, <SET reply>}`
+/// when stored, `{0, <key exists>}` when rejected. The lease is used up either way.
+pub const FILL: &str = r#"
+local mine = redis.call('GET', KEYS[2]) == ARGV[1]
+if mine then redis.call('DEL', KEYS[2]) end
+if not mine or redis.call('EXISTS', KEYS[3]) == 1 then
+  return {0, redis.call('EXISTS', KEYS[1])}
+end
+return {1, redis.pcall('SET', KEYS[1], unpack(ARGV, 2))}
+"#;
+
+/// A `SET` with no lease behind it (write-through). KEYS: key, lease key, tombstone key.
+/// ARGV: channel, hold-off (ms), "set" or "invalidate", "nx" or "", then the `SET`
+/// arguments after the key. A `SET NX` of an existing key writes nothing, as in Redis. Voids any lease, and stores the value unless another write of the key
+/// landed within `hold_off` (or the keyspace always invalidates), in which case the key
+/// is deleted instead; leaves a tombstone and publishes the invalidation. Returns
+/// `{1, <SET reply>}` when stored, `{0, <key existed>}` when collapsed.
+pub const BLIND_SET: &str = r#"
+if ARGV[4] == 'nx' and redis.call('EXISTS', KEYS[1]) == 1 then return {1, false} end
+redis.call('DEL', KEYS[2])
+local r
+if ARGV[3] == 'set' and redis.call('EXISTS', KEYS[3]) == 0 then
+  r = {1, redis.pcall('SET', KEYS[1], unpack(ARGV, 5))}
+else
+  r = {0, redis.call('DEL', KEYS[1])}
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('PUBLISH', ARGV[1], KEYS[1])
+return r
+"#;
+
+/// All scripts, loaded together.
+#[derive(Debug, Clone)]
+pub struct Scripts {
+    pub lease_get: Script,
+    pub fill: Script,
+    pub blind_set: Script,
+}
+
+impl Default for Scripts {
+    fn default() -> Self {
+        Scripts {
+            lease_get: Script::new(LEASE_GET),
+            fill: Script::new(FILL),
+            blind_set: Script::new(BLIND_SET),
+        }
+    }
+}
+
+impl Scripts {
+    pub fn all(&self) -> [&Script; 3] {
+        [&self.lease_get, &self.fill, &self.blind_set]
+    }
+}

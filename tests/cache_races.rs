@@ -1,0 +1,206 @@
+//! The races of DESIGN section 1, each scripted with explicit interleaving between two
+//! or more clients of one cachet, against a real `redis-server`, in a `cache` keyspace
+//! (`:1:*`, Django's key format).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use support::cachet::{Cachet, config_for};
+use support::raw::{Raw, words};
+use support::redis::RedisServer;
+
+const NIL: &[u8] = b"$-1\r\n";
+const OK: &[u8] = b"+OK\r\n";
+
+fn start(hold_off_ms: u64, coalesce_ms: u64) -> (RedisServer, Cachet) {
+    let redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.consistency.hold_off = Duration::from_millis(hold_off_ms);
+    config.consistency.coalesce_wait = Duration::from_millis(coalesce_ms);
+    let cachet = Cachet::start_with(config);
+    (redis, cachet)
+}
+
+fn get(c: &mut Raw, key: &str) -> Vec<u8> {
+    c.call(&words(&format!("GET {key}")))
+}
+
+#[test]
+fn fill_with_a_live_lease_is_stored() {
+    let (_redis, cachet) = start(300, 50);
+    let mut reader = Raw::connect(cachet.addr);
+    assert_eq!(get(&mut reader, ":1:user:1"), NIL, "miss: lease granted");
+    assert_eq!(reader.call(&words("SET :1:user:1 v1 EX 300")), OK);
+    assert_eq!(get(&mut reader, ":1:user:1"), b"$2\r\nv1\r\n");
+}
+
+#[test]
+fn slow_fill_after_an_invalidation_is_rejected() {
+    let (redis, cachet) = start(300, 50);
+    let mut reader = Raw::connect(cachet.addr);
+    let mut writer = Raw::connect(cachet.addr);
+    // The reader misses and reads the database (old row)...
+    assert_eq!(get(&mut reader, ":1:user:1"), NIL);
+    // ...the writer commits the new row and deletes the key...
+    assert_eq!(writer.call(&words("DEL :1:user:1")), b":0\r\n");
+    // ...and the reader's slow fill of the old row lands afterwards.
+    assert_eq!(
+        reader.call(&words("SET :1:user:1 old EX 300")),
+        OK,
+        "answers as stored"
+    );
+    // (Checked on Redis directly: a GET through cachet would itself take a lease.)
+    let mut direct = Raw::connect(redis.addr());
+    assert_eq!(
+        direct.call(&words("EXISTS :1:user:1")),
+        b":0\r\n",
+        "the stale value was not stored"
+    );
+    // Once hold_off is over, the next miss fills normally.
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(get(&mut reader, ":1:user:1"), NIL);
+    assert_eq!(reader.call(&words("SET :1:user:1 new EX 300")), OK);
+    assert_eq!(get(&mut writer, ":1:user:1"), b"$3\r\nnew\r\n");
+}
+
+#[test]
+fn delete_before_commit_within_hold_off_rejects_the_refill() {
+    let (_redis, cachet) = start(300, 50);
+    let mut writer = Raw::connect(cachet.addr);
+    let mut reader = Raw::connect(cachet.addr);
+    // The writer deletes inside its database transaction, before COMMIT.
+    assert_eq!(writer.call(&words("DEL :1:order:9")), b":0\r\n");
+    // A reader misses and refills from the old, still committed row.
+    assert_eq!(get(&mut reader, ":1:order:9"), NIL);
+    assert_eq!(
+        reader.call(&words("SET :1:order:9 uncommitted-old EX 300")),
+        OK
+    );
+    assert_eq!(
+        get(&mut writer, ":1:order:9"),
+        NIL,
+        "refill within hold_off rejected"
+    );
+}
+
+#[test]
+fn a_set_from_another_connection_during_a_lease_is_a_fill_without_lease() {
+    let (_redis, cachet) = start(300, 50);
+    let mut a = Raw::connect(cachet.addr);
+    let mut b = Raw::connect(cachet.addr);
+    assert_eq!(get(&mut a, ":1:k"), NIL, "a holds the lease");
+    // b (another pooled connection of a slow filler whose own lease was voided) SETs.
+    assert_eq!(b.call(&words("SET :1:k from-b EX 300")), OK);
+    assert_eq!(b.call(&words("SET :1:k from-b EX 300 NX")), OK);
+    assert_eq!(get(&mut b, ":1:k"), NIL, "rejected");
+    assert_eq!(a.call(&words("SET :1:k from-a EX 300")), OK);
+    assert_eq!(
+        get(&mut b, ":1:k"),
+        b"$6\r\nfrom-a\r\n",
+        "the lease holder's fill is stored"
+    );
+}
+
+#[test]
+fn racing_write_through_sets_leave_no_stale_value() {
+    let (_redis, cachet) = start(300, 50);
+    let mut w1 = Raw::connect(cachet.addr);
+    let mut w2 = Raw::connect(cachet.addr);
+    // Two writers commit v1 then v2; their SETs arrive v2 then v1.
+    assert_eq!(w2.call(&words("SET :1:p v2 EX 300")), OK);
+    assert_eq!(w1.call(&words("SET :1:p v1 EX 300")), OK);
+    // The second SET within hold_off collapsed into an invalidation: the cache holds
+    // nothing rather than the stale v1.
+    assert_eq!(get(&mut w1, ":1:p"), NIL);
+    // A lone write-through later is stored.
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(w1.call(&words("SET :1:p v3 EX 300")), OK);
+    assert_eq!(get(&mut w2, ":1:p"), b"$2\r\nv3\r\n");
+}
+
+#[test]
+fn herd_of_missers_makes_one_database_read() {
+    let (_redis, cachet) = start(300, 2000);
+    let clients = 100;
+    let db_reads = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(clients));
+    let addr = cachet.addr;
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let db_reads = db_reads.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut c = Raw::connect(addr);
+                barrier.wait();
+                let got = get(&mut c, ":1:hot");
+                if got == NIL {
+                    // Cache-aside: a miss reads the database, then fills.
+                    db_reads.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(100));
+                    assert_eq!(c.call(&words("SET :1:hot from-db EX 300")), OK);
+                    b"$7\r\nfrom-db\r\n".to_vec()
+                } else {
+                    got
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap(), b"$7\r\nfrom-db\r\n");
+    }
+    assert_eq!(
+        db_reads.load(Ordering::SeqCst),
+        1,
+        "one lease, one database read"
+    );
+}
+
+#[test]
+fn coalesced_missers_get_nil_when_no_fill_comes() {
+    let (_redis, cachet) = start(300, 100);
+    let mut holder = Raw::connect(cachet.addr);
+    let mut other = Raw::connect(cachet.addr);
+    assert_eq!(get(&mut holder, ":1:slow"), NIL);
+    let start = std::time::Instant::now();
+    assert_eq!(get(&mut other, ":1:slow"), NIL);
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(90), "waited {waited:?}");
+    assert!(waited < Duration::from_millis(1000), "waited {waited:?}");
+}
+
+#[test]
+fn cache_replies_match_redis_for_hits_errors_and_resp3() {
+    let (_redis, cachet) = start(300, 50);
+    let mut c = Raw::connect(cachet.addr);
+    let direct_redis = RedisServer::start();
+    let mut d = Raw::connect(direct_redis.addr());
+    for line in [
+        "GET :1:a",
+        "SET :1:a 1 EX 100",
+        "GET :1:a",
+        "LPUSH :1:l x",
+        "GET :1:l",
+        "SET :1:a",
+        "SETEX :1:b 100 v",
+        "GET :1:b",
+        "HELLO 3",
+        "GET :1:zz",
+        "GET :1:b",
+    ] {
+        let through = c.call(&words(line));
+        let direct = d.call(&words(line));
+        if line.starts_with("HELLO") {
+            continue;
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&through),
+            String::from_utf8_lossy(&direct),
+            "{line}"
+        );
+    }
+}

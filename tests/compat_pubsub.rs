@@ -217,3 +217,49 @@ fn client_tracking_in_resp2() {
     writer.call(&words("SET k v"));
     tracker.transcript(&lines("GET k\nCLIENT TRACKING OFF\nSET k w\nGET k"));
 }
+
+#[test]
+fn client_tracking_optin_and_caching() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    let mut writer = pair.twin();
+    tracker.call(&words("CLIENT CACHING yes"));
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.call(&words("CLIENT TRACKING ON OPTIN"));
+    tracker.script(&lines(
+        "GET untracked\nCLIENT CACHING yes\nGET tracked\nCLIENT CACHING no",
+    ));
+    writer.script(&lines("SET untracked 1\nSET tracked 1"));
+    receive(&mut tracker, 1, "invalidation of tracked only");
+    tracker.quiet(QUIET);
+}
+
+/// A 1 MiB message reaches the subscriber whole.
+#[test]
+fn large_message() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.call(&words("SUBSCRIBE big"));
+    let payload = vec![b'm'; 1024 * 1024];
+    publisher.call(&support::raw::cmd(&[b"PUBLISH", b"big", &payload]));
+    receive(&mut sub, 1, "1 MiB message");
+}
+
+/// MONITOR lines carry timestamps and addresses that differ between any two servers;
+/// what must hold is that the monitor sees other clients' commands.
+#[test]
+fn monitor_sees_commands_of_other_clients() {
+    let redis = support::redis::RedisServer::start();
+    let cachet = support::cachet::Cachet::start(&redis.url());
+    let mut monitor = support::raw::Raw::connect(cachet.addr);
+    let mut other = support::raw::Raw::connect(cachet.addr);
+    assert_eq!(monitor.call(&words("MONITOR")), b"+OK\r\n");
+    assert_eq!(other.call(&words("SET mk 1")), b"+OK\r\n");
+    let line = monitor.frame();
+    assert!(
+        line.starts_with(b"+") && line.ends_with(b"\"SET\" \"mk\" \"1\"\r\n"),
+        "{}",
+        String::from_utf8_lossy(&line)
+    );
+}

@@ -441,3 +441,67 @@ fn locally_answered_commands_check_arity() {
         ",
     ));
 }
+
+/// A protocol switch pipelined right behind a command that needs a dedicated connection
+/// for a moment (a blocking command, a watch that is dropped again) waits for it, as
+/// Redis runs it once the earlier commands are done.
+#[test]
+fn hello_pipelined_behind_a_dedicated_connection_command() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.send(&[words("BLPOP empty 0.01"), words("HELLO 3")].concat());
+    c.frame(b"BLPOP empty 0.01");
+    c.frame_with(b"HELLO 3", hello_without_id);
+    c.call(&words("HGETALL missing"));
+    c.send(&[words("WATCH k"), words("UNWATCH"), words("HELLO 2")].concat());
+    c.frame(b"WATCH k");
+    c.frame(b"UNWATCH");
+    c.frame_with(b"HELLO 2", hello_without_id);
+    c.call(&words("HGETALL missing"));
+    // Inside a real stateful mode the switch is refused (a documented difference),
+    // so only check that the client is told and keeps its protocol.
+    let mut p = Raw::connect(pair.cachet.addr);
+    assert_eq!(p.call(&words("WATCH k")), b"+OK\r\n");
+    assert!(p.call(&words("HELLO 3")).starts_with(b"-ERR"));
+    assert_eq!(p.call(&words("HGETALL missing")), b"*0\r\n");
+}
+
+/// Requests arriving a byte at a time are decoded as a whole.
+#[test]
+fn requests_split_into_single_bytes() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let script = [
+        words("SET k hello"),
+        b"GET k\r\n".to_vec(),
+        cmd(&[b"SET", b"bin", b"a\r\nb\0c"]),
+        words("GET bin"),
+        b"ECHO \"x y\"\r\n".to_vec(),
+    ];
+    for byte in script.concat() {
+        c.send(&[byte]);
+    }
+    for command in &script {
+        c.frame(command);
+    }
+}
+
+#[test]
+fn oversized_requests_are_protocol_errors() {
+    let pair = Pair::start();
+    // An inline request longer than 64 KiB without a line end.
+    let mut c = pair.twin();
+    c.send(&vec![b'a'; 70_000]);
+    c.frame(b"70,000 bytes without a newline");
+    c.closed(Duration::from_secs(2));
+    // A bulk length above proto-max-bulk-len (512 MiB).
+    let mut c = pair.twin();
+    c.send(b"*2\r\n$3\r\nGET\r\n$536870913\r\n");
+    c.frame(b"bulk of 512 MiB + 1");
+    c.closed(Duration::from_secs(2));
+    // A multibulk count above INT_MAX.
+    let mut c = pair.twin();
+    c.send(b"*2147483648\r\n");
+    c.frame(b"*2147483648");
+    c.closed(Duration::from_secs(2));
+}

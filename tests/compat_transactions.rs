@@ -308,3 +308,19 @@ fn transactions_in_another_database_and_resp3() {
     a.call_with(&words("HELLO 2"), support::compare::hello_without_id);
     a.call(&words("GET k"));
 }
+
+/// Large values in and out of a transaction on the dedicated connection.
+#[test]
+fn large_values_inside_a_transaction() {
+    let value = vec![b'v'; 2 * 1024 * 1024];
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.pipeline(&[
+        words("MULTI"),
+        support::raw::cmd(&[b"SET", b"big", &value]),
+        words("GET big"),
+        words("STRLEN big"),
+        words("EXEC"),
+        words("GET big"),
+    ]);
+}

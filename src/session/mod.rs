@@ -527,6 +527,12 @@ impl Session {
                 .map(|_| req);
         }
         if proto != self.proto && self.pinned.is_some() {
+            // Replies still owed on the pinned connection may end its mode (a blocking
+            // command's reply, `UNWATCH`, the last unsubscription), as Redis would
+            // have before it runs this `HELLO`: decide once they are in.
+            if self.inflight > 0 {
+                return Some(req);
+            }
             // The pinned connection speaks the old protocol; switching it mid-mode
             // would change its framing under the client's feet.
             self.reply(reply::error(

@@ -263,3 +263,63 @@ fn monitor_sees_commands_of_other_clients() {
         String::from_utf8_lossy(&line)
     );
 }
+
+/// Subscribing, unsubscribing and plain commands in one pipeline, in RESP2: Redis
+/// leaves subscribe mode with the last unsubscription, so what follows runs normally.
+#[test]
+fn subscribe_and_unsubscribe_within_one_pipeline() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.pipeline(&lines(
+        "
+        SET k v
+        SUBSCRIBE a
+        PING
+        UNSUBSCRIBE a
+        GET k
+        PSUBSCRIBE p*
+        GET k
+        PUNSUBSCRIBE p*
+        GET k
+        ",
+    ));
+}
+
+/// Shard subscriptions keep a RESP2 client in subscribe mode after it leaves its
+/// ordinary channels, and the other way round.
+#[test]
+fn shard_and_ordinary_subscriptions_together() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        SSUBSCRIBE s
+        SUBSCRIBE c
+        UNSUBSCRIBE
+        GET k
+        PING
+        SUBSCRIBE c
+        SUNSUBSCRIBE
+        GET k
+        UNSUBSCRIBE
+        GET k
+        ",
+    ));
+}
+
+/// Keyspace notifications name the database the writer is in: a client of cachet in
+/// database 3 produces `__keyspace@3__` events.
+#[test]
+fn keyspace_notifications() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut writer = pair.twin();
+    writer.call(&words("CONFIG SET notify-keyspace-events KEA"));
+    sub.send(&words("PSUBSCRIBE __key*@*__:*"));
+    receive(&mut sub, 1, "PSUBSCRIBE");
+    writer.call(&words("SET k v"));
+    receive(&mut sub, 2, "keyspace and keyevent of SET in db 0");
+    writer.script(&lines("SELECT 3\nLPUSH l x"));
+    receive(&mut sub, 2, "keyspace and keyevent of LPUSH in db 3");
+    sub.quiet(QUIET);
+}

@@ -532,6 +532,8 @@ fn four_mib_value() {
         cmd(&[b"APPEND", b"big", b"tail"]),
         cmd(&[b"GET", b"before"]),
     ]);
+    // A 16 MiB reply: more than cachet buffers for a client before it stops reading.
+    c.call(&cmd(&[b"MGET", b"big", b"big2", b"big", b"big2"]));
 }
 
 /// 5,000 commands of every kind written in one go, answered in order.

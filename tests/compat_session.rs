@@ -505,3 +505,49 @@ fn oversized_requests_are_protocol_errors() {
     c.frame(b"*2147483648");
     c.closed(Duration::from_secs(2));
 }
+
+/// `SELECT` honours the upstream's configured number of databases from the first
+/// command on.
+#[test]
+fn select_range_follows_the_upstream_configuration() {
+    let pair = Pair::start_with(&["--databases", "4"]);
+    let mut c = pair.twin();
+    c.script(&lines("SELECT 4\nSELECT 3\nSET k v\nSELECT 0\nSWAPDB 0 4\nGET k"));
+}
+
+/// Redis takes the two bytes after a bulk as its terminator without looking at them.
+#[test]
+fn bytes_after_a_bulk_are_skipped_unread() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.send(b"*1\r\n$4\r\nPINGxx*2\r\n$4\r\nECHO\r\n$1\r\nayy");
+    c.frame(b"PING with xx");
+    c.frame(b"ECHO a with yy");
+    c.call(&words("PING"));
+}
+
+/// `QUIT` inside a transaction is not queued: it answers and closes, and the
+/// transaction never runs.
+#[test]
+fn quit_inside_multi() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines("MULTI\nSET k v"));
+    c.call(&words("QUIT"));
+    c.closed(Duration::from_secs(2));
+    let mut c = pair.twin();
+    c.call(&words("EXISTS k"));
+}
+
+/// `RESET` also ends client-side caching.
+#[test]
+fn reset_ends_tracking() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let mut writer = pair.twin();
+    c.call_with(&words("HELLO 3"), hello_without_id);
+    c.script(&lines("CLIENT TRACKING ON\nGET k\nRESET\nGET k"));
+    writer.call(&words("SET k v"));
+    c.quiet(Duration::from_millis(100));
+    c.script(&lines("GET k\nCLIENT SETINFO LIB-NAME mylib\nCLIENT SETINFO LIB-VER 1.0"));
+}

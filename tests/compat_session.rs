@@ -512,7 +512,9 @@ fn oversized_requests_are_protocol_errors() {
 fn select_range_follows_the_upstream_configuration() {
     let pair = Pair::start_with(&["--databases", "4"]);
     let mut c = pair.twin();
-    c.script(&lines("SELECT 4\nSELECT 3\nSET k v\nSELECT 0\nSWAPDB 0 4\nGET k"));
+    c.script(&lines(
+        "SELECT 4\nSELECT 3\nSET k v\nSELECT 0\nSWAPDB 0 4\nGET k",
+    ));
 }
 
 /// Redis takes the two bytes after a bulk as its terminator without looking at them.
@@ -549,5 +551,7 @@ fn reset_ends_tracking() {
     c.script(&lines("CLIENT TRACKING ON\nGET k\nRESET\nGET k"));
     writer.call(&words("SET k v"));
     c.quiet(Duration::from_millis(100));
-    c.script(&lines("GET k\nCLIENT SETINFO LIB-NAME mylib\nCLIENT SETINFO LIB-VER 1.0"));
+    c.script(&lines(
+        "GET k\nCLIENT SETINFO LIB-NAME mylib\nCLIENT SETINFO LIB-VER 1.0",
+    ));
 }

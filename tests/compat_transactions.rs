@@ -324,3 +324,34 @@ fn large_values_inside_a_transaction() {
         words("GET big"),
     ]);
 }
+
+/// Redis 7.0 queues `SUBSCRIBE` inside a transaction and enters subscribe mode when
+/// `EXEC` runs it: the client then gets messages and subscribe-mode errors, and no
+/// other client inherits the subscribed connection.
+#[test]
+fn subscribe_inside_multi_takes_effect_at_exec() {
+    let pair = Pair::start();
+    let mut a = pair.twin();
+    let mut publisher = pair.twin();
+    a.script(&lines("MULTI\nSUBSCRIBE ch\nEXEC\nGET k\nPING"));
+    publisher.call(&words("PUBLISH ch hello"));
+    a.frame(b"message on ch");
+    a.script(&lines("UNSUBSCRIBE\nGET k"));
+    // Another client's transaction runs on a clean connection.
+    drop(a);
+    let mut b = pair.twin();
+    b.script(&lines("MULTI\nSET k v\nEXEC\nGET k"));
+}
+
+/// `CLIENT TRACKING ON` run by `EXEC` turns tracking on for the client (RESP3).
+#[test]
+fn tracking_switched_on_inside_multi() {
+    let pair = Pair::start();
+    let mut a = pair.twin();
+    let mut writer = pair.twin();
+    a.call_with(&words("HELLO 3"), support::compare::hello_without_id);
+    a.script(&lines("MULTI\nCLIENT TRACKING ON\nEXEC\nGET k"));
+    writer.call(&words("SET k v"));
+    a.frame(b"invalidation of k");
+    a.script(&lines("CLIENT TRACKING OFF\nGET k"));
+}

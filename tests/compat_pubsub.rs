@@ -323,3 +323,30 @@ fn keyspace_notifications() {
     receive(&mut sub, 2, "keyspace and keyevent of LPUSH in db 3");
     sub.quiet(QUIET);
 }
+
+/// In RESP2 subscribe mode Redis refuses everything but the subscribe family, `PING`,
+/// `QUIT` and `RESET`, including the commands cachet otherwise answers itself.
+#[test]
+fn session_commands_in_resp2_subscribe_mode() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        CLIENT SETNAME before
+        SUBSCRIBE ch
+        CLIENT SETNAME x
+        CLIENT GETNAME
+        CLIENT ID
+        CLIENT REPLY OFF
+        HELLO 3
+        HELLO
+        SELECT 1
+        AUTH pw
+        PING
+        UNSUBSCRIBE
+        CLIENT GETNAME
+        SELECT 1
+        GET k
+        ",
+    ));
+}

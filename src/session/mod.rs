@@ -287,6 +287,13 @@ impl Session {
         {
             return self.send_pinned(req, kind, false).await;
         }
+        // In RESP2 subscribe mode Redis refuses every command but the subscribe family,
+        // PING, QUIT and RESET, session commands included: let it say so.
+        if self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed)
+            && (kind == K::Auth || (local::answers(kind) && !matches!(kind, K::Quit | K::Reset)))
+        {
+            return self.send_pinned(req, kind, false).await;
+        }
         // Redis checks arity before anything else; commands answered here must too.
         if !arity_ok && local::answers(kind) {
             if let Some(i) = &info {

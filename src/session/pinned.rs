@@ -381,6 +381,12 @@ impl Pinned {
         }
     }
 
+    /// Whether a RESP2 connection will be in subscribe mode once everything sent has
+    /// run (predicted, so that a pipeline is judged in order).
+    pub fn resp2_subscribed(&self) -> bool {
+        self.identity.proto == 2 && self.subs.iter().any(|s| !s.is_empty())
+    }
+
     fn in_subscribe_mode(&self) -> bool {
         self.confirmed.iter().any(|&c| c > 0)
     }

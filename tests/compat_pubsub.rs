@@ -122,6 +122,8 @@ fn subscribe_family_in_resp3() {
     publisher.call(&words("PUBLISH a gone"));
     sub.quiet(QUIET);
     sub.script(&lines("GET k\nDEL k"));
+    // Unsubscribing with nothing subscribed answers a push too.
+    sub.script(&lines("UNSUBSCRIBE\nPUNSUBSCRIBE x\nSUNSUBSCRIBE"));
     sub.call_with(&words("HELLO 2"), hello_without_id);
     sub.call(&words("GET k"));
 }

@@ -509,6 +509,12 @@ fn errors() {
         ZRANGE l 0 -1
         ",
     ));
+    // An empty command name, and one that differs from a real one only in case.
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.call(b"*1\r\n$0\r\n\r\n");
+    c.call(b"*2\r\n$0\r\n\r\n$1\r\nx\r\n");
+    c.call(&cmd(&[b"gEt", b"s"]));
 }
 
 /// A 4 MiB value goes through whole in both directions, alone and pipelined with small
@@ -534,6 +540,21 @@ fn four_mib_value() {
     ]);
     // A 16 MiB reply: more than cachet buffers for a client before it stops reading.
     c.call(&cmd(&[b"MGET", b"big", b"big2", b"big", b"big2"]));
+}
+
+/// A reply of 100,000 elements.
+#[test]
+fn long_aggregate_reply() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let items: Vec<Vec<u8>> = (0..100_000)
+        .map(|i| format!("item{i}").into_bytes())
+        .collect();
+    let mut rpush: Vec<&[u8]> = vec![b"RPUSH", b"l"];
+    rpush.extend(items.iter().map(Vec::as_slice));
+    c.call(&cmd(&rpush));
+    c.call(&cmd(&[b"LRANGE", b"l", b"0", b"-1"]));
+    c.call(&cmd(&[b"LRANGE", b"l", b"99990", b"-1"]));
 }
 
 /// 5,000 commands of every kind written in one go, answered in order.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::command::CommandTable;
+use crate::consistency::Engine;
 use crate::resp::{Limits, reply};
 use crate::upstream::connect::{Identity, connect, roundtrip};
 use crate::upstream::{Settings, Upstream, UpstreamError};
@@ -57,6 +58,7 @@ impl Default for ServerInfo {
 #[derive(Debug)]
 pub struct Context {
     pub upstream: Upstream,
+    pub engine: Engine,
     pub table: ArcSwap<CommandTable>,
     pub server: ArcSwap<ServerInfo>,
     pub limits: Limits,
@@ -69,12 +71,14 @@ pub struct Context {
 impl Context {
     pub fn new(
         upstream: Upstream,
+        engine: Engine,
         limits: Limits,
         default_db: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Context {
         Context {
             upstream,
+            engine,
             table: ArcSwap::from_pointee(CommandTable::builtin()),
             server: ArcSwap::from_pointee(ServerInfo::default()),
             limits,

@@ -18,7 +18,8 @@
 //! | key pattern -> keyspace mode | `keyspace.rs` |
 //! | session state answered locally (`SELECT`, `HELLO`, `CLIENT`, `AUTH`) | `session/local.rs` |
 //! | stateful modes on a dedicated connection (`MULTI`, subscribe, blocking) | `session/pinned.rs` |
-//! | the rewrite stage (where a command becomes its upstream form) | `rewrite.rs` |
+//! | the rewrite stage: invalidate-plus-set, lock expiries, reserved keys | `consistency/` |
+//! | per-key ordering tokens | `key_lock.rs` |
 //! | shared multiplexed upstream connections | `upstream/shared.rs` |
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
 //! | what all sessions share (upstream, table, server facts) | `context.rs` |
@@ -26,11 +27,12 @@
 
 pub mod command;
 pub mod config;
+pub mod consistency;
 pub mod context;
+pub mod key_lock;
 pub mod keyspace;
 pub mod listener;
 pub mod resp;
-pub mod rewrite;
 pub mod session;
 pub mod upstream;
 

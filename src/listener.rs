@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
+use crate::consistency::Engine;
 use crate::context::Context;
 use crate::resp::Limits;
 use crate::session;
@@ -74,6 +75,7 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let ctx = Arc::new(Context::new(
             Upstream::new(settings),
+            Engine::new(&config.consistency, &config.keyspace),
             limits,
             url.db,
             shutdown_rx,

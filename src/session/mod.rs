@@ -24,13 +24,15 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
+use crate::consistency::Translate;
 use crate::context::Context;
+use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Decoder, Request, reply};
-use crate::rewrite::{self, Plan};
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
-use pinned::{Incoming, Pinned, SessionEffect};
+use pinned::{Incoming, Pinned, Rewrite, SessionEffect};
 
 /// Commands accepted ahead of their replies before cachet stops reading the client.
 const MAX_QUEUED: usize = 16 * 1024;
@@ -51,6 +53,7 @@ enum Slot {
         frames: u32,
         discard: bool,
         post: Post,
+        translate: Translate,
     },
 }
 
@@ -108,6 +111,8 @@ pub struct Session {
     stalled: Option<Request>,
     /// No more commands are read; the session ends once every reply is written.
     closing: bool,
+    /// Scratch space for key extraction, reused across commands.
+    keys: Vec<KeyRef>,
 }
 
 /// Runs one client connection to its end.
@@ -134,6 +139,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         pinned: None,
         stalled: None,
         closing: false,
+        keys: Vec::with_capacity(8),
         ctx,
     };
     session.serve(stream, reply_rx).await;
@@ -411,14 +417,14 @@ impl Session {
                 if blocking || self.pinned.is_some() {
                     self.send_pinned(req, kind, blocking).await
                 } else {
-                    self.send_shared(req, info.as_deref())
+                    self.send_shared(req, info.as_deref()).await
                 }
             }
         }
     }
 
     /// Sends a command over the session's shared connection, through the rewrite stage.
-    fn send_shared(
+    async fn send_shared(
         &mut self,
         req: Request,
         info: Option<&crate::command::CommandInfo>,
@@ -436,14 +442,63 @@ impl Session {
                 conn
             }
         };
-        let Plan::Forward { data, frames } = rewrite::plan(&req, info);
+        let plan = match self.ctx.engine.plan(&req, info, &mut self.keys) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                self.reply(refusal);
+                return None;
+            }
+        };
+        let held = if plan.written.is_empty() {
+            None
+        } else {
+            match self.take_tokens(conn.id(), &plan.written).await {
+                Some(h) => Some(h),
+                None => return None,
+            }
+        };
         conn.send(Job {
-            data,
-            frames,
-            reply: self.reply_tx.clone(),
+            data: plan.data,
+            frames: plan.frames,
+            reply: Some(self.reply_tx.clone()),
+            held,
         });
-        self.await_reply(route, frames, Post::Nothing);
+        self.await_reply(route, plan.frames, Post::Nothing);
+        if let Some(Slot::Await { translate, .. }) = self.slots.back_mut() {
+            *translate = plan.translate;
+        }
         None
+    }
+
+    /// The ordering tokens of keys a write is about to change, waiting (bounded by
+    /// `command_timeout`) while another connection's writes of them are outstanding.
+    /// `None` after answering the client with the timeout error.
+    async fn take_tokens(&mut self, owner: u64, keys: &[Bytes]) -> Option<Held> {
+        let locks = self.ctx.engine.locks.clone();
+        if let Ok(h) = locks.try_acquire(owner, keys) {
+            return Some(h);
+        }
+        self.ctx
+            .engine
+            .stats
+            .key_lock_waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let limit = self.ctx.upstream.settings().command_timeout;
+        match locks.acquire(owner, keys, limit).await {
+            Ok(h) => Some(h),
+            Err(LockTimeout) => {
+                self.ctx
+                    .engine
+                    .stats
+                    .key_lock_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reply(reply::error(&format!(
+                    "ERR cachet: timed out after {} waiting for earlier writes of the same key",
+                    connect::fmt_duration(limit)
+                )));
+                None
+            }
+        }
     }
 
     /// Sends a command over the pinned connection, pinning one first if needed.
@@ -465,10 +520,17 @@ impl Session {
                 }
             }
         }
+        let rewrite = match self.pinned_rewrite(&req, blocking) {
+            Ok(r) => r,
+            Err(refusal) => {
+                self.reply(refusal);
+                return None;
+            }
+        };
         let p = self.pinned.as_mut()?;
-        match p.send(&req, kind, blocking).await {
+        match p.send(&req, kind, blocking, rewrite).await {
             Ok(0) => {}
-            Ok(frames) => self.await_reply(Route::Pinned, frames, Post::Nothing),
+            Ok(_) => self.await_reply(Route::Pinned, 1, Post::Nothing),
             Err(e) => {
                 self.reply(e.reply());
                 self.pinned_failed(e);
@@ -477,12 +539,49 @@ impl Session {
         None
     }
 
+    /// How a command on the pinned connection is rewritten for invalidate-plus-set:
+    /// inside the client's transaction its invalidations join the transaction; a
+    /// blocking write (which `MULTI` would stop from blocking) is invalidated after its
+    /// reply; otherwise as on a shared connection.
+    fn pinned_rewrite(&mut self, req: &Request, blocking: bool) -> Result<Rewrite, Bytes> {
+        let Some(info) = self.table.lookup(&req.args).cloned() else {
+            return Ok(Rewrite::default());
+        };
+        let engine = &self.ctx.engine;
+        self.keys.clear();
+        info.keys(&req.args, &mut self.keys);
+        engine.check_reserved(req, &self.keys)?;
+        if !info.is_write() {
+            return Ok(Rewrite::default());
+        }
+        let (multi, watching) = self
+            .pinned
+            .as_ref()
+            .map_or((false, false), |p| (p.multi, p.watching()));
+        if multi || blocking || watching {
+            let inval = engine.invalidations(req, &info, &self.keys);
+            engine.stats.invalidations(inval.published);
+            return Ok(Rewrite {
+                invalidations: inval.commands,
+                ..Rewrite::default()
+            });
+        }
+        let plan = engine.plan(req, Some(&info), &mut self.keys)?;
+        Ok(Rewrite {
+            data: Some(plan.data),
+            extra_frames: plan.frames.saturating_sub(1),
+            translate: plan.translate,
+            invalidations: Vec::new(),
+        })
+    }
+
     fn await_reply(&mut self, route: Route, frames: u32, post: Post) {
         let discard = self.take_discard();
         self.slots.push_back(Slot::Await {
             frames,
             discard,
             post,
+            translate: Translate::None,
         });
         self.inflight += 1;
         self.route = Some(route);
@@ -606,20 +705,20 @@ impl Session {
 
     /// An upstream reply (shared connection or credential check) for the oldest slot.
     fn on_upstream(&mut self, r: Reply) {
-        let (bytes, frames) = match r {
-            Ok(b) => (b, None),
-            Err(e) => (e.reply(), Some(u32::MAX)),
-        };
-        self.deliver(bytes, frames);
+        match r {
+            Ok(b) => self.deliver(b, None, false),
+            Err(e) => self.deliver(e.reply(), None, true),
+        }
     }
 
     /// Gives `bytes` (the whole reply, or one frame of it when `frames` is `Some(1)`) to
     /// the oldest awaited slot, then flushes the ready replies behind it.
-    fn deliver(&mut self, bytes: Bytes, frames: Option<u32>) {
+    fn deliver(&mut self, bytes: Bytes, frames: Option<u32>, is_error: bool) {
         let Some(Slot::Await {
             frames: left,
             discard,
             post,
+            translate,
         }) = self.slots.front_mut()
         else {
             tracing::error!(session = self.id, "reply without a request; dropped");
@@ -632,6 +731,13 @@ impl Session {
             std::mem::replace(post, Post::Nothing)
         } else {
             Post::Nothing
+        };
+        // A rewritten command's reply becomes the plain command's reply; an error made
+        // by cachet (upstream failure) is passed as it is.
+        let bytes = if finished && !is_error {
+            std::mem::replace(translate, Translate::None).apply(bytes)
+        } else {
+            bytes
         };
         if !finished {
             if !discard {
@@ -673,12 +779,14 @@ impl Session {
             };
             match p.next_frame() {
                 Ok(Some(Incoming::Push(bytes))) => self.out.extend_from_slice(&bytes),
+                Ok(Some(Incoming::Nothing)) => {}
                 Ok(Some(Incoming::Reply(bytes))) => {
                     let effects = p.take_effects();
-                    self.deliver(bytes, Some(1));
+                    self.deliver(bytes, Some(1), false);
                     for e in effects {
                         match e {
                             SessionEffect::Select(db) => self.db = db,
+                            SessionEffect::Invalidate(commands) => self.invalidate_now(commands),
                         }
                     }
                 }
@@ -689,6 +797,25 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends invalidations nobody waits for on the shared connection (after a blocking
+    /// write, which could not share an atomic unit with them).
+    fn invalidate_now(&mut self, commands: Vec<Vec<Bytes>>) {
+        if commands.is_empty() {
+            return;
+        }
+        let mut data = BytesMut::new();
+        for c in &commands {
+            crate::resp::request::encode_command(&mut data, c);
+        }
+        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        conn.send(Job {
+            data: data.freeze(),
+            frames: commands.len() as u32,
+            reply: None,
+            held: None,
+        });
     }
 
     /// The pinned connection broke or stalled: every reply it owed becomes an error. If
@@ -702,7 +829,7 @@ impl Session {
         drop(p);
         let reply = err.reply();
         while self.inflight > 0 {
-            self.deliver(reply.clone(), None);
+            self.deliver(reply.clone(), None, true);
         }
         if stateful {
             self.closing = true;

@@ -20,7 +20,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use crate::command::CommandKind;
-use crate::resp::reply::{elements, int_value, string_value};
+use crate::consistency::Translate;
+use crate::resp::reply::{elements, int_value, push_header, string_value};
+use crate::resp::request::encode_command;
 use crate::resp::{Request, Scanner};
 use crate::upstream::{Identity, UpstreamError};
 
@@ -61,6 +63,28 @@ struct Expect {
     blocking: bool,
     sent_at: Instant,
     on_reply: OnReply,
+    /// Leading reply frames of cachet's own commands, not the client's.
+    hidden: u32,
+    /// Trailing `EXEC` array elements of cachet's own commands.
+    trim: u32,
+    /// The reply frames so far (a command may produce several).
+    collected: BytesMut,
+    translate: Translate,
+    /// Invalidations to send once the reply is in (a blocking write).
+    after: Vec<Vec<Bytes>>,
+}
+
+/// How cachet rewrites one command sent on the pinned connection.
+#[derive(Debug, Default)]
+pub struct Rewrite {
+    /// Sent instead of the client's bytes, when set.
+    pub data: Option<Bytes>,
+    /// Reply frames of `data` beyond the client's one.
+    pub extra_frames: u32,
+    pub translate: Translate,
+    /// Invalidation commands: queued for `EXEC` inside a transaction, appended after a
+    /// write while `WATCH`ing, or sent after a blocking write's reply.
+    pub invalidations: Vec<Vec<Bytes>>,
 }
 
 /// What the session must do with a frame read from the pinned connection.
@@ -68,14 +92,18 @@ struct Expect {
 pub enum Incoming {
     /// Out-of-band: write to the client as it comes.
     Push(Bytes),
-    /// One reply frame of the oldest outstanding command.
+    /// The complete reply of the oldest outstanding command.
     Reply(Bytes),
+    /// A frame that is part of a reply still being collected.
+    Nothing,
 }
 
 /// A change to the session's own state caused by a reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEffect {
     Select(u32),
+    /// Invalidations to send now (after a blocking write).
+    Invalidate(Vec<Vec<Bytes>>),
 }
 
 #[derive(Debug)]
@@ -108,6 +136,9 @@ pub struct Pinned {
     /// The connection's state differs from a fresh one in ways not tracked here.
     dirty: bool,
     effects: Vec<SessionEffect>,
+    /// Invalidations of the writes queued in the current transaction, sent just
+    /// before its `EXEC`.
+    queued_invalidations: Vec<Vec<Bytes>>,
 }
 
 const CONFIRMATIONS: [&[u8]; 6] = [
@@ -139,6 +170,7 @@ impl Pinned {
             queued_changes: Vec::new(),
             dirty: false,
             effects: Vec::new(),
+            queued_invalidations: Vec::new(),
         }
     }
 
@@ -149,21 +181,70 @@ impl Pinned {
         req: &Request,
         kind: CommandKind,
         blocking: bool,
+        rewrite: Rewrite,
     ) -> Result<u32, UpstreamError> {
+        let was_multi = self.multi;
         let (frames, on_reply) = self.expectation(req, kind);
+        let mut expect = Expect {
+            frames,
+            blocking: blocking && !was_multi,
+            sent_at: Instant::now(),
+            on_reply,
+            hidden: 0,
+            trim: 0,
+            collected: BytesMut::new(),
+            translate: rewrite.translate,
+            after: Vec::new(),
+        };
+        let mut out = BytesMut::new();
+        if was_multi {
+            match kind {
+                CommandKind::Exec => {
+                    // The transaction's invalidations run inside it, just before EXEC.
+                    let inval = std::mem::take(&mut self.queued_invalidations);
+                    for c in &inval {
+                        encode_command(&mut out, c);
+                    }
+                    expect.hidden = inval.len() as u32;
+                    expect.trim = inval.len() as u32;
+                    expect.frames += inval.len() as u32;
+                }
+                CommandKind::Discard => self.queued_invalidations.clear(),
+                _ => self.queued_invalidations.extend(rewrite.invalidations),
+            }
+            out.extend_from_slice(&req.raw);
+        } else if blocking {
+            out.extend_from_slice(&req.raw);
+            expect.after = rewrite.invalidations;
+        } else if let Some(data) = rewrite.data {
+            out.extend_from_slice(&data);
+            expect.frames += rewrite.extra_frames;
+        } else {
+            out.extend_from_slice(&req.raw);
+            // While WATCHing, a MULTI of cachet's own would end the client's watch: the
+            // invalidation follows the write instead of wrapping it.
+            for c in &rewrite.invalidations {
+                encode_command(&mut out, c);
+            }
+            expect.frames += rewrite.invalidations.len() as u32;
+            if !rewrite.invalidations.is_empty() {
+                expect.translate = Translate::FirstFrame;
+            }
+        }
         self.wr
-            .write_all(&req.raw)
+            .write_all(&out)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        if frames > 0 {
-            self.expect.push_back(Expect {
-                frames,
-                blocking: blocking && !self.multi,
-                sent_at: Instant::now(),
-                on_reply,
-            });
+        if frames == 0 {
+            return Ok(0);
         }
-        Ok(frames)
+        self.expect.push_back(expect);
+        Ok(1)
+    }
+
+    /// Whether the client is `WATCH`ing keys outside a transaction.
+    pub fn watching(&self) -> bool {
+        self.watching && !self.multi
     }
 
     fn expectation(&mut self, req: &Request, kind: CommandKind) -> (u32, OnReply) {
@@ -319,12 +400,26 @@ impl Pinned {
             return Err(UpstreamError::Protocol("unexpected reply".into()));
         };
         front.frames = front.frames.saturating_sub(1);
-        if front.frames == 0 {
-            if let Some(done) = self.expect.pop_front() {
-                self.apply(done.on_reply, &bytes);
-            }
+        if front.hidden > 0 {
+            front.hidden -= 1;
+        } else {
+            front.collected.extend_from_slice(&bytes);
         }
-        Ok(Some(Incoming::Reply(bytes)))
+        if front.frames > 0 {
+            return Ok(Some(Incoming::Nothing));
+        }
+        let Some(done) = self.expect.pop_front() else {
+            return Ok(Some(Incoming::Nothing));
+        };
+        let mut reply = done.collected.freeze();
+        if done.trim > 0 {
+            reply = trim_exec(reply, done.trim);
+        }
+        self.apply(done.on_reply, &reply);
+        if !done.after.is_empty() {
+            self.effects.push(SessionEffect::Invalidate(done.after));
+        }
+        Ok(Some(Incoming::Reply(done.translate.apply(reply))))
     }
 
     /// Whether `frame` confirms a (un)subscription; records the confirmed count if so.
@@ -495,6 +590,24 @@ impl Pinned {
         }
         self.rd.reunite(self.wr).ok()
     }
+}
+
+/// Drops the last `n` elements of an `EXEC` array (the replies of cachet's own
+/// commands); anything else (nil for a failed `WATCH`, `EXECABORT`) is the client's.
+fn trim_exec(reply: Bytes, n: u32) -> Bytes {
+    let Some(el) = elements(&reply) else {
+        return reply;
+    };
+    if reply.first() != Some(&b'*') || el.len() < n as usize {
+        return reply;
+    }
+    let keep = el.len() - n as usize;
+    let mut out = BytesMut::with_capacity(reply.len());
+    push_header(&mut out, b'*', keep as i64);
+    for e in el.iter().take(keep) {
+        out.extend_from_slice(e);
+    }
+    out.freeze()
 }
 
 fn is_message(frame: &[u8]) -> bool {

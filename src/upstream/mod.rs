@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 pub use connect::Identity;
 pub use shared::SharedConn;
 
+use crate::key_lock::Held;
 use crate::resp::reply;
 
 /// How to reach the upstream and how long to wait for it.
@@ -89,16 +90,24 @@ pub type ReplyRx = mpsc::UnboundedReceiver<Reply>;
 pub struct Job {
     pub data: Bytes,
     pub frames: u32,
-    pub reply: ReplyTx,
+    /// Where the reply goes; `None` for requests nobody waits for (an invalidation
+    /// that follows a blocking write).
+    pub reply: Option<ReplyTx>,
+    /// Ordering tokens of the keys this job writes, released with its reply.
+    pub held: Option<Held>,
 }
 
 impl Job {
     pub fn complete(self, bytes: Bytes) {
-        let _ = self.reply.send(Ok(bytes));
+        if let Some(tx) = &self.reply {
+            let _ = tx.send(Ok(bytes));
+        }
     }
 
     pub fn fail(self, err: &UpstreamError) {
-        let _ = self.reply.send(Err(err.clone()));
+        if let Some(tx) = &self.reply {
+            let _ = tx.send(Err(err.clone()));
+        }
     }
 }
 

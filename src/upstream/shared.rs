@@ -9,7 +9,7 @@
 //! jobs arriving while the upstream is down are answered with an error immediately.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -33,6 +33,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct SharedConn {
     tx: mpsc::UnboundedSender<Job>,
     up: Arc<AtomicBool>,
+    id: u64,
+}
+
+/// Distinguishes connections as owners of key ordering tokens.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A new owner id for key ordering tokens (each shared and pinned connection has one).
+pub fn new_owner_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
 impl SharedConn {
@@ -42,7 +51,16 @@ impl SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
         tokio::spawn(run(settings, id, rx, up.clone()));
-        SharedConn { tx, up }
+        SharedConn {
+            tx,
+            up,
+            id: new_owner_id(),
+        }
+    }
+
+    /// A process-unique id of this connection.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Queues a job. If the connection task is gone the job is answered with an error.

@@ -1,0 +1,360 @@
+//! Configuration: the TOML schema, its defaults, loading and validation.
+//!
+//! The schema is the set of `*Config` structs below; their `Default`s are exactly the
+//! values of the shipped `config/cachet.toml`. Loading (`load.rs`) reports every
+//! problem of a file at once, each with file, line and dotted key; the semantic rules
+//! (`validate.rs`) also run on their own after command-line overrides. Durations and
+//! sizes are written as strings (`"10s"`, `"64MiB"`, see `units.rs`).
+//!
+//! Secrets: `Debug` and `Display` of the upstream URL and of [`UpstreamConfig`] never
+//! show a password, so a whole `Config` may be logged.
+
+mod error;
+mod load;
+mod units;
+mod url;
+mod validate;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests;
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use crate::keyspace::DEFAULT_LOCK_MAX_TTL;
+pub use error::{ConfigError, ConfigErrors};
+pub use units::{parse_duration, parse_size};
+pub use url::{DEFAULT_REDIS_PORT, UpstreamUrl};
+
+/// The whole configuration; one field per TOML section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub upstream: UpstreamConfig,
+    pub limits: LimitsConfig,
+    pub consistency: ConsistencyConfig,
+    /// `[[keyspace]]` rules in file order; the first match wins, unmatched keys are
+    /// `strict`. A file without any `[[keyspace]]` gets the default three rules;
+    /// `keyspace = []` means none.
+    pub keyspace: Vec<KeyspaceRule>,
+    pub commands: CommandsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// `[listen]`: the client-facing socket.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    #[serde(deserialize_with = "units::socket_addr")]
+    pub address: SocketAddr,
+    /// Connections beyond this are refused.
+    pub max_clients: usize,
+    /// A client idle this long is disconnected; zero = never.
+    #[serde(deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// How long in-flight commands may finish after SIGTERM/SIGINT.
+    #[serde(deserialize_with = "units::duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            address: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 6380),
+            max_clients: 10_000,
+            idle_timeout: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[upstream]`: the Redis that cachet fronts.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub url: UpstreamUrl,
+    /// Overrides the URL's user name.
+    pub username: Option<String>,
+    /// Overrides the URL's password.
+    pub password: Option<String>,
+    #[serde(deserialize_with = "units::duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "units::duration")]
+    pub command_timeout: Duration,
+    /// Multiplexed connections shared by all clients (1..=64).
+    pub shared_connections: usize,
+}
+
+impl UpstreamConfig {
+    /// The user name to authenticate as: the field, else the URL's.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref().or(self.url.username.as_deref())
+    }
+
+    /// The password to authenticate with: the field, else the URL's.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref().or(self.url.password.as_deref())
+    }
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: UpstreamUrl {
+                tls: false,
+                host: "127.0.0.1".to_owned(),
+                port: DEFAULT_REDIS_PORT,
+                db: 0,
+                username: None,
+                password: None,
+            },
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(5),
+            shared_connections: 2,
+        }
+    }
+}
+
+/// Written by hand so the password never reaches a log.
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("shared_connections", &self.shared_connections)
+            .finish()
+    }
+}
+
+/// `[limits]`: bounds on what one client may send or have queued, in bytes or elements.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest bulk string in a request (Redis's `proto-max-bulk-len`).
+    #[serde(deserialize_with = "units::size")]
+    pub max_bulk_len: u64,
+    /// Most arguments in one request.
+    #[serde(deserialize_with = "units::size")]
+    pub max_multibulk_len: u64,
+    /// Longest inline (telnet-style) command line.
+    #[serde(deserialize_with = "units::size")]
+    pub max_inline_len: u64,
+    /// Replies queued for a client past this disconnect it (slow subscribers).
+    #[serde(deserialize_with = "units::size")]
+    pub client_output_buffer: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_bulk_len: 512 << 20,
+            max_multibulk_len: 1_048_576,
+            max_inline_len: 64 << 10,
+            client_output_buffer: 64 << 20,
+        }
+    }
+}
+
+/// `[consistency]`: invalidation events, leases and their timing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsistencyConfig {
+    /// Channel every invalidation is `PUBLISH`ed on, one message per key.
+    pub invalidation_channel: String,
+    /// Prefix of cachet's own keys upstream; clients can neither see nor touch them.
+    pub reserved_prefix: String,
+    /// How long a fill lease granted on a miss stays valid.
+    #[serde(deserialize_with = "units::duration")]
+    pub lease_ttl: Duration,
+    /// Fills are refused this long after an invalidation.
+    #[serde(deserialize_with = "units::duration")]
+    pub hold_off: Duration,
+    /// How long other missers of a leased key wait for the fill.
+    #[serde(deserialize_with = "units::duration")]
+    pub coalesce_wait: Duration,
+}
+
+impl Default for ConsistencyConfig {
+    fn default() -> Self {
+        ConsistencyConfig {
+            invalidation_channel: "cachet:invalidate".to_owned(),
+            reserved_prefix: "__cachet:".to_owned(),
+            lease_ttl: Duration::from_secs(10),
+            hold_off: Duration::from_millis(500),
+            coalesce_wait: Duration::from_millis(50),
+        }
+    }
+}
+
+/// One `[[keyspace]]` rule: keys matching `pattern` are handled in `mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyspaceRule {
+    /// Redis glob (`*`, `?`, `[a-z]`, `\` escapes), matched against raw key bytes.
+    pub pattern: String,
+    pub mode: KeyspaceMode,
+    /// `lock` only: expiry given to `SET`/`SETNX` without one. A loaded `lock` rule
+    /// always has it ([`DEFAULT_LOCK_MAX_TTL`] when the file sets none).
+    pub max_ttl: Option<Duration>,
+    /// `cache` only: overrides `[consistency] hold_off` for these keys.
+    pub hold_off: Option<Duration>,
+    /// `cache` only: what a blind `SET` becomes; `None` means [`WriteThrough::Set`].
+    pub write_through: Option<WriteThrough>,
+}
+
+/// How a keyspace's keys are handled (DESIGN section 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyspaceMode {
+    Passthrough,
+    Strict,
+    Cache,
+    Lock,
+}
+
+impl fmt::Display for KeyspaceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyspaceMode::Passthrough => "passthrough",
+            KeyspaceMode::Strict => "strict",
+            KeyspaceMode::Cache => "cache",
+            KeyspaceMode::Lock => "lock",
+        })
+    }
+}
+
+/// What a blind `SET` (no lease) in a `cache` keyspace becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteThrough {
+    /// Kept as a set, unless within `hold_off` of another write of the key.
+    #[default]
+    Set,
+    /// Always an invalidation.
+    Invalidate,
+}
+
+/// `[commands]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Commands refused with an error; stored uppercased.
+    #[serde(deserialize_with = "units::command_names")]
+    pub deny: Vec<String>,
+}
+
+/// `[admin]`: the HTTP metrics and health endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `None` (written `""` or `"off"`) disables the endpoint.
+    #[serde(deserialize_with = "units::optional_socket_addr")]
+    pub address: Option<SocketAddr>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            address: Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180)),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A level (`info`) or a `tracing_subscriber::EnvFilter` directive list
+    /// (`info,cachet::session=debug`).
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for Config {
+    /// Exactly the shipped `config/cachet.toml`.
+    fn default() -> Self {
+        let rule = |pattern: &str, mode, max_ttl| KeyspaceRule {
+            pattern: pattern.to_owned(),
+            mode,
+            max_ttl,
+            hold_off: None,
+            write_through: None,
+        };
+        Config {
+            listen: ListenConfig::default(),
+            upstream: UpstreamConfig::default(),
+            limits: LimitsConfig::default(),
+            consistency: ConsistencyConfig::default(),
+            keyspace: vec![
+                // Django's default key format.
+                rule(":1:*", KeyspaceMode::Cache, None),
+                rule("lock:*", KeyspaceMode::Lock, Some(DEFAULT_LOCK_MAX_TTL)),
+                rule("*", KeyspaceMode::Strict, None),
+            ],
+            commands: CommandsConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`; errors name it as given.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let origin = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &origin),
+            Err(err) => Err(ConfigErrors::from(vec![ConfigError {
+                origin,
+                line: None,
+                column: None,
+                key: String::new(),
+                message: format!("cannot read the configuration: {err}"),
+            }])),
+        }
+    }
+
+    /// Parses and validates TOML `text`; `origin` (a file name) prefixes every error.
+    /// Reports every problem found, not just the first.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+        load::parse(text, origin)
+    }
+
+    /// The semantic rules (ranges, mode-specific keys, unreachable rules, ...). Errors
+    /// carry keys but no origin or line: use [`ConfigErrors::with_origin`] to label them.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let errors = validate::check(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors::from(errors))
+        }
+    }
+}

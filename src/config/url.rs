@@ -1,0 +1,326 @@
+//! The upstream Redis URL: `redis[s]://[user[:password]@]host[:port][/db]`.
+//!
+//! Parsed by hand (the grammar is small and fixed) so that no error message and no
+//! `Display` or `Debug` output ever contains the password: URLs end up in logs.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+/// Port used when the URL names none, as Redis clients do.
+pub const DEFAULT_REDIS_PORT: u16 = 6379;
+
+/// A parsed `redis://` or `rediss://` URL. Credentials are percent-decoded.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// `rediss://`: connect with TLS.
+    pub tls: bool,
+    /// Host name or IP address; IPv6 addresses without brackets.
+    pub host: String,
+    pub port: u16,
+    /// Database selected after connecting (the URL path `/N`).
+    pub db: u32,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl UpstreamUrl {
+    /// Parses `redis[s]://[user[:password]@]host[:port][/db]`. Messages never repeat the
+    /// credentials.
+    pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
+        let fail = |why: String| format!("invalid upstream URL: {why}");
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            fail("expected redis://host:port/db or rediss://host:port/db".to_owned())
+        })?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => false,
+            "rediss" => true,
+            _ => {
+                return Err(fail(format!(
+                    "unsupported scheme {scheme:?}: expected redis or rediss"
+                )));
+            }
+        };
+        if rest.contains(['?', '#']) {
+            return Err(fail(
+                "query parameters and fragments are not supported".to_owned(),
+            ));
+        }
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        // The last `@` ends the credentials: a raw `@` in a password is common enough.
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((userinfo, hostport)) => (Some(userinfo), hostport),
+            None => (None, authority),
+        };
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(userinfo) => {
+                let (user, pass) = match userinfo.split_once(':') {
+                    Some((user, pass)) => (user, Some(pass)),
+                    None => (userinfo, None),
+                };
+                let decode = |part: &str| {
+                    percent_decode(part).ok_or_else(|| {
+                        fail("invalid percent-encoding in the credentials".to_owned())
+                    })
+                };
+                let non_empty = |s: String| (!s.is_empty()).then_some(s);
+                (
+                    non_empty(decode(user)?),
+                    pass.map(decode).transpose()?.and_then(non_empty),
+                )
+            }
+        };
+        let (host, port) = split_host_port(hostport).map_err(fail)?;
+        let db = match path {
+            "" => 0,
+            db => db
+                .parse()
+                .map_err(|_| fail(format!("invalid database {db:?}: expected a number")))?,
+        };
+        Ok(UpstreamUrl {
+            tls,
+            host,
+            port,
+            db,
+            username,
+            password,
+        })
+    }
+
+    /// `host:port`, IPv6 hosts bracketed: ready for a TCP connect.
+    pub fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+    let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
+        // An IPv6 address; the parse below is all the checking it needs.
+        let (host, after) = bracketed
+            .split_once(']')
+            .ok_or_else(|| "unclosed '[' around an IPv6 address".to_owned())?;
+        host.parse::<Ipv6Addr>()
+            .map_err(|_| format!("invalid IPv6 address {host:?}"))?;
+        let port = match after {
+            "" => None,
+            after => Some(
+                after
+                    .strip_prefix(':')
+                    .ok_or_else(|| format!("unexpected {after:?} after the IPv6 address"))?,
+            ),
+        };
+        (host, port)
+    } else {
+        let (host, port) = match hostport.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (hostport, None),
+        };
+        if host.is_empty() {
+            return Err("missing host".to_owned());
+        }
+        if host.contains(|c: char| c.is_whitespace() || "[]".contains(c)) {
+            return Err(format!("invalid host {host:?}"));
+        }
+        (host, port)
+    };
+    let port = match port {
+        None => DEFAULT_REDIS_PORT,
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("invalid port {port:?}: expected 1 to 65535"))?,
+    };
+    Ok((host.to_owned(), port))
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte == b'%' {
+            let hi = char::from(bytes.next()?).to_digit(16)?;
+            let lo = char::from(bytes.next()?).to_digit(16)?;
+            out.push(u8::try_from(hi * 16 + lo).ok()?);
+        } else {
+            out.push(byte);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `redis://user:***@host:port/db`: the password is never printed.
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        write!(f, "{scheme}://")?;
+        match (&self.username, &self.password) {
+            (Some(user), Some(_)) => write!(f, "{user}:***@")?,
+            (Some(user), None) => write!(f, "{user}@")?,
+            (None, Some(_)) => write!(f, ":***@")?,
+            (None, None) => {}
+        }
+        write!(f, "{}/{}", self.address(), self.db)
+    }
+}
+
+/// Same as `Display`, so `{:?}` of a whole config cannot leak the password either.
+impl fmt::Debug for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UpstreamUrl({self})")
+    }
+}
+
+impl std::str::FromStr for UpstreamUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UpstreamUrl::parse(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct UrlVisitor;
+
+        impl Visitor<'_> for UrlVisitor {
+            type Value = UpstreamUrl;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a URL string such as \"redis://127.0.0.1:6379/0\"")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<UpstreamUrl, E> {
+                UpstreamUrl::parse(v).map_err(E::custom)
+            }
+        }
+
+        d.deserialize_str(UrlVisitor)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> UpstreamUrl {
+        UpstreamUrl::parse(s).unwrap()
+    }
+
+    #[test]
+    fn plain() {
+        let u = url("redis://127.0.0.1:6379/0");
+        assert!(!u.tls);
+        assert_eq!((u.host.as_str(), u.port, u.db), ("127.0.0.1", 6379, 0));
+        assert_eq!((u.username, u.password), (None, None));
+        assert_eq!(
+            url("redis://cache.internal").address(),
+            "cache.internal:6379"
+        );
+        assert_eq!(url("redis://h/").db, 0);
+        assert_eq!(url("REDIS://h:1/15").to_string(), "redis://h:1/15");
+    }
+
+    #[test]
+    fn credentials_and_db() {
+        let u = url("rediss://app:s3cr%40t:x@redis.example.com:6380/3");
+        assert!(u.tls);
+        assert_eq!(u.username.as_deref(), Some("app"));
+        assert_eq!(u.password.as_deref(), Some("s3cr@t:x"));
+        assert_eq!(u.address(), "redis.example.com:6380");
+        assert_eq!(u.db, 3);
+
+        let u = url("redis://:only-pass@h");
+        assert_eq!(
+            (u.username, u.password.as_deref()),
+            (None, Some("only-pass"))
+        );
+        let u = url("redis://only-user@h");
+        assert_eq!(
+            (u.username.as_deref(), u.password),
+            (Some("only-user"), None)
+        );
+        // A raw `@` in the password: the last `@` ends the credentials.
+        assert_eq!(url("redis://u:p@ss@h").password.as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn ipv6() {
+        let u = url("redis://[::1]:6390/2");
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.address(), "[::1]:6390");
+        assert_eq!(url("redis://[fe80::1]").address(), "[fe80::1]:6379");
+        assert_eq!(u.to_string(), "redis://[::1]:6390/2");
+    }
+
+    #[test]
+    fn display_and_debug_hide_the_password() {
+        let u = url("redis://user:hunter2@host:7000/1");
+        assert_eq!(u.to_string(), "redis://user:***@host:7000/1");
+        assert!(!format!("{u:?}").contains("hunter2"));
+        assert_eq!(
+            url("redis://:hunter2@host").to_string(),
+            "redis://:***@host:6379/0"
+        );
+        assert_eq!(
+            url("redis://user@host").to_string(),
+            "redis://user@host:6379/0"
+        );
+    }
+
+    #[test]
+    fn errors() {
+        for (input, why) in [
+            (
+                "127.0.0.1:6379",
+                "expected redis://host:port/db or rediss://host:port/db",
+            ),
+            (
+                "http://h:1/0",
+                "unsupported scheme \"http\": expected redis or rediss",
+            ),
+            ("unix:///tmp/redis.sock", "unsupported scheme \"unix\""),
+            (
+                "redis://h:abc/0",
+                "invalid port \"abc\": expected 1 to 65535",
+            ),
+            ("redis://h:0", "invalid port \"0\""),
+            ("redis://h:65536", "invalid port \"65536\""),
+            ("redis://h:", "invalid port \"\""),
+            ("redis://h/x", "invalid database \"x\": expected a number"),
+            ("redis://h/-1", "invalid database \"-1\""),
+            ("redis://h/0/1", "invalid database \"0/1\""),
+            ("redis://:6379/0", "missing host"),
+            ("redis://", "missing host"),
+            ("redis://[::1", "unclosed '['"),
+            ("redis://[nope]:1", "invalid IPv6 address \"nope\""),
+            ("redis://[::1]x", "unexpected \"x\""),
+            ("redis://::1:6379", "missing host"),
+            ("redis://h?db=1", "query parameters"),
+            ("redis://u:p%zz@h", "invalid percent-encoding"),
+        ] {
+            let err = UpstreamUrl::parse(input).unwrap_err();
+            assert!(err.starts_with("invalid upstream URL: "), "{input}: {err}");
+            assert!(err.contains(why), "{input}: {err}");
+        }
+    }
+
+    #[test]
+    fn errors_never_echo_the_password() {
+        for input in [
+            "redis://u:hunter2@h:bad",
+            "redis://u:hunter2@h/x",
+            "ftp://u:hunter2@h",
+        ] {
+            assert!(!UpstreamUrl::parse(input).unwrap_err().contains("hunter2"));
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Semantic rules over a typed [`Config`]: ranges, combinations, unreachable keyspace
+//! rules. Runs after parsing and again after command-line overrides, so it knows
+//! nothing of files; the loader attaches lines by looking the keys up.
+
+use std::time::Duration;
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
+
+use super::{Config, ConfigError, KeyspaceMode, units};
+use crate::keyspace::Matcher;
+
+/// Leases and lock expiries are set with `PX`, whose unit is the millisecond.
+const MIN_REDIS_TTL: Duration = Duration::from_millis(1);
+
+/// Every rule violated by `config`, in schema order.
+pub(super) fn check(config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut fail = |key: String, message: String| errors.push(ConfigError::new(key, message));
+
+    let listen = &config.listen;
+    if listen.max_clients == 0 {
+        fail("listen.max_clients".into(), "must be at least 1".into());
+    }
+    if let Some(admin) = config.admin.address {
+        // Port 0 asks the OS for a fresh port each time, so two of them never clash.
+        if admin == listen.address && admin.port() != 0 {
+            fail(
+                "admin.address".into(),
+                format!("{admin} is already listen.address"),
+            );
+        }
+    }
+
+    let upstream = &config.upstream;
+    if upstream.url.host.is_empty() {
+        fail("upstream.url".into(), "missing host".into());
+    }
+    if upstream.url.port == 0 {
+        fail("upstream.url".into(), "port must be 1 to 65535".into());
+    }
+    if upstream.username().is_some() && upstream.password().is_none() {
+        // Redis's AUTH takes a user name only together with a password.
+        let key = if upstream.username.is_some() {
+            "upstream.username"
+        } else {
+            "upstream.url"
+        };
+        fail(
+            key.into(),
+            "a user name needs a password (upstream.password, or in the URL)".into(),
+        );
+    }
+    for (key, value) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        ("upstream.command_timeout", upstream.command_timeout),
+    ] {
+        if value.is_zero() {
+            fail(key.into(), "must be greater than 0s".into());
+        }
+    }
+    if !(1..=64).contains(&upstream.shared_connections) {
+        fail(
+            "upstream.shared_connections".into(),
+            format!("must be 1 to 64, not {}", upstream.shared_connections),
+        );
+    }
+
+    let limits = &config.limits;
+    for (key, value) in [
+        ("limits.max_bulk_len", limits.max_bulk_len),
+        ("limits.max_multibulk_len", limits.max_multibulk_len),
+        ("limits.max_inline_len", limits.max_inline_len),
+        ("limits.client_output_buffer", limits.client_output_buffer),
+    ] {
+        if value == 0 {
+            fail(key.into(), "must be greater than 0".into());
+        }
+    }
+    if limits.max_inline_len > limits.max_bulk_len {
+        fail(
+            "limits.max_inline_len".into(),
+            format!(
+                "{} bytes is more than limits.max_bulk_len ({} bytes)",
+                limits.max_inline_len, limits.max_bulk_len
+            ),
+        );
+    }
+
+    let consistency = &config.consistency;
+    if consistency.invalidation_channel.is_empty() {
+        fail(
+            "consistency.invalidation_channel".into(),
+            "must not be empty".into(),
+        );
+    }
+    if consistency.reserved_prefix.is_empty() {
+        // An empty prefix would make every client key look like cachet's own.
+        fail(
+            "consistency.reserved_prefix".into(),
+            "must not be empty".into(),
+        );
+    } else if consistency.reserved_prefix.contains(['{', '}']) {
+        // Reserved keys put a hash tag right after the prefix to share the data key's
+        // slot; a brace in the prefix would become the tag instead.
+        fail(
+            "consistency.reserved_prefix".into(),
+            "must not contain '{' or '}' (cachet places a hash tag after it)".into(),
+        );
+    }
+    if consistency.lease_ttl < MIN_REDIS_TTL {
+        fail(
+            "consistency.lease_ttl".into(),
+            "must be at least 1ms".into(),
+        );
+    }
+
+    let matchers: Vec<Matcher> = config
+        .keyspace
+        .iter()
+        .map(|rule| Matcher::compile(rule.pattern.as_bytes()))
+        .collect();
+    for (i, (rule, matcher)) in config.keyspace.iter().zip(&matchers).enumerate() {
+        let key = |name: &str| format!("keyspace[{i}].{name}");
+        if rule.pattern.is_empty() {
+            fail(key("pattern"), "must not be empty".into());
+        } else if let Some((j, (earlier, shadow))) = config
+            .keyspace
+            .iter()
+            .zip(&matchers)
+            .take(i)
+            .enumerate()
+            .find(|(_, (_, earlier))| earlier.shadows(matcher))
+        {
+            let what = if *shadow == Matcher::All {
+                "every key"
+            } else {
+                "all of its keys"
+            };
+            fail(
+                key("pattern"),
+                format!(
+                    "never matches: keyspace[{j}] pattern '{}' matches {what} first",
+                    earlier.pattern
+                ),
+            );
+        }
+        match rule.max_ttl {
+            Some(_) if rule.mode != KeyspaceMode::Lock => {
+                fail(key("max_ttl"), only_for("lock", rule.mode));
+            }
+            Some(ttl) if ttl < MIN_REDIS_TTL => fail(key("max_ttl"), "must be at least 1ms".into()),
+            _ => {}
+        }
+        if rule.mode != KeyspaceMode::Cache {
+            if rule.hold_off.is_some() {
+                fail(key("hold_off"), only_for("cache", rule.mode));
+            }
+            if rule.write_through.is_some() {
+                fail(key("write_through"), only_for("cache", rule.mode));
+            }
+        }
+    }
+
+    for name in &config.commands.deny {
+        if let Err(message) = units::command_name(name) {
+            fail("commands.deny".into(), message);
+        }
+    }
+
+    if let Err(message) = check_log_level(&config.log.level) {
+        fail("log.level".into(), message);
+    }
+
+    errors
+}
+
+/// The other keys a rule on `key` compares it with: the loader drops an error on
+/// `key` when one of these could not be read (it was checked against a default).
+pub(super) fn compared_with(key: &str) -> &'static [&'static str] {
+    match key {
+        "limits.max_inline_len" => &["limits.max_bulk_len"],
+        "admin.address" => &["listen.address"],
+        "upstream.url" | "upstream.username" => {
+            &["upstream.url", "upstream.username", "upstream.password"]
+        }
+        _ => &[],
+    }
+}
+
+fn only_for(wanted: &str, mode: KeyspaceMode) -> String {
+    format!("only applies to mode = \"{wanted}\", not \"{mode}\"")
+}
+
+/// A level, or an `EnvFilter` directive list. A bare word must be a level: `EnvFilter`
+/// would read a typo such as `infoo` as "everything in target `infoo`" and silently
+/// log nothing else.
+fn check_log_level(level: &str) -> Result<(), String> {
+    let expected = "expected trace, debug, info, warn, error or off, \
+                    or a filter such as \"info,cachet=debug\"";
+    if level.trim().is_empty() {
+        return Err(format!("must not be empty: {expected}"));
+    }
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains(['=', '[']) && directive.parse::<LevelFilter>().is_err() {
+            return Err(format!("unknown level {directive:?}: {expected}"));
+        }
+    }
+    EnvFilter::try_new(level)
+        .map(|_| ())
+        .map_err(|err| format!("invalid filter {level:?}: {err}"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels() {
+        for ok in [
+            "info",
+            "INFO",
+            "warn",
+            "off",
+            "trace",
+            "info,cachet=debug",
+            "cachet::session=trace",
+            "debug,h2=off",
+        ] {
+            assert_eq!(check_log_level(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", " ", "infoo", "verbose", "info,cachet", "cachet=loud"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! The consistency engine: what a classified command becomes upstream so that the
+//! guarantees of DESIGN section 2 hold.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Engine`]: keyspace modes of a command's keys, the plan for a write |
+//! | `translate.rs` | turning the upstream reply of a rewritten command back into the plain command's reply |
+//! | `lock_mode.rs` | `lock` keyspaces: expiries for `SET`/`SETNX` |
+//! | `reserved.rs` | cachet's own keys: names, hash-slot colocation, hiding them |
+//! | `stats.rs` | counters of everything rejected, collapsed or retried |
+//!
+//! Invalidate-plus-set: a write of keys in `strict` or `cache` keyspaces goes upstream
+//! as `MULTI`, the write, the invalidation (`PUBLISH <channel> <key>` per key; in `cache`
+//! keyspaces also voiding the key's lease and leaving a tombstone for `hold_off`),
+//! `EXEC`, written contiguously on one connection. No observer can see the new value
+//! without the invalidation having happened.
+
+pub mod lock_mode;
+pub mod reserved;
+pub mod stats;
+pub mod translate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{CommandInfo, CommandKind, KeyFlags, KeyRef};
+use crate::config::{ConsistencyConfig, KeyspaceMode, KeyspaceRule};
+use crate::key_lock::KeyLocks;
+use crate::keyspace::Keyspaces;
+use crate::resp::Request;
+use crate::resp::reply;
+use crate::resp::request::encode_command;
+pub use stats::Stats;
+pub use translate::Translate;
+
+/// What a command becomes upstream.
+#[derive(Debug)]
+pub struct Plan {
+    /// Bytes to send (the client's own bytes when nothing is rewritten).
+    pub data: Bytes,
+    /// Reply frames `data` produces.
+    pub frames: u32,
+    /// How to turn those frames back into the client's reply.
+    pub translate: Translate,
+    /// Keys whose ordering token the write needs (empty for reads).
+    pub written: Vec<Bytes>,
+}
+
+impl Plan {
+    fn forward(req: &Request) -> Plan {
+        Plan {
+            data: req.raw.clone(),
+            frames: 1,
+            translate: Translate::None,
+            written: Vec::new(),
+        }
+    }
+}
+
+/// The engine of one cachet.
+#[derive(Debug)]
+pub struct Engine {
+    keyspaces: Keyspaces,
+    channel: Bytes,
+    prefix: Bytes,
+    hold_off: Duration,
+    /// Whether any keyspace is `cache` (only then does cachet keep state upstream).
+    has_cache: bool,
+    pub locks: Arc<KeyLocks>,
+    pub stats: Stats,
+}
+
+impl Engine {
+    pub fn new(consistency: &ConsistencyConfig, rules: &[KeyspaceRule]) -> Engine {
+        Engine {
+            keyspaces: Keyspaces::new(rules),
+            channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
+            prefix: Bytes::copy_from_slice(consistency.reserved_prefix.as_bytes()),
+            hold_off: consistency.hold_off,
+            has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
+            locks: Arc::new(KeyLocks::default()),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn keyspaces(&self) -> &Keyspaces {
+        &self.keyspaces
+    }
+
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// Plans a command for a shared connection. `Err` is the error reply for a command
+    /// that must not run (it touches cachet's reserved keys).
+    pub fn plan(
+        &self,
+        req: &Request,
+        info: Option<&CommandInfo>,
+        keys: &mut Vec<KeyRef>,
+    ) -> Result<Plan, Bytes> {
+        let Some(info) = info else {
+            return Ok(Plan::forward(req));
+        };
+        keys.clear();
+        info.keys(&req.args, keys);
+        self.check_reserved(req, keys)?;
+        match info.kind {
+            CommandKind::Keys if self.has_cache => {
+                return Ok(Plan {
+                    translate: Translate::HideKeys(self.prefix.clone()),
+                    ..Plan::forward(req)
+                });
+            }
+            CommandKind::Scan if self.has_cache => {
+                return Ok(Plan {
+                    translate: Translate::HideScan(self.prefix.clone()),
+                    ..Plan::forward(req)
+                });
+            }
+            _ => {}
+        }
+        if !info.is_write() {
+            return Ok(Plan::forward(req));
+        }
+        let mut inval = self.invalidations(req, info, keys);
+        let base = match self.lock_rewrite(req, info, keys) {
+            Some(rewritten) => rewritten,
+            None => Plan::forward(req),
+        };
+        if inval.commands.is_empty() || info.flags.contains(crate::command::CommandFlags::NO_MULTI)
+        {
+            return Ok(Plan {
+                written: inval.written,
+                ..base
+            });
+        }
+        // MULTI, the command, the invalidation commands, EXEC: one atomic unit.
+        let mut data = BytesMut::with_capacity(base.data.len() + 64 * inval.commands.len() + 32);
+        data.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        data.extend_from_slice(&base.data);
+        for c in &inval.commands {
+            encode_command(&mut data, c);
+        }
+        data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        self.stats.invalidations(inval.published);
+        Ok(Plan {
+            data: data.freeze(),
+            frames: 3 + inval.commands.len() as u32,
+            translate: Translate::ExecFirst(Box::new(base.translate)),
+            written: std::mem::take(&mut inval.written),
+        })
+    }
+
+    /// Refuses commands naming cachet's reserved keys.
+    pub fn check_reserved(&self, req: &Request, keys: &[KeyRef]) -> Result<(), Bytes> {
+        for k in keys {
+            if req
+                .args
+                .get(k.index)
+                .is_some_and(|a| a.starts_with(&self.prefix))
+            {
+                return Err(reply::error(&format!(
+                    "ERR cachet: keys starting with '{}' are reserved",
+                    String::from_utf8_lossy(&self.prefix)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The commands that invalidate what `req` writes, and the written keys.
+    pub fn invalidations(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+    ) -> Invalidation {
+        let mut out = Invalidation::default();
+        if matches!(info.kind, CommandKind::FlushDb | CommandKind::FlushAll) {
+            // Every key is gone (leases and tombstones with them, which voids every
+            // lease); one message with an empty key tells subscribers "everything".
+            out.commands.push(vec![
+                Bytes::from_static(b"PUBLISH"),
+                self.channel.clone(),
+                Bytes::new(),
+            ]);
+            out.published = 1;
+            return out;
+        }
+        let written_flags = KeyFlags::RW | KeyFlags::OW | KeyFlags::RM;
+        for k in keys {
+            let Some(key) = req.args.get(k.index) else {
+                continue;
+            };
+            if !(k.flags.intersects(written_flags) || k.flags.is_empty()) {
+                continue;
+            }
+            if out.written.contains(key) {
+                continue;
+            }
+            let mode = self.keyspaces.lookup(key).mode;
+            match mode {
+                KeyspaceMode::Passthrough | KeyspaceMode::Lock => continue,
+                KeyspaceMode::Strict => {}
+                KeyspaceMode::Cache => {
+                    if let Some(state) = reserved::state_keys(&self.prefix, key) {
+                        out.commands
+                            .push(vec![Bytes::from_static(b"DEL"), state.lease]);
+                        out.commands.push(vec![
+                            Bytes::from_static(b"SET"),
+                            state.tomb,
+                            Bytes::from_static(b"1"),
+                            Bytes::from_static(b"PX"),
+                            Bytes::from(self.hold_off.as_millis().max(1).to_string()),
+                        ]);
+                    }
+                }
+            }
+            out.commands.push(vec![
+                Bytes::from_static(b"PUBLISH"),
+                self.channel.clone(),
+                key.clone(),
+            ]);
+            out.published += 1;
+            out.written.push(key.clone());
+        }
+        out
+    }
+
+    fn lock_rewrite(&self, req: &Request, info: &CommandInfo, keys: &[KeyRef]) -> Option<Plan> {
+        let key = keys.first().and_then(|k| req.args.get(k.index))?;
+        let rule = self.keyspaces.lookup(key);
+        if rule.mode != KeyspaceMode::Lock {
+            return None;
+        }
+        let max_ttl = rule
+            .rule
+            .and_then(|(_, r)| r.max_ttl)
+            .unwrap_or(crate::config::DEFAULT_LOCK_MAX_TTL);
+        let (args, translate) = lock_mode::rewrite(&info.name, &req.args, max_ttl)?;
+        self.stats.lock_expiry_added();
+        let mut data = BytesMut::new();
+        encode_command(&mut data, &args);
+        Some(Plan {
+            data: data.freeze(),
+            frames: 1,
+            translate,
+            written: Vec::new(),
+        })
+    }
+}
+
+/// What invalidating one write takes.
+#[derive(Debug, Default)]
+pub struct Invalidation {
+    /// Commands to run in the write's atomic unit.
+    pub commands: Vec<Vec<Bytes>>,
+    /// Keys written in `strict` or `cache` keyspaces.
+    pub written: Vec<Bytes>,
+    /// `PUBLISH` messages among `commands`.
+    pub published: u64,
+}

@@ -1,0 +1,28 @@
+//! Counters of what the engine did: invalidations published, expiries given to locks,
+//! writes that waited for a key's ordering token. Kept in one place so the metrics
+//! endpoint can expose them without the engine knowing about it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub invalidations_published: AtomicU64,
+    pub lock_expiries_added: AtomicU64,
+    pub key_lock_waits: AtomicU64,
+    pub key_lock_timeouts: AtomicU64,
+    pub reserved_key_refusals: AtomicU64,
+}
+
+impl Stats {
+    pub fn invalidations(&self, n: u64) {
+        self.invalidations_published.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn lock_expiry_added(&self) {
+        self.lock_expiries_added.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

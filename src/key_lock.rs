@@ -1,0 +1,187 @@
+//! Per-key ordering tokens: conflicting writes from all clients of one cachet reach the
+//! upstream in the order cachet received them.
+//!
+//! A key's token is held by one upstream connection at a time, from the moment a write
+//! of the key is queued on it until its reply comes back. Writes queued on the same
+//! connection never wait for each other (the connection's FIFO already orders them, so
+//! a client pipelining 1,000 writes to one key pays no round trips); a write that would
+//! go out on another connection waits until the holder's writes of that key are
+//! answered. Multi-key writes take all their tokens or none, in one global (sorted)
+//! order, so waiting never holds anything and cannot deadlock. Reads take no token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+#[derive(Debug)]
+struct Holder {
+    owner: u64,
+    count: u32,
+    released: Arc<Notify>,
+}
+
+/// All tokens of one cachet.
+#[derive(Debug, Default)]
+pub struct KeyLocks {
+    map: DashMap<Bytes, Holder>,
+}
+
+/// Tokens held for one write; released when dropped (when its reply arrives, or when
+/// the request fails).
+#[derive(Debug)]
+pub struct Held {
+    locks: Arc<KeyLocks>,
+    keys: Vec<Bytes>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.locks.release_one(key);
+        }
+    }
+}
+
+/// The wait for a token outlasted the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockTimeout;
+
+impl KeyLocks {
+    /// Takes the tokens of `keys` for `owner`, or tells what to wait on. `keys` need not
+    /// be sorted or unique.
+    pub fn try_acquire(self: &Arc<Self>, owner: u64, keys: &[Bytes]) -> Result<Held, Arc<Notify>> {
+        let mut sorted: Vec<Bytes> = keys.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut held = Held {
+            locks: self.clone(),
+            keys: Vec::with_capacity(sorted.len()),
+        };
+        for key in sorted {
+            match self.map.entry(key.clone()) {
+                Entry::Vacant(v) => {
+                    v.insert(Holder {
+                        owner,
+                        count: 1,
+                        released: Arc::new(Notify::new()),
+                    });
+                }
+                Entry::Occupied(mut o) => {
+                    let h = o.get_mut();
+                    if h.owner != owner {
+                        let notify = h.released.clone();
+                        drop(o);
+                        // Dropping `held` gives back what was taken so far.
+                        return Err(notify);
+                    }
+                    h.count += 1;
+                }
+            }
+            held.keys.push(key);
+        }
+        Ok(held)
+    }
+
+    /// Takes the tokens, waiting for other connections' writes of these keys to be
+    /// answered, for at most `limit`.
+    pub async fn acquire(
+        self: &Arc<Self>,
+        owner: u64,
+        keys: &[Bytes],
+        limit: Duration,
+    ) -> Result<Held, LockTimeout> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let notify = match self.try_acquire(owner, keys) {
+                Ok(h) => return Ok(h),
+                Err(n) => n,
+            };
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            // Registered before the second look, so a release in between is not missed.
+            notified.as_mut().enable();
+            if let Ok(h) = self.try_acquire(owner, keys) {
+                return Ok(h);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(LockTimeout);
+            }
+        }
+    }
+
+    fn release_one(&self, key: &Bytes) {
+        if let Entry::Occupied(mut o) = self.map.entry(key.clone()) {
+            let h = o.get_mut();
+            h.count = h.count.saturating_sub(1);
+            if h.count == 0 {
+                let (_, h) = o.remove_entry();
+                h.released.notify_waiters();
+            }
+        }
+    }
+
+    /// Keys with a token currently held (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn keys(k: &[&str]) -> Vec<Bytes> {
+        k.iter()
+            .map(|s| Bytes::copy_from_slice(s.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn same_owner_never_waits() {
+        let locks = Arc::new(KeyLocks::default());
+        let a = locks.try_acquire(1, &keys(&["k"])).unwrap();
+        let b = locks.try_acquire(1, &keys(&["k", "k"])).unwrap();
+        assert!(locks.try_acquire(2, &keys(&["k"])).is_err());
+        drop(a);
+        assert!(locks.try_acquire(2, &keys(&["k"])).is_err());
+        drop(b);
+        assert!(locks.is_empty());
+        assert!(locks.try_acquire(2, &keys(&["k"])).is_ok());
+    }
+
+    #[test]
+    fn all_or_nothing() {
+        let locks = Arc::new(KeyLocks::default());
+        let _b = locks.try_acquire(1, &keys(&["b"])).unwrap();
+        assert!(locks.try_acquire(2, &keys(&["a", "b", "c"])).is_err());
+        // Nothing of the failed attempt stays held.
+        assert_eq!(locks.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn waiter_proceeds_when_released_and_times_out_otherwise() {
+        let locks = Arc::new(KeyLocks::default());
+        let held = locks.try_acquire(1, &keys(&["k"])).unwrap();
+        let l2 = locks.clone();
+        let waiter =
+            tokio::spawn(async move { l2.acquire(2, &keys(&["k"]), Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert!(waiter.await.unwrap().is_ok());
+        let _held = locks.try_acquire(3, &keys(&["x"])).unwrap();
+        let r = locks
+            .acquire(4, &keys(&["x"]), Duration::from_millis(20))
+            .await;
+        assert_eq!(r.unwrap_err(), LockTimeout);
+    }
+}

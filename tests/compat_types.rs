@@ -598,3 +598,70 @@ fn pipeline_of_5000_mixed_commands() {
     }
     compare_pipelined(&script);
 }
+
+/// Keys of every shape are written and read back as sent: spaces, line ends, binary,
+/// empty, braces (hash tags), long.
+#[test]
+fn unusual_key_names() {
+    let long = vec![b'k'; 100_000];
+    let keys: Vec<&[u8]> = vec![
+        b"with space",
+        b"line\r\nend",
+        b"nul\0byte",
+        b"",
+        b"{tag}key",
+        b"{}",
+        b"{",
+        b"}{",
+        b"{a}{b}",
+        "ключ-キー".as_bytes(),
+        &long,
+    ];
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    for k in &keys {
+        c.call(&cmd(&[b"SET", k, b"v"]));
+        c.call(&cmd(&[b"APPEND", k, b"w"]));
+        c.call(&cmd(&[b"GET", k]));
+        c.call(&cmd(&[b"HSET", &[k, &b"h"[..]].concat(), b"f", k]));
+        c.call(&cmd(&[b"HGET", &[k, &b"h"[..]].concat(), b"f"]));
+        c.call(&cmd(&[b"EXPIRE", k, b"100"]));
+        c.call(&cmd(&[b"TTL", k]));
+    }
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().copied());
+    del.extend(keys.iter().copied());
+    c.call(&cmd(&del));
+    c.call(&cmd(&[b"DBSIZE"]));
+}
+
+/// Multi-key writes of thousands of keys, and the same key repeated.
+#[test]
+fn multi_key_writes_of_many_keys() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let names: Vec<Vec<u8>> = (0..5000).map(|i| format!("mk:{i}").into_bytes()).collect();
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    for n in &names {
+        mset.push(n);
+        mset.push(b"v");
+    }
+    c.call(&cmd(&mset));
+    c.call(&cmd(&[b"DBSIZE"]));
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(names.iter().take(2500).map(Vec::as_slice));
+    c.call(&cmd(&del));
+    c.script(&lines(
+        "
+        SET a 1
+        DEL a a a
+        MSET a 1 a 2 a 3
+        GET a
+        MSETNX a 4 b 5
+        RENAME a a
+        GET a
+        SUNIONSTORE s s s
+        DBSIZE
+        ",
+    ));
+}

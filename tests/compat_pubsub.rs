@@ -358,3 +358,18 @@ fn session_commands_in_resp2_subscribe_mode() {
         ",
     ));
 }
+
+/// A tracking client that writes a key it read gets its own invalidation, in the same
+/// place relative to the write's reply as from Redis.
+#[test]
+fn client_tracking_own_writes() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.script(&lines("CLIENT TRACKING ON\nSET k v1\nGET k"));
+    let frames = tracker.transcript(&lines("SET k v2\nGET k\nDEL k\nGET k"));
+    assert!(frames.iter().any(|f| f.starts_with(b">2\r\n$10\r\ninvalidate")));
+    tracker.call(&words("CLIENT TRACKING OFF"));
+    tracker.script(&lines("CLIENT TRACKING ON NOLOOP\nGET k\nSET k v3"));
+    tracker.quiet(QUIET);
+}

@@ -368,7 +368,11 @@ fn client_tracking_own_writes() {
     tracker.call_with(&words("HELLO 3"), hello_without_id);
     tracker.script(&lines("CLIENT TRACKING ON\nSET k v1\nGET k"));
     let frames = tracker.transcript(&lines("SET k v2\nGET k\nDEL k\nGET k"));
-    assert!(frames.iter().any(|f| f.starts_with(b">2\r\n$10\r\ninvalidate")));
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with(b">2\r\n$10\r\ninvalidate"))
+    );
     tracker.call(&words("CLIENT TRACKING OFF"));
     tracker.script(&lines("CLIENT TRACKING ON NOLOOP\nGET k\nSET k v3"));
     tracker.quiet(QUIET);

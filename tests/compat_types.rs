@@ -557,7 +557,8 @@ fn long_aggregate_reply() {
     c.call(&cmd(&[b"LRANGE", b"l", b"99990", b"-1"]));
 }
 
-/// 5,000 commands of every kind written in one go, answered in order.
+/// 5,000 commands of every kind written in one go, with transactions, watches and
+/// database switches among them, answered in order.
 #[test]
 fn pipeline_of_5000_mixed_commands() {
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
@@ -595,6 +596,16 @@ fn pipeline_of_5000_mixed_commands() {
             _ => format!("STRLEN a{}", k % 4),
         };
         script.push(support::raw::words(&line));
+        // Now and then the pipeline moves to a dedicated connection (a transaction, a
+        // watch) or another database and back, which cachet must keep in order.
+        let extra: &[&str] = match i % 500 {
+            100 => &["MULTI", "INCR n0", "GET k1", "LPUSH l0 m", "EXEC"],
+            200 => &["SELECT 1", "SET k1 other-db", "GET k1", "SELECT 0"],
+            300 => &["WATCH k2", "GET k2", "UNWATCH"],
+            400 => &["MULTI", "SET k3", "EXEC"],
+            _ => &[],
+        };
+        script.extend(extra.iter().map(|l| support::raw::words(l)));
     }
     compare_pipelined(&script);
 }

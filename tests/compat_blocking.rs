@@ -208,3 +208,50 @@ fn hanging_up_while_blocked_cancels_the_command() {
     let mut b = pair.twin();
     b.script(&lines("RPUSH l x\nLLEN l\nLRANGE l 0 -1"));
 }
+
+/// A client blocked in another database is woken by a push to that database only.
+#[test]
+fn blocking_in_a_selected_database() {
+    let pair = Pair::start();
+    let mut a = pair.twin();
+    let mut b = pair.twin();
+    a.call(&words("SELECT 5"));
+    block(&pair, &mut a, "BLPOP l 0", 1);
+    b.call(&words("RPUSH l in-db-0"));
+    a.quiet(Duration::from_millis(50));
+    b.script(&lines("SELECT 5\nRPUSH l in-db-5"));
+    a.frame(b"BLPOP l 0 in db 5");
+    a.call(&words("LLEN l"));
+}
+
+/// One pipeline moving between shared connections of two databases, a blocking
+/// command, a transaction and a subscription, answered in order.
+#[test]
+fn pipeline_across_every_kind_of_connection() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.pipeline(&lines(
+        "
+        SET a 1
+        SELECT 1
+        SET a 2
+        BLPOP empty 0.01
+        GET a
+        SELECT 0
+        MULTI
+        GET a
+        INCR a
+        EXEC
+        SUBSCRIBE x
+        UNSUBSCRIBE x
+        GET a
+        WATCH a
+        SELECT 1
+        GET a
+        UNWATCH
+        GET a
+        SELECT 0
+        GET a
+        ",
+    ));
+}

@@ -122,6 +122,8 @@ fn subscribe_family_in_resp3() {
     publisher.call(&words("PUBLISH a gone"));
     sub.quiet(QUIET);
     sub.script(&lines("GET k\nDEL k"));
+    // Unsubscribing with nothing subscribed answers a push too.
+    sub.script(&lines("UNSUBSCRIBE\nPUNSUBSCRIBE x\nSUNSUBSCRIBE"));
     sub.call_with(&words("HELLO 2"), hello_without_id);
     sub.call(&words("GET k"));
 }
@@ -216,4 +218,162 @@ fn client_tracking_in_resp2() {
     tracker.script(&lines("CLIENT TRACKING ON\nGET k"));
     writer.call(&words("SET k v"));
     tracker.transcript(&lines("GET k\nCLIENT TRACKING OFF\nSET k w\nGET k"));
+}
+
+#[test]
+fn client_tracking_optin_and_caching() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    let mut writer = pair.twin();
+    tracker.call(&words("CLIENT CACHING yes"));
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.call(&words("CLIENT TRACKING ON OPTIN"));
+    tracker.script(&lines(
+        "GET untracked\nCLIENT CACHING yes\nGET tracked\nCLIENT CACHING no",
+    ));
+    writer.script(&lines("SET untracked 1\nSET tracked 1"));
+    receive(&mut tracker, 1, "invalidation of tracked only");
+    tracker.quiet(QUIET);
+}
+
+/// A 1 MiB message reaches the subscriber whole.
+#[test]
+fn large_message() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut publisher = pair.twin();
+    sub.call(&words("SUBSCRIBE big"));
+    let payload = vec![b'm'; 1024 * 1024];
+    publisher.call(&support::raw::cmd(&[b"PUBLISH", b"big", &payload]));
+    receive(&mut sub, 1, "1 MiB message");
+}
+
+/// MONITOR lines carry timestamps and addresses that differ between any two servers;
+/// what must hold is that the monitor sees other clients' commands.
+#[test]
+fn monitor_sees_commands_of_other_clients() {
+    let redis = support::redis::RedisServer::start();
+    let cachet = support::cachet::Cachet::start(&redis.url());
+    let mut monitor = support::raw::Raw::connect(cachet.addr);
+    let mut other = support::raw::Raw::connect(cachet.addr);
+    assert_eq!(monitor.call(&words("MONITOR")), b"+OK\r\n");
+    assert_eq!(other.call(&words("SET mk 1")), b"+OK\r\n");
+    // cachet runs a write together with its invalidation (DESIGN G2), so the monitor
+    // also shows the MULTI/PUBLISH/EXEC around it; the SET itself is among the lines.
+    let mut seen = Vec::new();
+    loop {
+        let line = monitor.frame();
+        assert!(line.starts_with(b"+"), "{}", String::from_utf8_lossy(&line));
+        if line.ends_with(b"\"SET\" \"mk\" \"1\"\r\n") {
+            break;
+        }
+        seen.push(String::from_utf8_lossy(&line).into_owned());
+        assert!(seen.len() < 5, "no SET among {seen:?}");
+    }
+}
+
+/// Subscribing, unsubscribing and plain commands in one pipeline, in RESP2: Redis
+/// leaves subscribe mode with the last unsubscription, so what follows runs normally.
+#[test]
+fn subscribe_and_unsubscribe_within_one_pipeline() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.pipeline(&lines(
+        "
+        SET k v
+        SUBSCRIBE a
+        PING
+        UNSUBSCRIBE a
+        GET k
+        PSUBSCRIBE p*
+        GET k
+        PUNSUBSCRIBE p*
+        GET k
+        ",
+    ));
+}
+
+/// Shard subscriptions keep a RESP2 client in subscribe mode after it leaves its
+/// ordinary channels, and the other way round.
+#[test]
+fn shard_and_ordinary_subscriptions_together() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        SSUBSCRIBE s
+        SUBSCRIBE c
+        UNSUBSCRIBE
+        GET k
+        PING
+        SUBSCRIBE c
+        SUNSUBSCRIBE
+        GET k
+        UNSUBSCRIBE
+        GET k
+        ",
+    ));
+}
+
+/// Keyspace notifications name the database the writer is in: a client of cachet in
+/// database 3 produces `__keyspace@3__` events.
+#[test]
+fn keyspace_notifications() {
+    let pair = Pair::start();
+    let mut sub = pair.twin();
+    let mut writer = pair.twin();
+    writer.call(&words("CONFIG SET notify-keyspace-events KEA"));
+    sub.send(&words("PSUBSCRIBE __key*@*__:*"));
+    receive(&mut sub, 1, "PSUBSCRIBE");
+    writer.call(&words("SET k v"));
+    receive(&mut sub, 2, "keyspace and keyevent of SET in db 0");
+    writer.script(&lines("SELECT 3\nLPUSH l x"));
+    receive(&mut sub, 2, "keyspace and keyevent of LPUSH in db 3");
+    sub.quiet(QUIET);
+}
+
+/// In RESP2 subscribe mode Redis refuses everything but the subscribe family, `PING`,
+/// `QUIT` and `RESET`, including the commands cachet otherwise answers itself.
+#[test]
+fn session_commands_in_resp2_subscribe_mode() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.script(&lines(
+        "
+        CLIENT SETNAME before
+        SUBSCRIBE ch
+        CLIENT SETNAME x
+        CLIENT GETNAME
+        CLIENT ID
+        CLIENT REPLY OFF
+        HELLO 3
+        HELLO
+        SELECT 1
+        AUTH pw
+        PING
+        UNSUBSCRIBE
+        CLIENT GETNAME
+        SELECT 1
+        GET k
+        ",
+    ));
+}
+
+/// A tracking client that writes a key it read gets its own invalidation, in the same
+/// place relative to the write's reply as from Redis.
+#[test]
+fn client_tracking_own_writes() {
+    let pair = Pair::start();
+    let mut tracker = pair.twin();
+    tracker.call_with(&words("HELLO 3"), hello_without_id);
+    tracker.script(&lines("CLIENT TRACKING ON\nSET k v1\nGET k"));
+    let frames = tracker.transcript(&lines("SET k v2\nGET k\nDEL k\nGET k"));
+    assert!(
+        frames
+            .iter()
+            .any(|f| f.starts_with(b">2\r\n$10\r\ninvalidate"))
+    );
+    tracker.call(&words("CLIENT TRACKING OFF"));
+    tracker.script(&lines("CLIENT TRACKING ON NOLOOP\nGET k\nSET k v3"));
+    tracker.quiet(QUIET);
 }

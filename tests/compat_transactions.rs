@@ -308,3 +308,50 @@ fn transactions_in_another_database_and_resp3() {
     a.call_with(&words("HELLO 2"), support::compare::hello_without_id);
     a.call(&words("GET k"));
 }
+
+/// Large values in and out of a transaction on the dedicated connection.
+#[test]
+fn large_values_inside_a_transaction() {
+    let value = vec![b'v'; 2 * 1024 * 1024];
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.pipeline(&[
+        words("MULTI"),
+        support::raw::cmd(&[b"SET", b"big", &value]),
+        words("GET big"),
+        words("STRLEN big"),
+        words("EXEC"),
+        words("GET big"),
+    ]);
+}
+
+/// Redis 7.0 queues `SUBSCRIBE` inside a transaction and enters subscribe mode when
+/// `EXEC` runs it: the client then gets messages and subscribe-mode errors, and no
+/// other client inherits the subscribed connection.
+#[test]
+fn subscribe_inside_multi_takes_effect_at_exec() {
+    let pair = Pair::start();
+    let mut a = pair.twin();
+    let mut publisher = pair.twin();
+    a.script(&lines("MULTI\nSUBSCRIBE ch\nEXEC\nGET k\nPING"));
+    publisher.call(&words("PUBLISH ch hello"));
+    a.frame(b"message on ch");
+    a.script(&lines("UNSUBSCRIBE\nGET k"));
+    // Another client's transaction runs on a clean connection.
+    drop(a);
+    let mut b = pair.twin();
+    b.script(&lines("MULTI\nSET k v\nEXEC\nGET k"));
+}
+
+/// `CLIENT TRACKING ON` run by `EXEC` turns tracking on for the client (RESP3).
+#[test]
+fn tracking_switched_on_inside_multi() {
+    let pair = Pair::start();
+    let mut a = pair.twin();
+    let mut writer = pair.twin();
+    a.call_with(&words("HELLO 3"), support::compare::hello_without_id);
+    a.script(&lines("MULTI\nCLIENT TRACKING ON\nEXEC\nGET k"));
+    writer.call(&words("SET k v"));
+    a.frame(b"invalidation of k");
+    a.script(&lines("CLIENT TRACKING OFF\nGET k"));
+}

@@ -509,6 +509,12 @@ fn errors() {
         ZRANGE l 0 -1
         ",
     ));
+    // An empty command name, and one that differs from a real one only in case.
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.call(b"*1\r\n$0\r\n\r\n");
+    c.call(b"*2\r\n$0\r\n\r\n$1\r\nx\r\n");
+    c.call(&cmd(&[b"gEt", b"s"]));
 }
 
 /// A 4 MiB value goes through whole in both directions, alone and pipelined with small
@@ -532,9 +538,27 @@ fn four_mib_value() {
         cmd(&[b"APPEND", b"big", b"tail"]),
         cmd(&[b"GET", b"before"]),
     ]);
+    // A 16 MiB reply: more than cachet buffers for a client before it stops reading.
+    c.call(&cmd(&[b"MGET", b"big", b"big2", b"big", b"big2"]));
 }
 
-/// 5,000 commands of every kind written in one go, answered in order.
+/// A reply of 100,000 elements.
+#[test]
+fn long_aggregate_reply() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let items: Vec<Vec<u8>> = (0..100_000)
+        .map(|i| format!("item{i}").into_bytes())
+        .collect();
+    let mut rpush: Vec<&[u8]> = vec![b"RPUSH", b"l"];
+    rpush.extend(items.iter().map(Vec::as_slice));
+    c.call(&cmd(&rpush));
+    c.call(&cmd(&[b"LRANGE", b"l", b"0", b"-1"]));
+    c.call(&cmd(&[b"LRANGE", b"l", b"99990", b"-1"]));
+}
+
+/// 5,000 commands of every kind written in one go, with transactions, watches and
+/// database switches among them, answered in order.
 #[test]
 fn pipeline_of_5000_mixed_commands() {
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
@@ -572,6 +596,83 @@ fn pipeline_of_5000_mixed_commands() {
             _ => format!("STRLEN a{}", k % 4),
         };
         script.push(support::raw::words(&line));
+        // Now and then the pipeline moves to a dedicated connection (a transaction, a
+        // watch) or another database and back, which cachet must keep in order.
+        let extra: &[&str] = match i % 500 {
+            100 => &["MULTI", "INCR n0", "GET k1", "LPUSH l0 m", "EXEC"],
+            200 => &["SELECT 1", "SET k1 other-db", "GET k1", "SELECT 0"],
+            300 => &["WATCH k2", "GET k2", "UNWATCH"],
+            400 => &["MULTI", "SET k3", "EXEC"],
+            _ => &[],
+        };
+        script.extend(extra.iter().map(|l| support::raw::words(l)));
     }
     compare_pipelined(&script);
+}
+
+/// Keys of every shape are written and read back as sent: spaces, line ends, binary,
+/// empty, braces (hash tags), long.
+#[test]
+fn unusual_key_names() {
+    let long = vec![b'k'; 100_000];
+    let keys: Vec<&[u8]> = vec![
+        b"with space",
+        b"line\r\nend",
+        b"nul\0byte",
+        b"",
+        b"{tag}key",
+        b"{}",
+        b"{",
+        b"}{",
+        b"{a}{b}",
+        "ключ-キー".as_bytes(),
+        &long,
+    ];
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    for k in &keys {
+        c.call(&cmd(&[b"SET", k, b"v"]));
+        c.call(&cmd(&[b"APPEND", k, b"w"]));
+        c.call(&cmd(&[b"GET", k]));
+        c.call(&cmd(&[b"HSET", &[k, &b"h"[..]].concat(), b"f", k]));
+        c.call(&cmd(&[b"HGET", &[k, &b"h"[..]].concat(), b"f"]));
+        c.call(&cmd(&[b"EXPIRE", k, b"100"]));
+        c.call(&cmd(&[b"TTL", k]));
+    }
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().copied());
+    del.extend(keys.iter().copied());
+    c.call(&cmd(&del));
+    c.call(&cmd(&[b"DBSIZE"]));
+}
+
+/// Multi-key writes of thousands of keys, and the same key repeated.
+#[test]
+fn multi_key_writes_of_many_keys() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    let names: Vec<Vec<u8>> = (0..5000).map(|i| format!("mk:{i}").into_bytes()).collect();
+    let mut mset: Vec<&[u8]> = vec![b"MSET"];
+    for n in &names {
+        mset.push(n);
+        mset.push(b"v");
+    }
+    c.call(&cmd(&mset));
+    c.call(&cmd(&[b"DBSIZE"]));
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(names.iter().take(2500).map(Vec::as_slice));
+    c.call(&cmd(&del));
+    c.script(&lines(
+        "
+        SET a 1
+        DEL a a a
+        MSET a 1 a 2 a 3
+        GET a
+        MSETNX a 4 b 5
+        RENAME a a
+        GET a
+        SUNIONSTORE s s s
+        DBSIZE
+        ",
+    ));
 }

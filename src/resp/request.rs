@@ -374,14 +374,17 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
             if in_dq {
                 match c {
                     None => return Err(ProtocolError::UnbalancedQuotes),
-                    Some(b'\\') if at(i + 1) == Some(b'x') => {
-                        match (at(i + 2).and_then(hex), at(i + 3).and_then(hex)) {
-                            (Some(h), Some(l)) => {
-                                cur.push(h * 16 + l);
-                                i += 3;
-                            }
-                            _ => cur.push(b'\\'),
-                        }
+                    // `\xHH` only with two hex digits; otherwise `\x` is an ordinary
+                    // escape of `x`, as in `sdssplitargs`.
+                    Some(b'\\')
+                        if at(i + 1) == Some(b'x')
+                            && at(i + 2).and_then(hex).is_some()
+                            && at(i + 3).and_then(hex).is_some() =>
+                    {
+                        let h = at(i + 2).and_then(hex).unwrap_or_default();
+                        let l = at(i + 3).and_then(hex).unwrap_or_default();
+                        cur.push(h * 16 + l);
+                        i += 3;
                     }
                     Some(b'\\') if at(i + 1).is_some() => {
                         i += 1;
@@ -506,6 +509,11 @@ mod tests {
                 ],
                 vec![b"PING".to_vec()]
             ]
+        );
+        // `\x` without two hex digits escapes the `x` alone, as in `sdssplitargs`.
+        assert_eq!(
+            split_args(b"\"\\x4\" \"\\xZZ\" \"\\x4f\"").unwrap(),
+            vec![b"x4".to_vec(), b"xZZ".to_vec(), b"O".to_vec()]
         );
         assert_eq!(
             decode_all(b"\"hello\r\n"),

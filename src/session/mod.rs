@@ -322,6 +322,13 @@ impl Session {
         {
             return self.send_pinned(req, kind, false).await;
         }
+        // In RESP2 subscribe mode Redis refuses every command but the subscribe family,
+        // PING, QUIT and RESET, session commands included: let it say so.
+        if self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed)
+            && (kind == K::Auth || (local::answers(kind) && !matches!(kind, K::Quit | K::Reset)))
+        {
+            return self.send_pinned(req, kind, false).await;
+        }
         // Redis checks arity before anything else; commands answered here must too.
         if !arity_ok && local::answers(kind) {
             if let Some(i) = &info {
@@ -669,6 +676,12 @@ impl Session {
                 .map(|_| req);
         }
         if proto != self.proto && self.pinned.is_some() {
+            // Replies still owed on the pinned connection may end its mode (a blocking
+            // command's reply, `UNWATCH`, the last unsubscription), as Redis would
+            // have before it runs this `HELLO`: decide once they are in.
+            if self.inflight > 0 {
+                return Some(req);
+            }
             // The pinned connection speaks the old protocol; switching it mid-mode
             // would change its framing under the client's feet.
             self.reply(reply::error(

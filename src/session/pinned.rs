@@ -31,9 +31,9 @@ use crate::upstream::{Identity, UpstreamError};
 enum OnReply {
     Nothing,
     /// A command sent inside `MULTI`: counts it if the upstream queued it, remembering
-    /// where a queued `SELECT <db>` sits in the transaction.
-    Queued(Option<u32>),
-    /// `EXEC`: the transaction is over; apply the last `SELECT` queued inside it that
+    /// where a command that changes the connection's mode sits in the transaction.
+    Queued(Option<Change>),
+    /// `EXEC`: the transaction is over; apply the mode changes queued inside it that
     /// succeeded.
     Exec,
     /// `SELECT` outside a transaction: the session's database on success.
@@ -41,6 +41,19 @@ enum OnReply {
     /// `CLIENT TRACKING on|off` on success.
     Tracking(bool),
     /// `MONITOR` on success: from here on every frame is a monitor line.
+    Monitor,
+}
+
+/// A command queued in a transaction that changes the connection's mode when `EXEC`
+/// runs it (Redis queues all of these, and applies each only if its own reply in the
+/// `EXEC` array says it succeeded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Select(u32),
+    /// The subscribe family: the confirmation in the `EXEC` array is applied as if it
+    /// had come alone.
+    Subscription(CommandKind),
+    Tracking(bool),
     Monitor,
 }
 
@@ -116,10 +129,10 @@ pub struct Pinned {
     /// Commands the upstream answered `+QUEUED` in the current transaction: the index
     /// of the next one's reply in the `EXEC` array.
     queued: usize,
-    /// `SELECT`s queued in the current transaction: their index in the `EXEC` array and
-    /// their database. A `SELECT` that fails inside `EXEC` (an index out of range)
-    /// leaves the database as it was, so each one's own reply decides.
-    queued_selects: Vec<(usize, u32)>,
+    /// Mode changes queued in the current transaction, with their index in the `EXEC`
+    /// array. A `SELECT` that fails inside `EXEC` (an index out of range) leaves the
+    /// database as it was, so each one's own reply decides.
+    queued_changes: Vec<(usize, Change)>,
     /// The connection's state differs from a fresh one in ways not tracked here.
     dirty: bool,
     effects: Vec<SessionEffect>,
@@ -154,7 +167,7 @@ impl Pinned {
             subs: Default::default(),
             confirmed: [0, 0],
             queued: 0,
-            queued_selects: Vec::new(),
+            queued_changes: Vec::new(),
             dirty: false,
             effects: Vec::new(),
             queued_invalidations: Vec::new(),
@@ -260,9 +273,27 @@ impl Pinned {
                     let db = args
                         .first()
                         .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
-                    return (1, OnReply::Queued(db));
+                    return (1, OnReply::Queued(db.map(Change::Select)));
                 }
-                K::Hello | K::ClientSetName | K::ClientTracking | K::ClientReply => {
+                K::Subscribe
+                | K::PSubscribe
+                | K::SSubscribe
+                | K::Unsubscribe
+                | K::PUnsubscribe
+                | K::SUnsubscribe => {
+                    self.dirty = true;
+                    return (1, OnReply::Queued(Some(Change::Subscription(kind))));
+                }
+                K::ClientTracking => {
+                    self.dirty = true;
+                    let on = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                    return (1, OnReply::Queued(Some(Change::Tracking(on))));
+                }
+                K::Monitor => {
+                    self.dirty = true;
+                    return (1, OnReply::Queued(Some(Change::Monitor)));
+                }
+                K::Hello | K::ClientSetName | K::ClientReply => {
                     self.dirty = true;
                 }
                 _ => {}
@@ -273,7 +304,7 @@ impl Pinned {
             K::Multi => {
                 self.multi = true;
                 self.queued = 0;
-                self.queued_selects.clear();
+                self.queued_changes.clear();
             }
             K::Watch => self.watching = true,
             // `EXEC` and `DISCARD` outside a transaction are errors that leave the
@@ -421,6 +452,36 @@ impl Pinned {
         true
     }
 
+    /// A subscribe-family confirmation that arrived inside an `EXEC` array: records the
+    /// confirmed count and the channel, as `expectation` would have at send time.
+    fn apply_subscription(&mut self, kind: CommandKind, frame: &[u8]) {
+        let Some(&tag) = frame.first() else { return };
+        if !self.confirmation(frame, tag) {
+            return;
+        }
+        let Some(channel) = elements(frame).and_then(|el| {
+            el.get(1)
+                .and_then(|c| string_value(c))
+                .map(Bytes::copy_from_slice)
+        }) else {
+            return;
+        };
+        use CommandKind as K;
+        let subscribe = matches!(kind, K::Subscribe | K::PSubscribe | K::SSubscribe);
+        let set = self.set_of(kind);
+        if subscribe {
+            set.insert(channel);
+        } else {
+            set.remove(&channel);
+        }
+    }
+
+    /// Whether a RESP2 connection will be in subscribe mode once everything sent has
+    /// run (predicted, so that a pipeline is judged in order).
+    pub fn resp2_subscribed(&self) -> bool {
+        self.identity.proto == 2 && self.subs.iter().any(|s| !s.is_empty())
+    }
+
     fn in_subscribe_mode(&self) -> bool {
         self.confirmed.iter().any(|&c| c > 0)
     }
@@ -429,28 +490,37 @@ impl Pinned {
         let ok = reply.starts_with(b"+OK");
         match on_reply {
             OnReply::Nothing => {}
-            OnReply::Queued(select) => {
+            OnReply::Queued(change) => {
                 if reply.starts_with(b"+QUEUED") {
-                    if let Some(db) = select {
-                        self.queued_selects.push((self.queued, db));
+                    if let Some(change) = change {
+                        self.queued_changes.push((self.queued, change));
                     }
                     self.queued += 1;
                 }
             }
             OnReply::Exec => {
-                let selects = std::mem::take(&mut self.queued_selects);
+                let changes = std::mem::take(&mut self.queued_changes);
                 self.queued = 0;
                 // An aborted transaction (`*-1`, `-EXECABORT`) ran nothing.
                 let ran = reply.first() == Some(&b'*') && !reply.starts_with(b"*-1");
-                if !ran || selects.is_empty() {
+                if !ran || changes.is_empty() {
                     return;
                 }
                 let results = elements(reply).unwrap_or_default();
-                let db = selects
-                    .iter()
-                    .filter(|(i, _)| results.get(*i).is_some_and(|r| r.starts_with(b"+OK")))
-                    .map(|&(_, db)| db)
-                    .next_back();
+                let mut db = None;
+                for (i, change) in changes {
+                    let Some(result) = results.get(i) else {
+                        continue;
+                    };
+                    let ok = result.starts_with(b"+OK");
+                    match change {
+                        Change::Select(n) if ok => db = Some(n),
+                        Change::Tracking(on) if ok => self.tracking = on,
+                        Change::Monitor if ok => self.monitor = true,
+                        Change::Subscription(kind) => self.apply_subscription(kind, result),
+                        _ => {}
+                    }
+                }
                 if let Some(db) = db {
                     self.effects.push(SessionEffect::Select(db));
                 }

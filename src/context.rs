@@ -64,6 +64,8 @@ pub struct Context {
     pub limits: Limits,
     /// The database a new session starts in (the upstream URL's).
     pub default_db: u32,
+    /// Clients idle this long are disconnected (zero: never).
+    pub idle_timeout: Duration,
     next_session: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -83,6 +85,7 @@ impl Context {
             server: ArcSwap::from_pointee(ServerInfo::default()),
             limits,
             default_db,
+            idle_timeout: Duration::ZERO,
             next_session: AtomicU64::new(1),
             shutdown,
         }

@@ -92,13 +92,9 @@ impl Server {
                 .collect();
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let ctx = Arc::new(Context::new(
-            Upstream::new(settings),
-            engine,
-            limits,
-            url.db,
-            shutdown_rx,
-        ));
+        let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
+        ctx.idle_timeout = config.listen.idle_timeout;
+        let ctx = Arc::new(ctx);
         match ctx.discover().await {
             Ok(()) => {
                 // Open the default shared connections now so the first client does not

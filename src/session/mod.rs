@@ -95,6 +95,8 @@ enum Event {
     PinnedRead(std::io::Result<usize>),
     PinnedTimeout,
     Shutdown,
+    /// The client sent nothing for `idle_timeout`.
+    Idle,
 }
 
 pub struct Session {
@@ -125,6 +127,8 @@ pub struct Session {
     /// Leases this connection holds on `cache` keys.
     leases: Leases,
     next_seq: u64,
+    /// When the client last sent something or was last answered.
+    last_active: Instant,
     /// Replies of parked slots, by slot sequence number; `true` when the reply still
     /// needs finishing by the engine.
     resolve_tx: mpsc::UnboundedSender<(u64, Bytes, bool)>,
@@ -158,6 +162,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         keys: Vec::with_capacity(8),
         leases: Leases::new(),
         next_seq: 0,
+        last_active: Instant::now(),
         resolve_tx,
         ctx,
     };
@@ -191,6 +196,7 @@ impl Session {
             }
             let timeout = self.ctx.upstream.settings().command_timeout;
             let deadline = self.pinned.as_ref().and_then(|p| p.deadline(timeout));
+            let idle = self.idle_deadline();
             let event = {
                 let rbuf = &mut self.rbuf;
                 let out = &self.out;
@@ -203,6 +209,7 @@ impl Session {
                     r = read_pinned(pinned) => Event::PinnedRead(r),
                     _ = sleep_until(deadline) => Event::PinnedTimeout,
                     _ = shutdown.changed(), if !shutting_down => Event::Shutdown,
+                    _ = sleep_until(idle) => Event::Idle,
                 }
             };
             match event {
@@ -212,7 +219,14 @@ impl Session {
                         self.hang_up_blocked();
                     }
                 }
-                Event::ClientRead(Ok(_)) => self.process().await,
+                Event::ClientRead(Ok(_)) => {
+                    self.last_active = Instant::now();
+                    self.process().await
+                }
+                Event::Idle => {
+                    tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
+                    break;
+                }
                 Event::ClientRead(Err(e)) => {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
                     break;
@@ -268,6 +282,23 @@ impl Session {
             }
         }
         let _ = client_wr.shutdown().await;
+    }
+
+    /// When an idle client is disconnected: `idle_timeout` after its last bytes, unless
+    /// it waits on something (replies owed, a subscription, a blocking command).
+    fn idle_deadline(&self) -> Option<Instant> {
+        let limit = self.ctx.idle_timeout;
+        if limit.is_zero()
+            || !self.slots.is_empty()
+            || !self.out.is_empty()
+            || self
+                .pinned
+                .as_ref()
+                .is_some_and(Pinned::exempt_from_idle_timeout)
+        {
+            return None;
+        }
+        Some(self.last_active + limit)
     }
 
     /// Decodes and routes buffered commands until the buffer is empty or a command must
@@ -855,6 +886,7 @@ impl Session {
             *slot = Slot::Ready(if discard { Bytes::new() } else { bytes });
             self.inflight -= 1;
         }
+        self.last_active = Instant::now();
         while let Some(Slot::Ready(_)) = self.slots.front() {
             if let Some(Slot::Ready(b)) = self.slots.pop_front() {
                 self.out.extend_from_slice(&b);

@@ -578,6 +578,16 @@ impl Pinned {
         self.monitor || self.expect.iter().any(|e| e.blocking) || self.stateful()
     }
 
+    /// Whether the client is a subscriber or monitor, or blocked: Redis's `timeout`
+    /// does not apply to those, and neither does cachet's `idle_timeout`.
+    pub fn exempt_from_idle_timeout(&self) -> bool {
+        self.monitor
+            || self.expect.iter().any(|e| e.blocking)
+            || self.subs.iter().any(|s| !s.is_empty())
+            || self.in_subscribe_mode()
+            || self.tracking
+    }
+
     /// Nothing outstanding and no state: the session can go back to shared connections.
     pub fn done(&self) -> bool {
         self.expect.is_empty() && !self.stateful()

@@ -95,6 +95,7 @@ impl Server {
         let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
         ctx.idle_timeout = config.listen.idle_timeout;
         let ctx = Arc::new(ctx);
+        tokio::spawn(ctx.engine.retries.clone().run(ctx.clone()));
         match ctx.discover().await {
             Ok(()) => {
                 // Open the default shared connections now so the first client does not

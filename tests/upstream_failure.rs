@@ -183,3 +183,37 @@ fn shutdown_lets_in_flight_commands_finish() {
         "no longer accepting"
     );
 }
+
+#[test]
+fn an_invalidation_of_unknown_fate_is_retried_until_it_lands() {
+    let mut redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.upstream.command_timeout = Duration::from_millis(300);
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v0")), b"+OK\r\n");
+    // Stall Redis, send a write (it reaches Redis's socket but not its event loop),
+    // then kill Redis: nobody can tell whether the write and its invalidation ran.
+    let mut sleeper = Raw::connect(redis.addr());
+    sleeper.send(&words("DEBUG SLEEP 2"));
+    std::thread::sleep(Duration::from_millis(50));
+    let r = c.call(&words("SET k v1"));
+    assert!(
+        r.starts_with(b"-ERR cachet: upstream did not answer"),
+        "{:?}",
+        String::from_utf8_lossy(&r)
+    );
+    redis.kill();
+    redis.restart();
+    // cachet re-sends the invalidation once Redis is back: a subscriber sees it.
+    let mut sub = Raw::connect(redis.addr());
+    sub.call(&words("SUBSCRIBE cachet:invalidate"));
+    let msg = sub
+        .try_frame(Duration::from_secs(5))
+        .expect("the invalidation is re-sent after the restart");
+    assert!(
+        msg.ends_with(b"$1\r\nk\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&msg)
+    );
+}

@@ -115,9 +115,16 @@ impl Engine {
                     proto,
                 },
                 written: Vec::new(),
+                retry: None,
+                retry_frames: 0,
             });
         }
         let (set_args, nx) = fill_args(info, &req.args)?;
+        if self.retries.is_pending(key) {
+            // An earlier write's invalidation is not confirmed yet: no fill may land.
+            leases.remove(key);
+            return Some(self.reject_fill(key, nx, proto));
+        }
         if let Some(token) = leases.remove(key) {
             self.leased.remove(key);
             let mut argv = vec![token];
@@ -135,21 +142,14 @@ impl Engine {
                     proto,
                 },
                 written: vec![key.clone()],
+                retry: None,
+                retry_frames: 0,
             });
         }
         if self.recently_leased(key) {
             // Another connection is filling (or just was voided): this SET is a fill
             // without a lease. The cache drops it and says it stored it.
-            // Answering `SET NX` exactly needs the key's existence, asked upstream.
-            self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
-            let mut data = BytesMut::new();
-            encode_command(&mut data, &[Bytes::from_static(b"EXISTS"), key.clone()]);
-            return Some(Plan {
-                data: data.freeze(),
-                frames: 1,
-                translate: Translate::Rejected { nx, proto },
-                written: Vec::new(),
-            });
+            return Some(self.reject_fill(key, nx, proto));
         }
         let mode = match write_through {
             WriteThrough::Set => "set",
@@ -163,6 +163,30 @@ impl Engine {
         ];
         argv.extend(set_args);
         self.stats.invalidations(1);
+        // If the script's fate becomes unknown, its invalidation is re-sent alone.
+        let mut retry = BytesMut::new();
+        encode_command(
+            &mut retry,
+            &[Bytes::from_static(b"DEL"), state.lease.clone()],
+        );
+        encode_command(
+            &mut retry,
+            &[
+                Bytes::from_static(b"SET"),
+                state.tomb.clone(),
+                Bytes::from_static(b"1"),
+                Bytes::from_static(b"PX"),
+                millis(hold_off),
+            ],
+        );
+        encode_command(
+            &mut retry,
+            &[
+                Bytes::from_static(b"PUBLISH"),
+                self.channel.clone(),
+                key.clone(),
+            ],
+        );
         Some(Plan {
             data: evalsha(
                 &self.scripts.blind_set,
@@ -172,7 +196,25 @@ impl Engine {
             frames: 1,
             translate: Translate::Blind { nx, proto },
             written: vec![key.clone()],
+            retry: Some(retry.freeze()),
+            retry_frames: 3,
         })
+    }
+
+    /// A fill that is dropped: answered `+OK`, or for `SET NX` what it would answer,
+    /// which needs the key's existence, asked upstream.
+    fn reject_fill(&self, key: &Bytes, nx: bool, proto: u8) -> Plan {
+        self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
+        let mut data = BytesMut::new();
+        encode_command(&mut data, &[Bytes::from_static(b"EXISTS"), key.clone()]);
+        Plan {
+            data: data.freeze(),
+            frames: 1,
+            translate: Translate::Rejected { nx, proto },
+            written: Vec::new(),
+            retry: None,
+            retry_frames: 0,
+        }
     }
 
     /// A lease token unique across cachets and restarts.

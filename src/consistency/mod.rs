@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod lock_mode;
 pub mod reserved;
+pub mod retry;
 pub mod scripts;
 pub mod stats;
 pub mod translate;
@@ -53,6 +54,10 @@ pub struct Plan {
     pub translate: Translate,
     /// Keys whose ordering token the write needs (empty for reads).
     pub written: Vec<Bytes>,
+    /// The write's invalidation alone, re-sent if the write's fate becomes unknown.
+    pub retry: Option<Bytes>,
+    /// Reply frames of `retry`.
+    pub retry_frames: u32,
 }
 
 impl Plan {
@@ -62,6 +67,8 @@ impl Plan {
             frames: 1,
             translate: Translate::None,
             written: Vec::new(),
+            retry: None,
+            retry_frames: 0,
         }
     }
 }
@@ -85,6 +92,7 @@ pub struct Engine {
     lease_seq: AtomicU64,
     /// Keys with a live or recently voided lease granted here, and until when.
     leased: DashMap<Bytes, Instant>,
+    pub retries: Arc<retry::RetryQueue>,
 }
 
 impl Engine {
@@ -100,6 +108,7 @@ impl Engine {
             instance: instance_id(),
             lease_seq: AtomicU64::new(0),
             leased: DashMap::new(),
+            retries: Arc::new(retry::RetryQueue::default()),
             has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
             locks: Arc::new(KeyLocks::default()),
             stats: Stats::default(),
@@ -178,10 +187,16 @@ impl Engine {
         }
         data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         self.stats.invalidations(inval.published);
+        let mut retry = BytesMut::new();
+        for c in &inval.commands {
+            encode_command(&mut retry, c);
+        }
         Ok(Plan {
             data: data.freeze(),
             frames: 3 + inval.commands.len() as u32,
             translate: Translate::ExecFirst(Box::new(base.translate)),
+            retry: Some(retry.freeze()),
+            retry_frames: inval.commands.len() as u32,
             written: std::mem::take(&mut inval.written),
         })
     }
@@ -282,6 +297,8 @@ impl Engine {
             frames: 1,
             translate,
             written: Vec::new(),
+            retry: None,
+            retry_frames: 0,
         })
     }
 }

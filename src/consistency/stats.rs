@@ -21,6 +21,8 @@ pub struct Stats {
     pub coalesce_filled: AtomicU64,
     pub coalesce_timed_out: AtomicU64,
     pub noscript_recoveries: AtomicU64,
+    /// Invalidations re-sent after their write's fate became unknown, once confirmed.
+    pub invalidations_retried: AtomicU64,
 }
 
 impl Stats {

@@ -28,6 +28,7 @@ use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
 use crate::consistency::Translate;
 use crate::consistency::cache::{Finish, Leases};
+use crate::consistency::retry::{Retry, RetryTicket};
 use crate::context::Context;
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Decoder, Request, reply};
@@ -523,11 +524,21 @@ impl Session {
             Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. }
         );
         let sent = script.then(|| plan.data.clone());
+        let on_fail = plan.retry.map(|data| RetryTicket {
+            retry: Retry {
+                data,
+                frames: plan.retry_frames,
+                db: self.db,
+                keys: plan.written.clone(),
+            },
+            queue: self.ctx.engine.retries.clone(),
+        });
         conn.send(Job {
             data: plan.data,
             frames: plan.frames,
             reply: Some(self.reply_tx.clone()),
             held,
+            on_fail,
         });
         self.await_reply(route, Post::Nothing);
         if let Some(Slot::Await {
@@ -916,6 +927,7 @@ impl Session {
                     frames: 1,
                     reply: Some(rtx),
                     held: None,
+                    on_fail: None,
                 });
                 let stats = &ctx.engine.stats;
                 match rrx.recv().await {
@@ -960,6 +972,7 @@ impl Session {
                 frames: 1,
                 reply: Some(rtx),
                 held: None,
+                on_fail: None,
             });
             let r = match rrx.recv().await {
                 Some(Ok(b)) => (seq, b, true),
@@ -1014,6 +1027,7 @@ impl Session {
             frames: commands.len() as u32,
             reply: None,
             held: None,
+            on_fail: None,
         });
     }
 

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 pub use connect::Identity;
 pub use shared::SharedConn;
 
+use crate::consistency::retry::RetryTicket;
 use crate::key_lock::Held;
 use crate::resp::reply;
 
@@ -98,6 +99,8 @@ pub struct Job {
     pub reply: Option<ReplyTx>,
     /// Ordering tokens of the keys this job writes, released with its reply.
     pub held: Option<Held>,
+    /// The write's invalidation, re-sent if the job fails after it may have run.
+    pub on_fail: Option<RetryTicket>,
 }
 
 impl Job {
@@ -107,7 +110,12 @@ impl Job {
         }
     }
 
-    pub fn fail(self, err: &UpstreamError) {
+    pub fn fail(mut self, err: &UpstreamError) {
+        if let Some(ticket) = self.on_fail.take() {
+            if err.maybe_applied() {
+                ticket.queue.submit(ticket.retry);
+            }
+        }
         if let Some(tx) = &self.reply {
             let _ = tx.send(Err(err.clone()));
         }

@@ -261,6 +261,12 @@ impl Engine {
 
     /// What to do with the reply of a cache command.
     pub fn finish(&self, t: &Translate, reply: Bytes) -> Finish {
+        if !matches!(
+            t,
+            Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. }
+        ) {
+            return Finish::Reply(t.apply(reply));
+        }
         let el = elements(&reply);
         let tag = el
             .as_ref()

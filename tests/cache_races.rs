@@ -204,3 +204,33 @@ fn cache_replies_match_redis_for_hits_errors_and_resp3() {
         );
     }
 }
+
+#[test]
+fn get_many_and_set_many_follow_the_same_lease_rules() {
+    let (redis, cachet) = start(300, 50);
+    let mut app = Raw::connect(cachet.addr);
+    let mut other = Raw::connect(cachet.addr);
+    let mut direct = Raw::connect(redis.addr());
+    // Django's get_many: MGET; the misses get leases on this connection.
+    assert_eq!(app.call(&words("SET :1:a cached EX 300")), OK);
+    assert_eq!(
+        app.call(&words("MGET :1:a :1:b :1:c")),
+        b"*3\r\n$6\r\ncached\r\n$-1\r\n$-1\r\n"
+    );
+    // A writer invalidates :1:c while the app reads the database.
+    assert_eq!(other.call(&words("DEL :1:c")), b":0\r\n");
+    // Django's set_many: MSET (then EXPIRE). :1:b is a fill under a live lease and is
+    // stored; :1:c's lease was voided, so its stale fill is dropped.
+    assert_eq!(app.call(&words("MSET :1:b fresh :1:c stale")), OK);
+    assert_eq!(direct.call(&words("GET :1:b")), b"$5\r\nfresh\r\n");
+    assert_eq!(direct.call(&words("EXISTS :1:c")), b":0\r\n");
+    // Another connection's MSET of a key this connection holds a lease on is dropped.
+    assert_eq!(app.call(&words("MGET :1:d")), b"*1\r\n$-1\r\n");
+    assert_eq!(other.call(&words("MSET :1:d from-other")), OK);
+    assert_eq!(direct.call(&words("EXISTS :1:d")), b":0\r\n");
+    // Mixed keyspaces go the general way, answered exactly as Redis would.
+    assert_eq!(
+        app.call(&words("MGET :1:b plain")),
+        b"*2\r\n$5\r\nfresh\r\n$-1\r\n"
+    );
+}

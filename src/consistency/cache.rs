@@ -39,6 +39,12 @@ pub enum Finish {
         key: Bytes,
         token: Bytes,
     },
+    /// Answer this (an `MGET`) and remember the leases the connection now holds.
+    LeasedMany {
+        reply: Bytes,
+        keys: Vec<Bytes>,
+        token: Bytes,
+    },
     /// Another client holds the lease: wait up to `coalesce_wait` for its fill.
     Coalesce { key: Bytes },
 }
@@ -87,6 +93,11 @@ impl Engine {
         // A malformed command goes the general way, to get Redis's own error.
         if !self.has_cache || !info.arity_ok(req.args.len()) {
             return None;
+        }
+        match info.name.as_str() {
+            "mget" => return self.mget_plan(req, session),
+            "mset" => return self.mset_plan(req, leases),
+            _ => {}
         }
         let key = req.args.get(1)?;
         let m = self.keyspaces().lookup(key);
@@ -218,7 +229,7 @@ impl Engine {
     }
 
     /// A lease token unique across cachets and restarts.
-    fn new_token(&self, session: u64) -> Bytes {
+    pub(super) fn new_token(&self, session: u64) -> Bytes {
         let seq = self.lease_seq.fetch_add(1, Ordering::Relaxed);
         Bytes::from(format!("{:x}-{session:x}-{seq:x}", self.instance))
     }
@@ -261,6 +272,22 @@ impl Engine {
 
     /// What to do with the reply of a cache command.
     pub fn finish(&self, t: &Translate, reply: Bytes) -> Finish {
+        if let Translate::LeaseMget { keys, token } = t {
+            return match super::cache_many::split_mget(&reply, keys) {
+                Some((values, leased)) => {
+                    if leased.is_empty() {
+                        Finish::Reply(values)
+                    } else {
+                        Finish::LeasedMany {
+                            reply: values,
+                            keys: leased,
+                            token: token.clone(),
+                        }
+                    }
+                }
+                None => Finish::Reply(reply),
+            };
+        }
         if !matches!(
             t,
             Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. }
@@ -333,7 +360,7 @@ impl Engine {
     }
 }
 
-fn evalsha(script: &Script, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
+pub(super) fn evalsha(script: &Script, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
     let mut args = Vec::with_capacity(3 + keys.len() + argv.len());
     args.push(Bytes::from_static(b"EVALSHA"));
     args.push(script.sha.clone());
@@ -345,7 +372,7 @@ fn evalsha(script: &Script, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
-fn millis(d: std::time::Duration) -> Bytes {
+pub(super) fn millis(d: std::time::Duration) -> Bytes {
     Bytes::from(d.as_millis().max(1).to_string())
 }
 

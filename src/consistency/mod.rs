@@ -16,6 +16,7 @@
 //! without the invalidation having happened.
 
 pub mod cache;
+pub mod cache_many;
 pub mod lock_mode;
 pub mod reserved;
 pub mod retry;

@@ -65,12 +65,62 @@ redis.call('PUBLISH', ARGV[1], KEYS[1])
 return r
 "#;
 
+/// `MGET` of `cache` keys. KEYS: the n keys, then their n lease keys. ARGV: lease
+/// token, lease TTL (ms). Returns `{values, statuses}`: the values as `MGET` gives them,
+/// and per key 1 (hit), 2 (miss, lease granted), 3 (miss, another client's lease),
+/// 4 (not a string: no lease).
+pub const LEASE_MGET: &str = r#"
+local n = #KEYS / 2
+local vals, st = {}, {}
+for i = 1, n do
+  local v = redis.pcall('GET', KEYS[i])
+  if type(v) == 'table' then
+    vals[i] = false; st[i] = 4
+  elseif v then
+    vals[i] = v; st[i] = 1
+  elseif redis.call('SET', KEYS[n + i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    vals[i] = false; st[i] = 2
+  else
+    vals[i] = false; st[i] = 3
+  end
+end
+return {vals, st}
+"#;
+
+/// `MSET` of `cache` keys. KEYS: the n keys, their lease keys, their tombstone keys.
+/// ARGV: channel, hold-off (ms), "set" or "invalidate", then per key: "f" (a fill under
+/// the given token), "b" (a write-through) or "r" (a dropped fill), the token, the value.
+pub const MSET_MANY: &str = r#"
+local n = #KEYS / 3
+for i = 1, n do
+  local kind, token, val = ARGV[1 + 3 * i], ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+  local k, l, t = KEYS[i], KEYS[n + i], KEYS[2 * n + i]
+  if kind == 'f' then
+    local mine = redis.call('GET', l) == token
+    if mine then redis.call('DEL', l) end
+    if mine and redis.call('EXISTS', t) == 0 then redis.call('SET', k, val) end
+  elseif kind == 'b' then
+    redis.call('DEL', l)
+    if ARGV[3] == 'set' and redis.call('EXISTS', t) == 0 then
+      redis.call('SET', k, val)
+    else
+      redis.call('DEL', k)
+    end
+    redis.call('SET', t, '1', 'PX', ARGV[2])
+    redis.call('PUBLISH', ARGV[1], k)
+  end
+end
+return redis.status_reply('OK')
+"#;
+
 /// All scripts, loaded together.
 #[derive(Debug, Clone)]
 pub struct Scripts {
     pub lease_get: Script,
     pub fill: Script,
     pub blind_set: Script,
+    pub lease_mget: Script,
+    pub mset_many: Script,
 }
 
 impl Default for Scripts {
@@ -79,12 +129,20 @@ impl Default for Scripts {
             lease_get: Script::new(LEASE_GET),
             fill: Script::new(FILL),
             blind_set: Script::new(BLIND_SET),
+            lease_mget: Script::new(LEASE_MGET),
+            mset_many: Script::new(MSET_MANY),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&Script; 3] {
-        [&self.lease_get, &self.fill, &self.blind_set]
+    pub fn all(&self) -> [&Script; 5] {
+        [
+            &self.lease_get,
+            &self.fill,
+            &self.blind_set,
+            &self.lease_mget,
+            &self.mset_many,
+        ]
     }
 }

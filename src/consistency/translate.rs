@@ -24,6 +24,8 @@ pub enum Translate {
     SetNxAsInt,
     /// `cache` `GET` through the lease script (see `cache.rs`); finished by the engine.
     LeaseGet { key: Bytes, token: Bytes, proto: u8 },
+    /// `cache` `MGET` through the lease script; finished by the engine.
+    LeaseMget { keys: Vec<Bytes>, token: Bytes },
     /// A fill under a lease; finished by the engine.
     Fill { key: Bytes, nx: bool, proto: u8 },
     /// A write-through `SET`; finished by the engine.
@@ -75,7 +77,10 @@ impl Translate {
                 }
             }
             // Finished by the engine, which also records leases and counts.
-            Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. } => reply,
+            Translate::LeaseGet { .. }
+            | Translate::LeaseMget { .. }
+            | Translate::Fill { .. }
+            | Translate::Blind { .. } => reply,
             Translate::HideKeys(prefix) => {
                 reserved::filter_keys_reply(&reply, prefix).unwrap_or(reply)
             }

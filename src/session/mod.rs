@@ -519,10 +519,11 @@ impl Session {
                 None => return None,
             }
         };
-        let script = matches!(
-            plan.translate,
-            Translate::LeaseGet { .. } | Translate::Fill { .. } | Translate::Blind { .. }
-        );
+        // Script calls are kept for NOSCRIPT recovery.
+        let script = plan
+            .data
+            .get(..24)
+            .is_some_and(|head| head.windows(7).any(|w| w == b"EVALSHA"));
         let sent = script.then(|| plan.data.clone());
         let on_fail = plan.retry.map(|data| RetryTicket {
             retry: Retry {
@@ -867,6 +868,13 @@ impl Session {
             Finish::Leased { reply, key, token } => {
                 self.leases.insert(key.clone(), token);
                 self.ctx.engine.lease_granted(key);
+                reply
+            }
+            Finish::LeasedMany { reply, keys, token } => {
+                for key in keys {
+                    self.leases.insert(key.clone(), token.clone());
+                    self.ctx.engine.lease_granted(key);
+                }
                 reply
             }
             Finish::Coalesce { key } => {

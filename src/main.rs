@@ -117,11 +117,22 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("cachet")
-        .build()
-        .context("starting the runtime")?;
+    let threads = std::env::var("CACHET_THREADS")
+        .ok()
+        .and_then(|t| t.parse::<usize>().ok())
+        .unwrap_or(1);
+    let runtime = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .thread_name("cachet")
+            .build()
+    }
+    .context("starting the runtime")?;
     runtime.block_on(async {
         let server = cachet::Server::bind(&config).await?;
         server.run(shutdown_signal()).await;

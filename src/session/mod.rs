@@ -180,6 +180,12 @@ impl Session {
         let (mut client_rd, mut client_wr) = stream.into_split();
         let mut shutdown = self.ctx.shutdown.clone();
         let mut shutting_down = *shutdown.borrow();
+        // One future for the whole session: creating a watch notification per loop
+        // turn showed up in profiles.
+        let shutdown_signal = async move {
+            let _ = shutdown.changed().await;
+        };
+        tokio::pin!(shutdown_signal);
         if shutting_down {
             self.closing = true;
         }
@@ -209,7 +215,7 @@ impl Session {
                     r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
                     r = read_pinned(pinned) => Event::PinnedRead(r),
                     _ = sleep_until(deadline) => Event::PinnedTimeout,
-                    _ = shutdown.changed(), if !shutting_down => Event::Shutdown,
+                    _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
                     _ = sleep_until(idle) => Event::Idle,
                 }
             };
@@ -495,14 +501,9 @@ impl Session {
         if self.inflight > 0 && self.route != Some(route) {
             return Some(req);
         }
-        let conn = match &self.shared {
-            Some((cid, conn)) if *cid == id => conn.clone(),
-            _ => {
-                let conn = self.ctx.upstream.shared(id, self.id);
-                self.shared = Some((id, conn.clone()));
-                conn
-            }
-        };
+        if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
+            self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
+        }
         let cache = Some((&mut self.leases, self.id, self.proto));
         let plan = match self.ctx.engine.plan(&req, info, &mut self.keys, cache) {
             Ok(plan) => plan,
@@ -514,7 +515,8 @@ impl Session {
         let held = if plan.written.is_empty() {
             None
         } else {
-            match self.take_tokens(conn.id(), &plan.written).await {
+            let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
+            match self.take_tokens(owner, &plan.written).await {
                 Some(h) => Some(h),
                 None => return None,
             }
@@ -534,13 +536,17 @@ impl Session {
             },
             queue: self.ctx.engine.retries.clone(),
         });
-        conn.send(Job {
+        let job = Job {
             data: plan.data,
             frames: plan.frames,
             reply: Some(self.reply_tx.clone()),
             held,
             on_fail,
-        });
+        };
+        match &self.shared {
+            Some((_, conn)) => conn.send(job),
+            None => job.fail(&UpstreamError::Unavailable("no connection".into())),
+        }
         self.await_reply(route, Post::Nothing);
         if let Some(Slot::Await {
             translate, sent: s, ..

@@ -363,7 +363,8 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
         while matches!(at(i), Some(b' ' | b'\n' | b'\r' | b'\t' | 0x0b | 0x0c)) {
             i += 1;
         }
-        if at(i).is_none() {
+        // Redis splits a C string: a NUL byte ends the line.
+        if matches!(at(i), None | Some(0)) {
             return Ok(out);
         }
         let mut cur = Vec::new();
@@ -373,7 +374,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
             let c = at(i);
             if in_dq {
                 match c {
-                    None => return Err(ProtocolError::UnbalancedQuotes),
+                    None | Some(0) => return Err(ProtocolError::UnbalancedQuotes),
                     // `\xHH` only with two hex digits; otherwise `\x` is an ordinary
                     // escape of `x`, as in `sdssplitargs`.
                     Some(b'\\')
@@ -410,7 +411,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                 }
             } else if in_sq {
                 match c {
-                    None => return Err(ProtocolError::UnbalancedQuotes),
+                    None | Some(0) => return Err(ProtocolError::UnbalancedQuotes),
                     Some(b'\\') if at(i + 1) == Some(b'\'') => {
                         i += 1;
                         cur.push(b'\'');
@@ -521,6 +522,22 @@ mod tests {
         );
         assert_eq!(
             decode_all(b"\"a\"b\r\n"),
+            Err(ProtocolError::UnbalancedQuotes)
+        );
+    }
+
+    #[test]
+    fn a_nul_byte_ends_an_inline_line_as_in_redis() {
+        assert_eq!(
+            decode_all(b"GET a\0b c\r\n").unwrap(),
+            vec![vec![b"GET".to_vec(), b"a".to_vec()]]
+        );
+        assert_eq!(
+            decode_all(b"\0\r\nPING\r\n").unwrap(),
+            vec![vec![b"PING".to_vec()]]
+        );
+        assert_eq!(
+            decode_all(b"\"a\0\"\r\n"),
             Err(ProtocolError::UnbalancedQuotes)
         );
     }

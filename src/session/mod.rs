@@ -63,6 +63,9 @@ enum Slot {
         parked: bool,
         /// The request as sent, kept for script commands (`NOSCRIPT` recovery).
         sent: Option<Bytes>,
+        /// Client commands this slot answers: more than one for a batch of plain
+        /// commands sent upstream as one job (their replies are simply concatenated).
+        count: u32,
     },
 }
 
@@ -130,6 +133,9 @@ pub struct Session {
     next_seq: u64,
     /// When the client last sent something or was last answered.
     last_active: Instant,
+    /// Plain commands read in one go, not yet sent: one job (and one reply) for all of
+    /// them instead of one each. The slot's sequence number, the bytes, the frames.
+    batch: Option<(u64, BytesMut, u32)>,
     /// Replies of parked slots, by slot sequence number; `true` when the reply still
     /// needs finishing by the engine.
     resolve_tx: mpsc::UnboundedSender<(u64, Bytes, bool)>,
@@ -164,6 +170,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         leases: Leases::new(),
         next_seq: 0,
         last_active: Instant::now(),
+        batch: None,
         resolve_tx,
         ctx,
     };
@@ -311,6 +318,11 @@ impl Session {
     /// Decodes and routes buffered commands until the buffer is empty or a command must
     /// wait for outstanding replies.
     async fn process(&mut self) {
+        self.process_buffered().await;
+        self.flush_batch();
+    }
+
+    async fn process_buffered(&mut self) {
         self.table = self.ctx.table.load_full();
         while !self.closing {
             let req = match self.stalled.take() {
@@ -512,6 +524,21 @@ impl Session {
                 return None;
             }
         };
+        // Script calls are kept for NOSCRIPT recovery.
+        let script = plan
+            .data
+            .get(..24)
+            .is_some_and(|head| head.windows(7).any(|w| w == b"EVALSHA"));
+        if plan.translate.is_none()
+            && plan.written.is_empty()
+            && plan.retry.is_none()
+            && !script
+            && self.reply_mode == ReplyMode::On
+        {
+            self.batch_plain(route, &plan.data, plan.frames);
+            return None;
+        }
+        self.flush_batch();
         let held = if plan.written.is_empty() {
             None
         } else {
@@ -521,11 +548,6 @@ impl Session {
                 None => return None,
             }
         };
-        // Script calls are kept for NOSCRIPT recovery.
-        let script = plan
-            .data
-            .get(..24)
-            .is_some_and(|head| head.windows(7).any(|w| w == b"EVALSHA"));
         let sent = script.then(|| plan.data.clone());
         let on_fail = plan.retry.map(|data| RetryTicket {
             retry: Retry {
@@ -556,6 +578,45 @@ impl Session {
             *s = sent;
         }
         None
+    }
+
+    /// Adds a plain command to the batch for the shared connection, extending the last
+    /// slot when it is the batch's.
+    fn batch_plain(&mut self, route: Route, data: &[u8], frames: u32) {
+        if let Some((seq, buf, n)) = self.batch.as_mut() {
+            if let Some(Slot::Await {
+                seq: last, count, ..
+            }) = self.slots.back_mut()
+            {
+                if *last == *seq {
+                    buf.extend_from_slice(data);
+                    *n += frames;
+                    *count += 1;
+                    return;
+                }
+            }
+        }
+        self.flush_batch();
+        self.await_reply(route, Post::Nothing);
+        self.batch = Some((self.next_seq, BytesMut::from(data), frames));
+    }
+
+    /// Sends the pending batch, if any.
+    fn flush_batch(&mut self) {
+        let Some((_, data, frames)) = self.batch.take() else {
+            return;
+        };
+        let job = Job {
+            data: data.freeze(),
+            frames,
+            reply: Some(self.reply_tx.clone()),
+            held: None,
+            on_fail: None,
+        };
+        match &self.shared {
+            Some((_, conn)) => conn.send(job),
+            None => job.fail(&UpstreamError::Unavailable("no connection".into())),
+        }
     }
 
     /// The ordering tokens of keys a write is about to change, waiting (bounded by
@@ -673,6 +734,7 @@ impl Session {
             translate: Translate::None,
             parked: false,
             sent: None,
+            count: 1,
         });
         self.inflight += 1;
         self.route = Some(route);
@@ -897,6 +959,20 @@ impl Session {
     /// Slot `idx` has its final reply.
     fn settle(&mut self, idx: usize, bytes: Bytes, post: Post, is_error: bool) {
         let discard = matches!(self.slots.get(idx), Some(Slot::Await { discard: true, .. }));
+        let count = match self.slots.get(idx) {
+            Some(Slot::Await { count, .. }) => *count,
+            _ => 1,
+        };
+        // A batch that failed owes its client one error per command.
+        let bytes = if is_error && count > 1 {
+            let mut all = BytesMut::with_capacity(bytes.len() * count as usize);
+            for _ in 0..count {
+                all.extend_from_slice(&bytes);
+            }
+            all.freeze()
+        } else {
+            bytes
+        };
         let bytes = match post {
             Post::Hello { proto, setname } if !is_error && bytes.starts_with(b"+OK") => {
                 self.proto = proto;
@@ -1073,6 +1149,7 @@ impl Session {
     /// replies still owed have no reader.
     fn hang_up_blocked(&mut self) {
         self.pinned = None;
+        self.batch = None;
         self.slots.clear();
         self.inflight = 0;
         self.stalled = None;

@@ -23,12 +23,11 @@ impl Conn {
         Ok(Conn { client, conn: None })
     }
 
-    /// Runs `cmd`; an error comes back as its kind (`timeout`, `io`, `connect`,
-    /// `redis:<CODE>` …), and a connection-level one drops the connection.
-    pub async fn run<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, String> {
+    /// Connects unless connected.
+    pub async fn connect(&mut self) -> Result<(), String> {
         if self.conn.is_none() {
             let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(Duration::from_secs(1)))
+                .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(RESPONSE_TIMEOUT));
             match self
                 .client
@@ -39,6 +38,13 @@ impl Conn {
                 Err(_) => return Err("connect".into()),
             }
         }
+        Ok(())
+    }
+
+    /// Runs `cmd`; an error comes back as its kind (`timeout`, `io`, `connect`,
+    /// `redis:<CODE>` …), and a connection-level one drops the connection.
+    pub async fn run<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, String> {
+        self.connect().await?;
         let Some(conn) = self.conn.as_mut() else {
             return Err("connect".into());
         };

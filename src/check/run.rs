@@ -57,6 +57,11 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
             shared: Arc::clone(&shared),
         });
     }
+    // Connected before the clock starts, so that connection errors in the figures
+    // are the faults' doing.
+    for w in workers.iter_mut() {
+        w.conn.connect().await?;
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut herd_task = None;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, OwnedSemaphorePermit, Semaphore};
 
 /// A database failure.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub struct Db {
     table: String,
     idle: Mutex<Vec<Conn>>,
     permits: Arc<Semaphore>,
+    /// SQLite has one writer at a time and its busy handler is unfair (a writer can
+    /// lose the lock for seconds): writers queue here, in order, instead.
+    writer: Arc<AsyncMutex<()>>,
 }
 
 /// An open write transaction that has bumped one row's version.
@@ -50,6 +53,7 @@ pub struct Txn<'a> {
     db: &'a Db,
     conn: Option<Conn>,
     _permit: OwnedSemaphorePermit,
+    _writer: Option<OwnedMutexGuard<()>>,
     pub ver: i64,
     pub payload: String,
 }
@@ -73,6 +77,7 @@ impl Db {
             table,
             idle: Mutex::new(Vec::new()),
             permits: Arc::new(Semaphore::new(POOL)),
+            writer: Arc::new(AsyncMutex::new(())),
         }
     }
 
@@ -225,6 +230,10 @@ impl Db {
             "UPDATE {} SET ver = ver + 1 WHERE id = $1 RETURNING ver, payload",
             self.table
         );
+        let writer = match self.backend {
+            Backend::Sqlite(_) => Some(Arc::clone(&self.writer).lock_owned().await),
+            Backend::Postgres(_) => None,
+        };
         let (conn, permit) = self.checkout().await?;
         let (conn, ver, payload) = match conn {
             Conn::Sqlite(c) => {
@@ -251,6 +260,7 @@ impl Db {
             db: self,
             conn: Some(conn),
             _permit: permit,
+            _writer: writer,
             ver,
             payload,
         })

@@ -2,6 +2,7 @@
 //! cache and database, the workers for `seconds`, the fault at half time, then
 //! quiescence, the final audit of every key, and the check of the whole history.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -86,17 +87,23 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
     });
 
     let deadline = started + Duration::from_secs_f64(spec.seconds);
+    // On a terminal the progress line rewrites itself; in a log, one line a second.
+    let tty = std::io::stderr().is_terminal();
+    let mut ticks = 0u64;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
-        if spec.progress {
+        ticks += 1;
+        if spec.progress && (tty || ticks % 4 == 0) {
             eprint!(
-                "\r[{} {}] {:5.1}s ops {} stale {} errors {}   ",
+                "{}[{} {}] {:5.1}s ops {} stale {} errors {}   {}",
+                if tty { "\r" } else { "" },
                 spec.profile.name(),
                 spec.label,
                 started.elapsed().as_secs_f64(),
                 shared.ops.load(Ordering::Relaxed),
                 shared.stale_online.load(Ordering::Relaxed),
                 shared.errors.load(Ordering::Relaxed),
+                if tty { "" } else { "\n" },
             );
         }
     }
@@ -120,7 +127,7 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
         Some(f) => Some(f.await.map_err(|e| e.to_string()).and_then(|r| r)),
         None => None,
     };
-    if spec.progress {
+    if spec.progress && tty {
         eprintln!();
     }
 

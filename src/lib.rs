@@ -24,7 +24,10 @@
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
 //! | what all sessions share (upstream, table, server facts) | `context.rs` |
 //! | configuration: TOML schema, defaults, validation | `config.rs` |
+//!
+//! The consistency checker (`cachet-check`, a second binary) lives in `check/`.
 
+pub mod check;
 pub mod command;
 pub mod config;
 pub mod consistency;

@@ -1,0 +1,175 @@
+//! The `cachet-check` binary: command line, set-up (database, `--spawn` processes),
+//! the suite, the table and JSON line, the exit status. The logic is in
+//! `cachet::check`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+
+use cachet::check::db::Db;
+use cachet::check::report::{failures, table};
+use cachet::check::spawn::Proc;
+use cachet::check::{Options, Profile, Targets, run_suite};
+
+/// Runs a cache-aside workload against a real database and Redis, directly and
+/// through cachet, and reports how stale the cache got.
+#[derive(Debug, Parser)]
+#[command(name = "cachet-check", version, about)]
+struct Cli {
+    /// Redis, used directly (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "spawn")]
+    direct: Option<SocketAddr>,
+    /// cachet, in front of a Redis (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "spawn")]
+    proxy: Option<SocketAddr>,
+    /// Start a redis-server and the cachet next to this executable on free ports.
+    #[arg(long, conflicts_with_all = ["direct", "proxy"])]
+    spawn: bool,
+    /// Seconds per run (each profile runs twice: directly and through cachet).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Profiles to run (repeatable); all by default.
+    #[arg(long = "profile", value_enum, value_name = "NAME")]
+    profiles: Vec<Profile>,
+    /// PostgreSQL URL (postgres://user@host:port/db); SQLite in a temporary file by
+    /// default.
+    #[arg(long, value_name = "URL")]
+    db: Option<String>,
+    /// Seed of the workers' random choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write every operation as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    history: Option<PathBuf>,
+    /// cachet's hold_off in milliseconds (the final audit waits past it).
+    #[arg(long, default_value_t = 500)]
+    hold_off_ms: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("cachet-check: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<bool> {
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+    });
+    let profiles = if cli.profiles.is_empty() {
+        Profile::ALL.to_vec()
+    } else {
+        cli.profiles.clone()
+    };
+    if !(cli.seconds > 0.0 && cli.seconds.is_finite()) {
+        bail!("--seconds must be positive");
+    }
+    let targets = targets(&cli)?;
+    let sqlite_file =
+        std::env::temp_dir().join(format!("cachet-check-{}.sqlite", std::process::id()));
+    let db = Arc::new(match &cli.db {
+        Some(url) => Db::postgres(url),
+        None => Db::sqlite(&sqlite_file),
+    });
+    let opts = Options {
+        profiles,
+        seconds: cli.seconds,
+        seed,
+        hold_off: Duration::from_millis(cli.hold_off_ms),
+        history: cli.history.clone(),
+        progress: true,
+    };
+    eprintln!(
+        "cachet-check: direct {} cachet {} database {} seed {seed}",
+        targets.direct,
+        targets.proxy,
+        db.describe()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let reports = runtime.block_on(async {
+        let reports = run_suite(&opts, &targets, Arc::clone(&db)).await;
+        if cli.db.is_some() {
+            let _ = db.drop_table().await;
+        }
+        reports
+    });
+    drop(runtime);
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = sqlite_file.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let failed = failures(&reports);
+    print!("{}", table(&reports));
+    let json = serde_json::json!({
+        "seed": seed,
+        "seconds": cli.seconds,
+        "database": if cli.db.is_some() { "postgres" } else { "sqlite" },
+        "pass": failed.is_empty(),
+        "failures": failed,
+        "profiles": reports,
+    });
+    println!("{json}");
+    for f in &failed {
+        eprintln!("FAIL: {f}");
+    }
+    Ok(failed.is_empty())
+}
+
+fn targets(cli: &Cli) -> anyhow::Result<Targets> {
+    if !cli.spawn {
+        let (Some(direct), Some(proxy)) = (cli.direct, cli.proxy) else {
+            bail!("give --direct and --proxy, or --spawn");
+        };
+        return Ok(Targets {
+            direct,
+            proxy,
+            direct_redis: None,
+            redis: None,
+            cachet: None,
+        });
+    }
+    let exe = std::env::current_exe().context("locating cachet-check")?;
+    let cachet_exe = exe
+        .parent()
+        .map(|d| d.join("cachet"))
+        .context("the directory of cachet-check")?;
+    if !cachet_exe.exists() {
+        bail!(
+            "{} not found (build it: cargo build --bin cachet)",
+            cachet_exe.display()
+        );
+    }
+    // One Redis used directly, another behind cachet: the runs cannot disturb each
+    // other, and the restart profiles restart the one they mean.
+    let direct = Proc::redis().map_err(anyhow::Error::msg)?;
+    let upstream = Proc::redis().map_err(anyhow::Error::msg)?;
+    let cachet = Proc::cachet(&cachet_exe, upstream.port).map_err(anyhow::Error::msg)?;
+    let direct_addr = direct.addr();
+    let proxy = cachet.addr();
+    let direct = Arc::new(Mutex::new(direct));
+    let upstream = Arc::new(Mutex::new(upstream));
+    Ok(Targets {
+        direct: direct_addr,
+        proxy,
+        redis: Some(upstream),
+        direct_redis: Some(direct),
+        cachet: Some(Arc::new(Mutex::new(cachet))),
+    })
+}

@@ -1,0 +1,146 @@
+//! `--spawn`: a `redis-server` and a `cachet` started as child processes on free ports,
+//! restartable on the same port (the restart profiles), stopped when dropped.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process listening on `127.0.0.1:port`.
+pub struct Proc {
+    child: Option<Child>,
+    pub port: u16,
+    program: PathBuf,
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+impl Proc {
+    /// A `redis-server` with no persistence (a restart empties it).
+    pub fn redis() -> Result<Proc, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("cachet-check-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.to_string_lossy(),
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut p = Proc {
+            child: None,
+            port,
+            program: "redis-server".into(),
+            args,
+            dir: Some(dir),
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    /// The `cachet` binary `exe` in front of the Redis on `upstream_port`.
+    pub fn cachet(exe: &Path, upstream_port: u16) -> Result<Proc, String> {
+        let port = free_port()?;
+        let args = [
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--upstream".into(),
+            format!("redis://127.0.0.1:{upstream_port}/0"),
+            "--admin".into(),
+            "off".into(),
+            "--log-level".into(),
+            "error".into(),
+        ]
+        .to_vec();
+        let mut p = Proc {
+            child: None,
+            port,
+            program: exe.to_path_buf(),
+            args,
+            dir: None,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn start(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = Command::new(&self.program)
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("{}: {e}", self.program.display()))?;
+            self.child = Some(child);
+            if self.wait_ready(Duration::from_secs(5)) {
+                return Ok(());
+            }
+            self.kill();
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not listen on port {}",
+                    self.program.display(),
+                    self.port
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_ready(&mut self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return false;
+            }
+            if TcpStream::connect(self.addr()).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// SIGKILL, and wait for the process to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the process (SIGKILL) and starts it again on the same port.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        self.start()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}

@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use super::request::parse_int;
+use super::request::{find_crlf, parse_int};
 
 /// An upstream reply cachet cannot frame. The connection it came from is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -112,23 +112,6 @@ impl Scanner {
     pub fn reset(&mut self) {
         self.kind = None;
     }
-}
-
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
-    let hay = buf.get(from..)?;
-    let mut i = 0;
-    while let Some(off) = hay
-        .get(i..)
-        .and_then(|h| h.iter().position(|&b| b == b'\r'))
-    {
-        let at = i + off;
-        match hay.get(at + 1) {
-            Some(b'\n') => return Some(from + at),
-            Some(_) => i = at + 1,
-            None => return None,
-        }
-    }
-    None
 }
 
 /// Appends a `<tag><n>\r\n` header.

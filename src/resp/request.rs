@@ -307,7 +307,7 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 }
 
 /// Position of the `\r` of the first `\r\n` at or after `from`.
-fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
+pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
     let mut i = 0;
     while let Some(off) = hay.get(i..).and_then(|h| memchr(b'\r', h)) {

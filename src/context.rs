@@ -249,3 +249,21 @@ fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DenyList;
+
+    #[test]
+    fn deny_list_matches_commands_and_subcommands() {
+        let deny = DenyList::new(&["FLUSHALL".into(), "CONFIG|SET".into()]);
+        assert!(deny.denies(b"FlushAll", Some("flushall")));
+        assert!(deny.denies(b"flushall", None));
+        assert!(deny.denies(b"config", Some("config|set")));
+        assert!(!deny.denies(b"config", Some("config|get")));
+        assert!(!deny.denies(b"get", Some("get")));
+        let container = DenyList::new(&["CONFIG".into()]);
+        assert!(container.denies(b"config", Some("config|get")));
+        assert!(!DenyList::default().denies(b"flushall", Some("flushall")));
+    }
+}

@@ -571,3 +571,58 @@ impl Collector for Scrape {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_exposition() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.latency.observe(Duration::from_micros(3));
+        metrics.latency.observe(Duration::from_micros(7));
+        metrics.latency.observe(Duration::from_secs(5));
+        let text = render(&metrics, &Arc::new(Stats::default()), Live::default());
+        assert!(
+            text.contains("cachet_command_handling_seconds_bucket{le=\"5e-06\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"1e-05\"} 2\n"));
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("cachet_command_handling_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn command_tallies_survive_a_new_table_and_skip_idle_commands() {
+        let metrics = Metrics::default();
+        let mut builtin = CommandTable::builtin();
+        metrics.commands.attach(&mut builtin);
+        let get = builtin.get("get").unwrap().tally.clone();
+        get.0.count(Outcome::Ok);
+        let mut other = CommandTable::builtin();
+        metrics.commands.attach(&mut other);
+        other.get("get").unwrap().tally.0.count(Outcome::Error);
+        assert_eq!(get.0.get(Outcome::Error), 1);
+        let text = render(
+            &Arc::new(metrics),
+            &Arc::new(Stats::default()),
+            Live::default(),
+        );
+        assert!(
+            text.contains("cachet_commands_total{command=\"get\",outcome=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cachet_commands_total{command=\"get\",outcome=\"error\"} 1\n"));
+        assert!(!text.contains("command=\"set\""));
+    }
+
+    #[test]
+    fn outcome_of_replies() {
+        assert_eq!(Outcome::of_reply(b"-ERR x\r\n"), Outcome::Error);
+        assert_eq!(Outcome::of_reply(b"!3\r\nerr\r\n"), Outcome::Error);
+        assert_eq!(Outcome::of_reply(b"$-1\r\n"), Outcome::Ok);
+        assert_eq!(Outcome::of_reply(b""), Outcome::Ok);
+    }
+}

@@ -381,3 +381,29 @@ fn denied_commands_are_refused_also_inside_multi() {
     let mut direct = Raw::connect(redis.addr());
     assert_eq!(direct.call(&cmd(&[b"DBSIZE"])), b":1\r\n");
 }
+
+#[test]
+fn a_lease_granted_before_a_reload_still_fills_after_it() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cachet.toml");
+    std::fs::write(&path, config_text(&redis, "cache", "")).unwrap();
+    let cachet = start_from_file(&path);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("GET k:1")), b"$-1\r\n");
+    std::fs::write(
+        &path,
+        config_text(&redis, "cache", "\n[commands]\ndeny = [\"DEBUG\"]\n"),
+    )
+    .unwrap();
+    assert!(
+        c.call(&words("CACHET RELOAD"))
+            .starts_with(b"+OK applied: commands.deny")
+    );
+    assert_eq!(c.call(&words("SET k:1 filled")), b"+OK\r\n");
+    assert_eq!(c.call(&words("GET k:1")), b"$6\r\nfilled\r\n");
+    let m = metrics(&cachet);
+    assert_eq!(sample(&m, "cachet_leases_granted_total"), 1.0);
+    assert_eq!(sample(&m, "cachet_fills_stored_total"), 1.0);
+    assert_eq!(sample(&m, "cachet_fills_rejected_total"), 0.0);
+}

@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
@@ -25,8 +26,34 @@ use crate::resp::Request;
 use crate::resp::reply::{elements, int_value, push_null};
 use crate::resp::request::encode_command;
 
-/// The leases one client connection holds: key -> token.
-pub type Leases = HashMap<Bytes, Bytes>;
+/// The leases one client connection holds: key -> token, valid until. An empty token
+/// records a miss within `hold_off` (no lease granted): a fill before it runs out is
+/// dropped; after it, the connection's `SET` is a write-through like any other.
+#[derive(Debug, Default)]
+pub struct Leases {
+    map: HashMap<Bytes, (Bytes, Instant)>,
+}
+
+impl Leases {
+    pub fn new() -> Leases {
+        Leases::default()
+    }
+
+    pub fn hold(&mut self, key: Bytes, token: Bytes, valid_for: Duration) {
+        if self.map.len() >= 1024 {
+            // Misses that were never filled: forget the expired ones.
+            let now = Instant::now();
+            self.map.retain(|_, (_, until)| *until > now);
+        }
+        self.map.insert(key, (token, Instant::now() + valid_for));
+    }
+
+    /// The connection's live lease token for `key` (used up by this call).
+    pub fn take(&mut self, key: &[u8]) -> Option<Bytes> {
+        let (token, until) = self.map.remove(key)?;
+        (until > Instant::now()).then_some(token)
+    }
+}
 
 /// What the session does with the reply of a cache command.
 #[derive(Debug)]
@@ -38,11 +65,14 @@ pub enum Finish {
         reply: Bytes,
         key: Bytes,
         token: Bytes,
+        valid_for: Duration,
     },
     /// Answer this (an `MGET`) and remember the leases the connection now holds.
     LeasedMany {
         reply: Bytes,
         keys: Vec<Bytes>,
+        /// Missed within `hold_off`: no lease, fills dropped.
+        held_off: Vec<Bytes>,
         token: Bytes,
     },
     /// Another client holds the lease: wait up to `coalesce_wait` for its fill.
@@ -114,7 +144,7 @@ impl Engine {
             let token = self.new_token(session);
             let data = evalsha(
                 &self.scripts.lease_get,
-                &[key.clone(), state.lease],
+                &[key.clone(), state.lease, state.tomb],
                 &[token.clone(), millis(self.lease_ttl)],
             );
             return Some(Plan {
@@ -133,10 +163,10 @@ impl Engine {
         let (set_args, nx) = fill_args(info, &req.args)?;
         if self.retries.is_pending(key) {
             // An earlier write's invalidation is not confirmed yet: no fill may land.
-            leases.remove(key);
+            leases.take(key);
             return Some(self.reject_fill(key, nx, proto));
         }
-        if let Some(token) = leases.remove(key) {
+        if let Some(token) = leases.take(key) {
             self.leased.remove(key);
             let mut argv = vec![token];
             argv.extend(set_args);
@@ -228,6 +258,20 @@ impl Engine {
         }
     }
 
+    /// `hold_off` of the keyspace `key` falls into.
+    pub fn hold_off_of(&self, key: &[u8]) -> Duration {
+        self.keyspaces()
+            .lookup(key)
+            .rule
+            .and_then(|(_, r)| r.hold_off)
+            .unwrap_or(self.hold_off)
+    }
+
+    /// How long a lease lives.
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
     /// A lease token unique across cachets and restarts.
     pub(super) fn new_token(&self, session: u64) -> Bytes {
         let seq = self.lease_seq.fetch_add(1, Ordering::Relaxed);
@@ -274,13 +318,14 @@ impl Engine {
     pub fn finish(&self, t: &Translate, reply: Bytes) -> Finish {
         if let Translate::LeaseMget { keys, token } = t {
             return match super::cache_many::split_mget(&reply, keys) {
-                Some((values, leased)) => {
-                    if leased.is_empty() {
+                Some((values, leased, held_off)) => {
+                    if leased.is_empty() && held_off.is_empty() {
                         Finish::Reply(values)
                     } else {
                         Finish::LeasedMany {
                             reply: values,
                             keys: leased,
+                            held_off,
                             token: token.clone(),
                         }
                     }
@@ -305,11 +350,20 @@ impl Engine {
                     reply: null(*proto),
                     key: key.clone(),
                     token: token.clone(),
+                    valid_for: self.lease_ttl,
                 },
                 (Some(3), _) => {
                     self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
                     Finish::Coalesce { key: key.clone() }
                 }
+                // Within hold_off: no lease; the connection's fill will be dropped
+                // (it is recorded with an empty token, which never matches a lease).
+                (Some(4), _) => Finish::Leased {
+                    reply: null(*proto),
+                    key: key.clone(),
+                    token: Bytes::new(),
+                    valid_for: self.hold_off_of(key),
+                },
                 _ => Finish::Reply(reply),
             },
             Translate::Fill { nx, proto, .. } | Translate::Blind { nx, proto } => {

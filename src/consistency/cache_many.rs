@@ -17,15 +17,19 @@ impl Engine {
     pub fn mget_plan(&self, req: &Request, session: u64) -> Option<Plan> {
         let keys = req.args.get(1..)?;
         let mut leases = Vec::with_capacity(keys.len());
+        let mut tombs = Vec::with_capacity(keys.len());
         for k in keys {
             if self.keyspaces().lookup(k).mode != KeyspaceMode::Cache {
                 return None;
             }
-            leases.push(state_keys(self.prefix(), k)?.lease);
+            let state = state_keys(self.prefix(), k)?;
+            leases.push(state.lease);
+            tombs.push(state.tomb);
         }
         let token = self.new_token(session);
         let mut script_keys: Vec<Bytes> = keys.to_vec();
         script_keys.extend(leases);
+        script_keys.extend(tombs);
         Some(Plan {
             data: evalsha(
                 &self.scripts.lease_mget,
@@ -84,10 +88,10 @@ impl Engine {
                 return None;
             };
             if self.retries.is_pending(k) {
-                leases.remove(k);
+                leases.take(k);
                 self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
                 argv.extend([Bytes::from_static(b"r"), Bytes::new(), v.clone()]);
-            } else if let Some(token) = leases.remove(k) {
+            } else if let Some(token) = leases.take(k) {
                 self.leased.remove(k);
                 argv.extend([Bytes::from_static(b"f"), token, v.clone()]);
             } else if self.recently_leased(k) {
@@ -113,19 +117,22 @@ impl Engine {
     }
 }
 
-/// `MGET` values and the keys whose lease the caller now holds, from the script's
+/// `MGET` values, the keys whose lease the caller now holds, and the keys it missed
+/// within `hold_off` (whose fills it must not store), from the script's
 /// `{values, statuses}` reply.
-pub fn split_mget(reply: &Bytes, keys: &[Bytes]) -> Option<(Bytes, Vec<Bytes>)> {
+pub fn split_mget(reply: &Bytes, keys: &[Bytes]) -> Option<(Bytes, Vec<Bytes>, Vec<Bytes>)> {
     let el = crate::resp::reply::elements(reply)?;
     let (values, statuses) = (el.first()?, el.get(1)?);
     let st = crate::resp::reply::elements(statuses)?;
-    let leased = keys
-        .iter()
-        .zip(st.iter())
-        .filter(|(_, s)| crate::resp::reply::int_value(s) == Some(2))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let with = |status: i64| -> Vec<Bytes> {
+        keys.iter()
+            .zip(st.iter())
+            .filter(|(_, s)| crate::resp::reply::int_value(s) == Some(status))
+            .map(|(k, _)| k.clone())
+            .collect()
+    };
+    let (leased, held_off) = (with(2), with(4));
     let mut out = BytesMut::with_capacity(values.len());
     out.extend_from_slice(values);
-    Some((out.freeze(), leased))
+    Some((out.freeze(), leased, held_off))
 }

@@ -21,13 +21,16 @@ impl Script {
     }
 }
 
-/// A read of a `cache` key. KEYS: key, lease key. ARGV: lease token, lease TTL (ms).
-/// Returns `{1, value}` on a hit, `{2}` on a miss with a lease granted to the caller,
-/// `{3}` on a miss while another client holds the lease; errors as `GET` gives them.
+/// A read of a `cache` key. KEYS: key, lease key, tombstone key. ARGV: lease token,
+/// lease TTL (ms). Returns `{1, value}` on a hit, `{2}` on a miss with a lease granted to
+/// the caller, `{3}` on a miss while another client holds the lease, `{4}` on a miss
+/// within `hold_off` of an invalidation (no lease: a fill now would be refused anyway,
+/// so nobody should wait for one); errors as `GET` gives them.
 pub const LEASE_GET: &str = r#"
 local v = redis.pcall('GET', KEYS[1])
 if type(v) == 'table' and v.err then return v end
 if v then return {1, v} end
+if redis.call('EXISTS', KEYS[3]) == 1 then return {4} end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2} end
 return {3}
 "#;
@@ -65,19 +68,21 @@ redis.call('PUBLISH', ARGV[1], KEYS[1])
 return r
 "#;
 
-/// `MGET` of `cache` keys. KEYS: the n keys, then their n lease keys. ARGV: lease
-/// token, lease TTL (ms). Returns `{values, statuses}`: the values as `MGET` gives them,
-/// and per key 1 (hit), 2 (miss, lease granted), 3 (miss, another client's lease),
-/// 4 (not a string: no lease).
+/// `MGET` of `cache` keys. KEYS: the n keys, their n lease keys, their n tombstone
+/// keys. ARGV: lease token, lease TTL (ms). Returns `{values, statuses}`: the values as
+/// `MGET` gives them, and per key 1 (hit), 2 (miss, lease granted), 3 (miss, another
+/// client's lease), 4 (miss within `hold_off`: no lease), 5 (not a string: no lease).
 pub const LEASE_MGET: &str = r#"
-local n = #KEYS / 2
+local n = #KEYS / 3
 local vals, st = {}, {}
 for i = 1, n do
   local v = redis.pcall('GET', KEYS[i])
   if type(v) == 'table' then
-    vals[i] = false; st[i] = 4
+    vals[i] = false; st[i] = 5
   elseif v then
     vals[i] = v; st[i] = 1
+  elseif redis.call('EXISTS', KEYS[2 * n + i]) == 1 then
+    vals[i] = false; st[i] = 4
   elseif redis.call('SET', KEYS[n + i], ARGV[1], 'NX', 'PX', ARGV[2]) then
     vals[i] = false; st[i] = 2
   else

@@ -1092,15 +1092,36 @@ impl Session {
         let post = std::mem::replace(post, Post::Nothing);
         let bytes = match self.engine.finish(&t, bytes) {
             Finish::Reply(b) => b,
-            Finish::Leased { reply, key, token } => {
-                self.leases.insert(key.clone(), token);
-                self.engine.lease_granted(key);
+            Finish::Leased {
+                reply,
+                key,
+                token,
+                valid_for,
+            } => {
+                // An empty token records a miss within hold_off: no lease was granted,
+                // and this connection's fill will be dropped.
+                let granted = !token.is_empty();
+                self.leases.hold(key.clone(), token, valid_for);
+                if granted {
+                    self.engine.lease_granted(key);
+                }
                 reply
             }
-            Finish::LeasedMany { reply, keys, token } => {
+            Finish::LeasedMany {
+                reply,
+                keys,
+                held_off,
+                token,
+            } => {
+                let engine = self.engine.clone();
                 for key in keys {
-                    self.leases.insert(key.clone(), token.clone());
-                    self.engine.lease_granted(key);
+                    self.leases
+                        .hold(key.clone(), token.clone(), engine.lease_ttl());
+                    engine.lease_granted(key);
+                }
+                for key in held_off {
+                    let hold_off = engine.hold_off_of(&key);
+                    self.leases.hold(key, Bytes::new(), hold_off);
                 }
                 reply
             }

@@ -19,9 +19,10 @@ COPY --from=build /src/target/release/cachet /usr/local/bin/cachet
 COPY config/docker.toml /etc/cachet/cachet.toml
 USER 10001
 EXPOSE 6380 9180
-# Healthy when cachet answers PING through to its upstream (bash's /dev/tcp: the image
-# needs no extra tools).
+# Healthy while cachet's admin endpoint answers /healthz (bash's /dev/tcp speaks enough
+# HTTP: the image needs no extra tools). Readiness (/readyz: the upstream answers) is
+# for orchestrators that route traffic, not for restarting the container.
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
-    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/6380 && printf 'PING\\r\\n' >&3 && read -r -t 2 reply <&3 && [[ $reply == +PONG* ]]"]
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9180 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && read -r -t 2 status <&3 && [[ $status == *' 200 '* ]]"]
 ENTRYPOINT ["cachet"]
 CMD ["--config", "/etc/cachet/cachet.toml"]

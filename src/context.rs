@@ -1,8 +1,11 @@
 //! What every session shares: the upstream, the command table, facts about the upstream
-//! server (for `HELLO` and `SELECT`), limits and timeouts, and the shutdown signal.
+//! server (for `HELLO` and `SELECT`), limits and timeouts, the shutdown signal, the
+//! metrics, and what a configuration reload swaps (the engine, the deny list, limits;
+//! see `reload.rs`).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -10,7 +13,10 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::command::CommandTable;
+use crate::config::Config;
 use crate::consistency::Engine;
+use crate::metrics::Metrics;
+use crate::reload::{ConfigSource, LogReloader};
 use crate::resp::{Limits, reply};
 use crate::upstream::connect::{Identity, connect, roundtrip};
 use crate::upstream::{Settings, Upstream, UpstreamError};
@@ -58,10 +64,26 @@ impl Default for ServerInfo {
 #[derive(Debug)]
 pub struct Context {
     pub upstream: Upstream,
-    pub engine: Engine,
+    /// Swapped whole by a reload; its ordering tokens, counters and retry queue are
+    /// shared by every generation (`Engine::reconfigured`). Sessions load it once per
+    /// batch of commands.
+    pub engine: ArcSwap<Engine>,
     pub table: ArcSwap<CommandTable>,
     pub server: ArcSwap<ServerInfo>,
-    pub limits: Limits,
+    /// Applies to sessions that start after a reload.
+    pub limits: ArcSwap<Limits>,
+    /// `[commands] deny`.
+    pub deny: ArcSwap<DenyList>,
+    /// `[listen] max_clients`, read by the listener for every new client.
+    pub max_clients: AtomicUsize,
+    /// The configuration running now (after command-line overrides).
+    pub config: ArcSwap<Config>,
+    /// Where the configuration came from, for reloads (none: not reloadable).
+    pub source: OnceLock<ConfigSource>,
+    /// Changes the log filter on reload (installed by `main.rs`).
+    pub log_reloader: OnceLock<LogReloader>,
+    pub metrics: Arc<Metrics>,
+    pub started: std::time::Instant,
     /// The database a new session starts in (the upstream URL's).
     pub default_db: u32,
     /// Clients idle this long are disconnected (zero: never).
@@ -78,12 +100,22 @@ impl Context {
         default_db: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Context {
+        let metrics = Arc::new(Metrics::default());
+        let mut table = CommandTable::builtin();
+        metrics.commands.attach(&mut table);
         Context {
             upstream,
-            engine,
-            table: ArcSwap::from_pointee(CommandTable::builtin()),
+            engine: ArcSwap::from_pointee(engine),
+            table: ArcSwap::from_pointee(table),
             server: ArcSwap::from_pointee(ServerInfo::default()),
-            limits,
+            limits: ArcSwap::from_pointee(limits),
+            deny: ArcSwap::from_pointee(DenyList::default()),
+            max_clients: AtomicUsize::new(usize::MAX),
+            config: ArcSwap::from_pointee(Config::default()),
+            source: OnceLock::new(),
+            log_reloader: OnceLock::new(),
+            metrics,
+            started: std::time::Instant::now(),
             default_db,
             idle_timeout: Duration::ZERO,
             next_session: AtomicU64::new(1),
@@ -125,7 +157,8 @@ impl Context {
         };
         match CommandTable::from_command_reply(command) {
             Ok(table) => {
-                let table = table.merged_with_builtin();
+                let mut table = table.merged_with_builtin();
+                self.metrics.commands.attach(&mut table);
                 tracing::debug!(commands = table.len(), "command table read from upstream");
                 self.table.store(Arc::new(table));
             }
@@ -158,6 +191,49 @@ impl Context {
     }
 }
 
+/// `[commands] deny`: command names refused with an error, lowercase as in the command
+/// table (`flushall`; a subcommand as `config|set`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DenyList {
+    names: HashSet<String>,
+}
+
+impl DenyList {
+    /// From the configuration's entries (`FLUSHALL`, `CONFIG|SET` or `CONFIG SET`).
+    pub fn new(entries: &[String]) -> DenyList {
+        DenyList {
+            names: entries
+                .iter()
+                .map(|e| e.to_ascii_lowercase().replace(' ', "|"))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether a command is denied: by its top-level name (`args[0]`), or by its full
+    /// name in the command table (`config|set`).
+    pub fn denies(&self, first: &[u8], table_name: Option<&str>) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        if let Some(name) = table_name {
+            if self.names.contains(name) {
+                return true;
+            }
+            if let Some((container, _)) = name.split_once('|') {
+                return self.names.contains(container);
+            }
+            return false;
+        }
+        std::str::from_utf8(first)
+            .map(|f| self.names.contains(&f.to_ascii_lowercase()))
+            .unwrap_or(false)
+    }
+}
+
 /// The key/value frames of a `HELLO` reply (a RESP3 map or a RESP2 flat array).
 fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
     let el = reply::elements(frame)?;
@@ -172,4 +248,22 @@ fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DenyList;
+
+    #[test]
+    fn deny_list_matches_commands_and_subcommands() {
+        let deny = DenyList::new(&["FLUSHALL".into(), "CONFIG|SET".into()]);
+        assert!(deny.denies(b"FlushAll", Some("flushall")));
+        assert!(deny.denies(b"flushall", None));
+        assert!(deny.denies(b"config", Some("config|set")));
+        assert!(!deny.denies(b"config", Some("config|get")));
+        assert!(!deny.denies(b"get", Some("get")));
+        let container = DenyList::new(&["CONFIG".into()]);
+        assert!(container.denies(b"config", Some("config|get")));
+        assert!(!DenyList::default().denies(b"flushall", Some("flushall")));
+    }
 }

@@ -24,9 +24,14 @@
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
 //! | what all sessions share (upstream, table, server facts) | `context.rs` |
 //! | configuration: TOML schema, defaults, validation | `config.rs` |
+//! | live reload (SIGHUP, `CACHET RELOAD`) | `reload.rs` |
+//! | `CACHET INFO`/`KEYSPACE`/`RELOAD`, answered by the session | `session/admin_cmd.rs` |
+//! | counters, latency histogram, Prometheus exposition | `metrics.rs` |
+//! | admin HTTP: `/metrics`, `/healthz`, `/readyz` | `admin.rs` |
 //!
 //! The consistency checker (`cachet-check`, a second binary) lives in `check/`.
 
+pub mod admin;
 pub mod check;
 pub mod command;
 pub mod config;
@@ -35,6 +40,8 @@ pub mod context;
 pub mod key_lock;
 pub mod keyspace;
 pub mod listener;
+pub mod metrics;
+pub mod reload;
 pub mod resp;
 pub mod session;
 pub mod upstream;

@@ -1,5 +1,6 @@
 //! The accept loop: binding, the client limit, and graceful shutdown (stop accepting,
-//! let in-flight commands finish within the grace period, close).
+//! let in-flight commands finish within the grace period, close). Also binds the admin
+//! endpoint (`admin.rs`) and keeps what a reload needs (`reload.rs`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,8 +15,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::consistency::Engine;
-use crate::context::Context;
-use crate::resp::Limits;
+use crate::context::{Context, DenyList};
+use crate::reload::{ConfigSource, LogReloader};
 use crate::session;
 use crate::upstream::{Settings, Upstream};
 
@@ -26,6 +27,11 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen for admin requests on {address}: {source}")]
+    AdminBind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("upstream TLS (rediss://) is not supported yet")]
     TlsUnsupported,
 }
@@ -33,9 +39,9 @@ pub enum ServerError {
 /// A bound, not yet running, cachet.
 pub struct Server {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     ctx: Arc<Context>,
     shutdown: watch::Sender<bool>,
-    max_clients: usize,
     grace: Duration,
 }
 
@@ -47,6 +53,14 @@ impl Server {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| ServerError::Bind { address, source })?;
+        let admin = match config.admin.address {
+            Some(address) => Some(
+                crate::admin::bind(address)
+                    .await
+                    .map_err(|source| ServerError::AdminBind { address, source })?,
+            ),
+            None => None,
+        };
         let url = &config.upstream.url;
         if url.tls {
             return Err(ServerError::TlsUnsupported);
@@ -68,11 +82,7 @@ impl Server {
             shared_connections: config.upstream.shared_connections,
             preload: Vec::new(),
         };
-        let limits = Limits {
-            max_bulk_len: config.limits.max_bulk_len,
-            max_multibulk_len: config.limits.max_multibulk_len,
-            max_inline_len: config.limits.max_inline_len,
-        };
+        let limits = crate::reload::limits_of(config);
         let engine = Engine::new(&config.consistency, &config.keyspace);
         let mut settings = settings;
         if engine.has_cache() {
@@ -94,8 +104,11 @@ impl Server {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
         ctx.idle_timeout = config.listen.idle_timeout;
+        ctx.config = arc_swap::ArcSwap::from_pointee(config.clone());
+        ctx.deny = arc_swap::ArcSwap::from_pointee(DenyList::new(&config.commands.deny));
+        ctx.max_clients = AtomicUsize::new(config.listen.max_clients);
         let ctx = Arc::new(ctx);
-        tokio::spawn(ctx.engine.retries.clone().run(ctx.clone()));
+        tokio::spawn(ctx.engine.load().retries.clone().run(ctx.clone()));
         match ctx.discover().await {
             Ok(()) => {
                 // Open the default shared connections now so the first client does not
@@ -129,11 +142,27 @@ impl Server {
         }
         Ok(Server {
             listener,
+            admin,
             ctx,
             shutdown,
-            max_clients: config.listen.max_clients,
             grace: config.listen.shutdown_grace,
         })
+    }
+
+    /// Makes the configuration reloadable (SIGHUP, `CACHET RELOAD`): where it came
+    /// from. Without it, a reload is refused.
+    pub fn set_config_source(&self, source: ConfigSource) {
+        let _ = self.ctx.source.set(source);
+    }
+
+    /// Lets a reload change the log filter.
+    pub fn set_log_reloader(&self, reloader: LogReloader) {
+        let _ = self.ctx.log_reloader.set(reloader);
+    }
+
+    /// The admin endpoint's bound address, if it is enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -148,9 +177,18 @@ impl Server {
 
     /// Serves until `signal` completes, then drains: no new connections, sessions finish
     /// what they have started, and whatever is left after the grace period is dropped.
-    pub async fn run(self, signal: impl Future<Output = ()>) {
+    pub async fn run(mut self, signal: impl Future<Output = ()>) {
         let active = Arc::new(Active::default());
         tokio::pin!(signal);
+        if let Some(admin) = self.admin.take() {
+            let address = admin.local_addr().ok();
+            tracing::info!(address = ?address, "admin endpoint listening");
+            tokio::spawn(crate::admin::serve(
+                admin,
+                self.ctx.clone(),
+                self.shutdown.subscribe(),
+            ));
+        }
         tracing::info!(address = %self.local_addr(), upstream = %self.ctx.upstream.settings().address, "cachet listening");
         loop {
             tokio::select! {
@@ -181,7 +219,9 @@ impl Server {
     }
 
     fn admit(&self, mut stream: TcpStream, peer: SocketAddr, active: &Arc<Active>) {
-        if active.count.load(Ordering::Relaxed) >= self.max_clients {
+        let metrics = &self.ctx.metrics;
+        if active.count.load(Ordering::Relaxed) >= self.ctx.max_clients.load(Ordering::Relaxed) {
+            metrics.clients_rejected.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -191,7 +231,9 @@ impl Server {
             return;
         }
         active.count.fetch_add(1, Ordering::Relaxed);
-        let guard = ActiveGuard(active.clone());
+        metrics.clients_total.fetch_add(1, Ordering::Relaxed);
+        metrics.clients_current.fetch_add(1, Ordering::Relaxed);
+        let guard = ActiveGuard(active.clone(), metrics.clone());
         let ctx = self.ctx.clone();
         tokio::spawn(async move {
             session::run(ctx, stream, peer).await;
@@ -219,10 +261,11 @@ impl Active {
     }
 }
 
-struct ActiveGuard(Arc<Active>);
+struct ActiveGuard(Arc<Active>, Arc<crate::metrics::Metrics>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        self.1.clients_current.fetch_sub(1, Ordering::Relaxed);
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }

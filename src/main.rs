@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 
-use cachet::config::{Config, LogFormat, UpstreamUrl};
+use cachet::config::{Config, LogFormat, Overrides};
+use cachet::reload::{ConfigSource, LogReloader};
 
 /// A sidecar consistency proxy for Redis.
 #[derive(Debug, Parser)]
@@ -35,7 +36,17 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli) {
+    let source = ConfigSource {
+        path: cli.config.clone(),
+        overrides: Overrides {
+            listen: cli.listen.clone(),
+            upstream: cli.upstream.clone(),
+            admin: cli.admin.clone(),
+            log_level: cli.log_level.clone(),
+        },
+    };
+    // Every problem of the file and the overrides is reported at once.
+    let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -46,11 +57,14 @@ fn main() -> ExitCode {
         println!("configuration ok");
         return ExitCode::SUCCESS;
     }
-    if let Err(e) = init_logging(&config) {
-        eprintln!("cachet: {e:#}");
-        return ExitCode::from(2);
-    }
-    match run(config) {
+    let reloader = match init_logging(&config) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cachet: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, source, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -60,50 +74,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Loads the file (or the defaults) and applies the command-line overrides; every
-/// problem is reported at once.
-fn load(cli: &Cli) -> Result<Config, String> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path).map_err(|e| e.to_string())?,
-        None => Config::default(),
-    };
-    let mut problems = Vec::new();
-    if let Some(listen) = &cli.listen {
-        match listen.parse() {
-            Ok(a) => config.listen.address = a,
-            Err(e) => problems.push(format!("--listen {listen:?}: {e}")),
-        }
-    }
-    if let Some(url) = &cli.upstream {
-        match UpstreamUrl::parse(url) {
-            Ok(u) => config.upstream.url = u,
-            Err(e) => problems.push(format!("--upstream: {e}")),
-        }
-    }
-    if let Some(admin) = &cli.admin {
-        if admin.is_empty() || admin == "off" {
-            config.admin.address = None;
-        } else {
-            match admin.parse() {
-                Ok(a) => config.admin.address = Some(a),
-                Err(e) => problems.push(format!("--admin {admin:?}: {e}")),
-            }
-        }
-    }
-    if let Some(level) = &cli.log_level {
-        config.log.level = level.clone();
-    }
-    if let Err(e) = config.validate() {
-        problems.push(e.to_string().trim_end().to_string());
-    }
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(problems.join("\n"))
-    }
-}
-
-fn init_logging(config: &Config) -> anyhow::Result<()> {
+/// Installs the subscriber; returns what changes its filter on a reload.
+fn init_logging(config: &Config) -> anyhow::Result<LogReloader> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
         .with_context(|| format!("invalid log level {:?}", config.log.level))?;
     use std::io::IsTerminal;
@@ -111,14 +83,31 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+    fn set(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+        tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())
     }
-    Ok(())
+    let reloader: LogReloader = match config.log.format {
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogReloader(Box::new(move |level| {
+                handle.reload(set(level)?).map_err(|e| e.to_string())
+            }))
+        }
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            LogReloader(Box::new(move |level| {
+                handle.reload(set(level)?).map_err(|e| e.to_string())
+            }))
+        }
+    };
+    Ok(reloader)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, source: ConfigSource, reloader: LogReloader) -> anyhow::Result<()> {
     let threads = std::env::var("CACHET_THREADS")
         .ok()
         .and_then(|t| t.parse::<usize>().ok())
@@ -137,9 +126,31 @@ fn run(config: Config) -> anyhow::Result<()> {
     .context("starting the runtime")?;
     runtime.block_on(async {
         let server = cachet::Server::bind(&config).await?;
+        server.set_config_source(source);
+        server.set_log_reloader(reloader);
+        reload_on_sighup(server.context());
         server.run(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Reloads the configuration on every SIGHUP.
+fn reload_on_sighup(ctx: std::sync::Arc<cachet::context::Context>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGHUP; reload with CACHET RELOAD");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            // The outcome is logged by the reload itself.
+            let _ = ctx.reload();
+        }
+    });
 }
 
 /// Completes on SIGTERM or SIGINT.

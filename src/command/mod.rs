@@ -46,6 +46,8 @@ pub struct CommandInfo {
     /// First key, last key, step, as reported (what Redis 6 offers instead of specs).
     pub legacy_keys: (i32, i32, i32),
     pub kind: CommandKind,
+    /// This command's reply counters (see `metrics.rs`); ignored by equality.
+    pub tally: crate::metrics::Tally,
 }
 
 impl CommandInfo {

@@ -212,6 +212,7 @@ fn parse_entry(frame: &OwnedFrame, container: Option<&str>) -> Result<Parsed, Ta
             key_specs,
             legacy_keys,
             kind,
+            tally: Default::default(),
         },
         subcommands,
     })

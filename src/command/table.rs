@@ -165,6 +165,18 @@ impl CommandTable {
         self.by_name.values().map(|e| &e.info)
     }
 
+    /// Gives every command the counters `tally_for` returns for its name.
+    pub fn set_tallies(&mut self, mut tally_for: impl FnMut(&str) -> crate::metrics::Tally) {
+        for entry in self.by_name.values_mut() {
+            let tally = tally_for(&entry.info.name);
+            if !Arc::ptr_eq(&tally.0, &entry.info.tally.0) {
+                let mut info = CommandInfo::clone(&entry.info);
+                info.tally = tally;
+                entry.info = Arc::new(info);
+            }
+        }
+    }
+
     /// Inserts `info`; true if its name was new.
     fn insert(&mut self, info: CommandInfo, has_subcommands: bool) -> bool {
         let name: Box<[u8]> = info.name.as_bytes().into();

@@ -11,6 +11,7 @@
 
 mod error;
 mod load;
+mod overrides;
 mod units;
 mod url;
 mod validate;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 
 pub use crate::keyspace::DEFAULT_LOCK_MAX_TTL;
 pub use error::{ConfigError, ConfigErrors};
+pub use overrides::Overrides;
 pub use units::{parse_duration, parse_size};
 pub use url::{DEFAULT_REDIS_PORT, UpstreamUrl};
 

@@ -86,13 +86,13 @@ pub struct Engine {
     /// Whether any keyspace is `cache` (only then does cachet keep state upstream).
     has_cache: bool,
     pub locks: Arc<KeyLocks>,
-    pub stats: Stats,
+    pub stats: Arc<Stats>,
     pub scripts: Scripts,
     /// Distinguishes this cachet's lease tokens from other cachets' and earlier runs'.
     instance: u64,
     lease_seq: AtomicU64,
     /// Keys with a live or recently voided lease granted here, and until when.
-    leased: DashMap<Bytes, Instant>,
+    leased: Arc<DashMap<Bytes, Instant>>,
     pub retries: Arc<retry::RetryQueue>,
 }
 
@@ -108,11 +108,24 @@ impl Engine {
             scripts: Scripts::default(),
             instance: instance_id(),
             lease_seq: AtomicU64::new(0),
-            leased: DashMap::new(),
+            leased: Arc::new(DashMap::new()),
             retries: Arc::new(retry::RetryQueue::default()),
             has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
             locks: Arc::new(KeyLocks::default()),
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// An engine with new settings and keyspaces (a configuration reload) that keeps
+    /// this one's state: key ordering tokens, counters, the invalidation retry queue and
+    /// the record of recent leases, so that a swap loses no ordering and no lease.
+    pub fn reconfigured(&self, consistency: &ConsistencyConfig, rules: &[KeyspaceRule]) -> Engine {
+        Engine {
+            locks: self.locks.clone(),
+            stats: self.stats.clone(),
+            retries: self.retries.clone(),
+            leased: self.leased.clone(),
+            ..Engine::new(consistency, rules)
         }
     }
 

@@ -100,6 +100,7 @@ impl RetryQueue {
                 });
                 if let Some(Ok(_)) = replies.recv().await {
                     ctx.engine
+                        .load()
                         .stats
                         .invalidations_retried
                         .fetch_add(1, Ordering::Relaxed);

@@ -37,6 +37,9 @@ pub enum Translate {
     HideKeys(Bytes),
     /// `SCAN`: drop reserved keys.
     HideScan(Bytes),
+    /// The reply is this, whatever the upstream said (a refusal made to look like the
+    /// upstream's, such as a denied command queued in a transaction).
+    Replace(Bytes),
 }
 
 impl Translate {
@@ -48,6 +51,7 @@ impl Translate {
     pub fn apply(&self, reply: Bytes) -> Bytes {
         match self {
             Translate::None => reply,
+            Translate::Replace(with) => with.clone(),
             Translate::ExecFirst(inner) => match exec_first(&reply) {
                 Some(picked) => inner.apply(picked),
                 None => reply,

@@ -11,6 +11,7 @@
 //! client's pipeline in order across connections (`SET k 1`, `SELECT`, `MOVE`, `MULTI`)
 //! and lets every upstream reply arrive on one channel in request order.
 
+mod admin_cmd;
 mod local;
 mod pinned;
 
@@ -26,11 +27,12 @@ use tokio::time::Instant;
 
 use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
-use crate::consistency::Translate;
 use crate::consistency::cache::{Finish, Leases};
 use crate::consistency::retry::{Retry, RetryTicket};
-use crate::context::Context;
+use crate::consistency::{Engine, Translate};
+use crate::context::{Context, DenyList};
 use crate::key_lock::{Held, LockTimeout};
+use crate::metrics::{CommandTally, Outcome, PinReason};
 use crate::resp::{Decoder, Request, reply};
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
@@ -66,7 +68,60 @@ enum Slot {
         /// Client commands this slot answers: more than one for a batch of plain
         /// commands sent upstream as one job (their replies are simply concatenated).
         count: u32,
+        /// The counters of the commands this slot answers, counted when it settles.
+        tallies: Tallies,
     },
+}
+
+/// The counters of the commands a slot answers (usually one; a batch has several).
+#[derive(Debug, Default)]
+enum Tallies {
+    #[default]
+    None,
+    One(Arc<CommandTally>),
+    Many(Vec<Arc<CommandTally>>),
+}
+
+impl Tallies {
+    fn push(&mut self, t: Arc<CommandTally>) {
+        *self = match std::mem::take(self) {
+            Tallies::None => Tallies::One(t),
+            Tallies::One(first) => Tallies::Many(vec![first, t]),
+            Tallies::Many(mut v) => {
+                v.push(t);
+                Tallies::Many(v)
+            }
+        };
+    }
+
+    /// Counts each command's outcome from its reply frame in `bytes`.
+    fn count(self, bytes: &[u8], is_error: bool) {
+        match self {
+            Tallies::None => {}
+            Tallies::One(t) => t.count(if is_error {
+                Outcome::Error
+            } else {
+                Outcome::of_reply(bytes)
+            }),
+            Tallies::Many(v) => {
+                let mut rest = bytes;
+                for t in v {
+                    let outcome = if is_error {
+                        Outcome::Error
+                    } else {
+                        match crate::resp::Scanner::default().scan(rest) {
+                            Ok(Some(f)) => {
+                                rest = rest.get(f.len..).unwrap_or_default();
+                                Outcome::of_reply(&[f.kind])
+                            }
+                            _ => Outcome::Ok,
+                        }
+                    };
+                    t.count(outcome);
+                }
+            }
+        }
+    }
 }
 
 /// Session state to update when an awaited reply arrives.
@@ -108,6 +163,11 @@ pub struct Session {
     ctx: Arc<Context>,
     peer: SocketAddr,
     table: Arc<CommandTable>,
+    /// The engine and deny list as of this batch of commands (a reload swaps them).
+    engine: Arc<Engine>,
+    deny: Arc<DenyList>,
+    /// Counters of the command being handled, until its reply (or slot) takes them.
+    tally: Option<Arc<CommandTally>>,
     db: u32,
     proto: u8,
     name: Option<Bytes>,
@@ -150,12 +210,15 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
     let session = Session {
         id,
         table: ctx.table.load_full(),
+        engine: ctx.engine.load_full(),
+        deny: ctx.deny.load_full(),
+        tally: None,
         peer,
         db: ctx.default_db,
         proto: 2,
         name: None,
         reply_mode: ReplyMode::On,
-        decoder: Decoder::new(ctx.limits),
+        decoder: Decoder::new(**ctx.limits.load()),
         rbuf: BytesMut::new(),
         out: BytesMut::new(),
         slots: VecDeque::new(),
@@ -233,7 +296,11 @@ impl Session {
                         self.hang_up_blocked();
                     }
                 }
-                Event::ClientRead(Ok(_)) => {
+                Event::ClientRead(Ok(n)) => {
+                    self.ctx
+                        .metrics
+                        .bytes_in
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.last_active = Instant::now();
                     self.process().await
                 }
@@ -246,6 +313,10 @@ impl Session {
                     break;
                 }
                 Event::Wrote(Ok(n)) => {
+                    self.ctx
+                        .metrics
+                        .bytes_out
+                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.out.advance(n);
                     if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
                         self.out = BytesMut::new();
@@ -324,6 +395,11 @@ impl Session {
 
     async fn process_buffered(&mut self) {
         self.table = self.ctx.table.load_full();
+        self.engine = self.ctx.engine.load_full();
+        self.deny = self.ctx.deny.load_full();
+        // One clock read per command: each command's handling ends where the next
+        // one's (decoding included) starts.
+        let mut started = Instant::now();
         while !self.closing {
             let req = match self.stalled.take() {
                 Some(req) => req,
@@ -331,6 +407,10 @@ impl Session {
                     Ok(Some(req)) => req,
                     Ok(None) => return,
                     Err(e) => {
+                        self.ctx
+                            .metrics
+                            .protocol_errors
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(session = self.id, peer = %self.peer, error = %e, "protocol error; closing the connection");
                         self.queue(e.reply());
                         self.closing = true;
@@ -338,9 +418,24 @@ impl Session {
                     }
                 },
             };
-            if let Some(req) = self.handle(req).await {
-                self.stalled = Some(req);
-                return;
+            let stalled = self.handle(req).await;
+            match stalled {
+                Some(req) => {
+                    // Counted when it runs.
+                    self.tally = None;
+                    self.stalled = Some(req);
+                    return;
+                }
+                None => {
+                    // A command without a reply (`CLIENT REPLY OFF`, a pinned command
+                    // answered by pushes) still ran.
+                    if let Some(t) = self.tally.take() {
+                        t.count(Outcome::Ok);
+                    }
+                    let now = Instant::now();
+                    self.ctx.metrics.latency.observe(now - started);
+                    started = now;
+                }
             }
         }
     }
@@ -361,9 +456,29 @@ impl Session {
     /// Routes one command; gives it back if it must wait.
     async fn handle(&mut self, req: Request) -> Option<Request> {
         use CommandKind as K;
+        let first = req.args.first().map_or(&b""[..], |a| &a[..]);
+        if admin_cmd::is_cachet(first) {
+            self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
+            let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
+            // A reload applies from the next command on.
+            self.engine = self.ctx.engine.load_full();
+            self.deny = self.ctx.deny.load_full();
+            self.reply(r);
+            return None;
+        }
         let info = self.table.lookup(&req.args).cloned();
+        self.tally = Some(match &info {
+            Some(i) => i.tally.0.clone(),
+            None => self.ctx.metrics.commands.unknown.0.clone(),
+        });
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
         let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
+        if self
+            .deny
+            .denies(first, info.as_ref().map(|i| i.name.as_str()))
+        {
+            return self.denied(req).await;
+        }
         // Inside the client's transaction everything is queued upstream, except what
         // ends the connection itself. A malformed `RESET` goes too: Redis rejects it
         // and that rejection aborts the transaction.
@@ -502,6 +617,36 @@ impl Session {
         }
     }
 
+    /// A command refused by `[commands] deny`. Inside the client's transaction the
+    /// refusal must also abort it at `EXEC`, as Redis's own queueing errors do: the
+    /// upstream is sent a command it cannot queue, and its error is answered as the
+    /// refusal.
+    async fn denied(&mut self, req: Request) -> Option<Request> {
+        let name = String::from_utf8_lossy(req.args.first().map_or(&b""[..], |a| &a[..]));
+        let err = reply::error(&format!(
+            "ERR command '{name}' is denied by cachet configuration"
+        ));
+        if !self.pinned.as_ref().is_some_and(|p| p.multi) {
+            self.reply(err);
+            return None;
+        }
+        let poison = Request::from_args([&b"cachet-denied-command"[..]]);
+        let rewrite = Rewrite {
+            translate: Translate::Replace(err),
+            ..Rewrite::default()
+        };
+        let p = self.pinned.as_mut()?;
+        match p.send(&poison, CommandKind::Plain, false, rewrite).await {
+            Ok(0) => {}
+            Ok(_) => self.await_reply(Route::Pinned, Post::Nothing),
+            Err(e) => {
+                self.reply(e.reply());
+                self.pinned_failed(e);
+            }
+        }
+        None
+    }
+
     /// Sends a command over the session's shared connection, through the rewrite stage.
     async fn send_shared(
         &mut self,
@@ -517,7 +662,7 @@ impl Session {
             self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
         }
         let cache = Some((&mut self.leases, self.id, self.proto));
-        let plan = match self.ctx.engine.plan(&req, info, &mut self.keys, cache) {
+        let plan = match self.engine.plan(&req, info, &mut self.keys, cache) {
             Ok(plan) => plan,
             Err(refusal) => {
                 self.reply(refusal);
@@ -556,7 +701,7 @@ impl Session {
                 db: self.db,
                 keys: plan.written.clone(),
             },
-            queue: self.ctx.engine.retries.clone(),
+            queue: self.engine.retries.clone(),
         });
         let job = Job {
             data: plan.data,
@@ -585,13 +730,19 @@ impl Session {
     fn batch_plain(&mut self, route: Route, data: &[u8], frames: u32) {
         if let Some((seq, buf, n)) = self.batch.as_mut() {
             if let Some(Slot::Await {
-                seq: last, count, ..
+                seq: last,
+                count,
+                tallies,
+                ..
             }) = self.slots.back_mut()
             {
                 if *last == *seq {
                     buf.extend_from_slice(data);
                     *n += frames;
                     *count += 1;
+                    if let Some(t) = self.tally.take() {
+                        tallies.push(t);
+                    }
                     return;
                 }
             }
@@ -623,12 +774,11 @@ impl Session {
     /// `command_timeout`) while another connection's writes of them are outstanding.
     /// `None` after answering the client with the timeout error.
     async fn take_tokens(&mut self, owner: u64, keys: &[Bytes]) -> Option<Held> {
-        let locks = self.ctx.engine.locks.clone();
+        let locks = self.engine.locks.clone();
         if let Ok(h) = locks.try_acquire(owner, keys) {
             return Some(h);
         }
-        self.ctx
-            .engine
+        self.engine
             .stats
             .key_lock_waits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -636,8 +786,7 @@ impl Session {
         match locks.acquire(owner, keys, limit).await {
             Ok(h) => Some(h),
             Err(LockTimeout) => {
-                self.ctx
-                    .engine
+                self.engine
                     .stats
                     .key_lock_timeouts
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -662,7 +811,11 @@ impl Session {
                 return Some(req);
             }
             match self.ctx.upstream.pin(self.identity()).await {
-                Ok(conn) => self.pinned = Some(Pinned::new(conn, self.identity())),
+                Ok(conn) => {
+                    let mut p = Pinned::new(conn, self.identity());
+                    p.gauge = Some(self.ctx.metrics.pinned(pin_reason(kind, blocking)));
+                    self.pinned = Some(p);
+                }
                 Err(e) => {
                     self.reply(e.reply());
                     return None;
@@ -696,7 +849,7 @@ impl Session {
         let Some(info) = self.table.lookup(&req.args).cloned() else {
             return Ok(Rewrite::default());
         };
-        let engine = &self.ctx.engine;
+        let engine = self.engine.clone();
         self.keys.clear();
         info.keys(&req.args, &mut self.keys);
         engine.check_reserved(req, &self.keys)?;
@@ -735,6 +888,7 @@ impl Session {
             parked: false,
             sent: None,
             count: 1,
+            tallies: self.tally.take().map_or(Tallies::None, Tallies::One),
         });
         self.inflight += 1;
         self.route = Some(route);
@@ -843,6 +997,9 @@ impl Session {
 
     /// A reply of this session's own, subject to `CLIENT REPLY`.
     fn reply(&mut self, bytes: Bytes) {
+        if let Some(t) = self.tally.take() {
+            t.count(Outcome::of_reply(&bytes));
+        }
         if !self.take_discard() {
             self.queue(bytes);
         }
@@ -850,6 +1007,9 @@ impl Session {
 
     /// Queues bytes for the client behind whatever is owed before them.
     fn queue(&mut self, bytes: Bytes) {
+        if let Some(t) = self.tally.take() {
+            t.count(Outcome::of_reply(&bytes));
+        }
         if self.slots.is_empty() {
             self.out.extend_from_slice(&bytes);
         } else {
@@ -918,10 +1078,9 @@ impl Session {
             return;
         }
         if bytes.starts_with(b"-NOSCRIPT") {
-            if let Some(fallback) = sent.take().and_then(|s| self.ctx.engine.eval_fallback(&s)) {
+            if let Some(fallback) = sent.take().and_then(|s| self.engine.eval_fallback(&s)) {
                 *parked = true;
-                self.ctx
-                    .engine
+                self.engine
                     .stats
                     .noscript_recoveries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -931,7 +1090,7 @@ impl Session {
         }
         let t = std::mem::take(translate);
         let post = std::mem::replace(post, Post::Nothing);
-        let bytes = match self.ctx.engine.finish(&t, bytes) {
+        let bytes = match self.engine.finish(&t, bytes) {
             Finish::Reply(b) => b,
             Finish::Leased {
                 reply,
@@ -944,7 +1103,7 @@ impl Session {
                 let granted = !token.is_empty();
                 self.leases.hold(key.clone(), token, valid_for);
                 if granted {
-                    self.ctx.engine.lease_granted(key);
+                    self.engine.lease_granted(key);
                 }
                 reply
             }
@@ -954,7 +1113,7 @@ impl Session {
                 held_off,
                 token,
             } => {
-                let engine = &self.ctx.engine;
+                let engine = self.engine.clone();
                 for key in keys {
                     self.leases
                         .hold(key.clone(), token.clone(), engine.lease_ttl());
@@ -980,8 +1139,11 @@ impl Session {
     /// Slot `idx` has its final reply.
     fn settle(&mut self, idx: usize, bytes: Bytes, post: Post, is_error: bool) {
         let discard = matches!(self.slots.get(idx), Some(Slot::Await { discard: true, .. }));
-        let count = match self.slots.get(idx) {
-            Some(Slot::Await { count, .. }) => *count,
+        let count = match self.slots.get_mut(idx) {
+            Some(Slot::Await { count, tallies, .. }) => {
+                std::mem::take(tallies).count(&bytes, is_error);
+                *count
+            }
             _ => 1,
         };
         // A batch that failed owes its client one error per command.
@@ -1024,7 +1186,8 @@ impl Session {
         let ctx = self.ctx.clone();
         let proto = self.proto;
         tokio::spawn(async move {
-            let wait = ctx.engine.coalesce_wait;
+            let engine = ctx.engine.load_full();
+            let wait = engine.coalesce_wait;
             let deadline = Instant::now() + wait;
             let step = (wait / 10).max(std::time::Duration::from_millis(2));
             let mut get = BytesMut::new();
@@ -1040,7 +1203,7 @@ impl Session {
                     held: None,
                     on_fail: None,
                 });
-                let stats = &ctx.engine.stats;
+                let stats = &engine.stats;
                 match rrx.recv().await {
                     Some(Ok(b)) if b.first() == Some(&b'$') && !b.starts_with(b"$-1") => {
                         stats
@@ -1185,6 +1348,20 @@ impl Session {
             }
         }
         self.route = None;
+    }
+}
+
+/// Why a command takes a dedicated connection, for the metrics.
+fn pin_reason(kind: CommandKind, blocking: bool) -> PinReason {
+    use CommandKind as K;
+    match kind {
+        _ if blocking => PinReason::Blocking,
+        K::Multi => PinReason::Transaction,
+        K::Watch => PinReason::Watch,
+        K::Subscribe | K::PSubscribe | K::SSubscribe => PinReason::Subscribe,
+        K::Monitor => PinReason::Monitor,
+        K::ClientTracking => PinReason::Tracking,
+        _ => PinReason::Other,
     }
 }
 

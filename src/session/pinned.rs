@@ -139,6 +139,8 @@ pub struct Pinned {
     /// Invalidations of the writes queued in the current transaction, sent just
     /// before its `EXEC`.
     queued_invalidations: Vec<Vec<Bytes>>,
+    /// This session's place in the pinned-sessions gauge, released with the connection.
+    pub gauge: Option<crate::metrics::PinGauge>,
 }
 
 const CONFIRMATIONS: [&[u8]; 6] = [
@@ -171,6 +173,7 @@ impl Pinned {
             dirty: false,
             effects: Vec::new(),
             queued_invalidations: Vec::new(),
+            gauge: None,
         }
     }
 

@@ -178,6 +178,22 @@ impl Upstream {
             .unwrap_or(false)
     }
 
+    /// Whether the shared connections of database `db` (RESP2) are up.
+    pub fn is_up_db(&self, db: u32) -> bool {
+        let id = Identity { db, proto: 2 };
+        self.pools
+            .get(&id)
+            .map(|p| p.iter().any(SharedConn::is_up))
+            .unwrap_or(false)
+    }
+
+    /// Shared connections connected now, and shared connections in all.
+    pub fn connections_up(&self) -> (usize, usize) {
+        self.pools.iter().fold((0, 0), |(up, all), p| {
+            (up + p.iter().filter(|c| c.is_up()).count(), all + p.len())
+        })
+    }
+
     /// A dedicated connection set up for `id`: an idle one if there is one, a new one
     /// otherwise.
     pub async fn pin(&self, id: Identity) -> Result<TcpStream, UpstreamError> {

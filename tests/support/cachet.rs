@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 
 use cachet::config::{Config, UpstreamUrl};
+use cachet::reload::ConfigSource;
 use tokio::sync::oneshot;
 
 pub struct Cachet {
     pub addr: SocketAddr,
+    /// The admin endpoint, when the configuration enables it (bind it to port 0).
+    pub admin: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -29,6 +32,11 @@ impl Cachet {
     }
 
     pub fn start_with(config: Config) -> Cachet {
+        Cachet::start_from(config, None)
+    }
+
+    /// cachet running `config`, reloadable from `source` (`CACHET RELOAD`).
+    pub fn start_from(config: Config, source: Option<ConfigSource>) -> Cachet {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -39,7 +47,12 @@ impl Cachet {
                 .expect("runtime");
             rt.block_on(async move {
                 let server = cachet::Server::bind(&config).await.expect("bind cachet");
-                addr_tx.send(server.local_addr()).expect("send addr");
+                if let Some(source) = source {
+                    server.set_config_source(source);
+                }
+                addr_tx
+                    .send((server.local_addr(), server.admin_addr()))
+                    .expect("send addr");
                 server
                     .run(async {
                         let _ = stop_rx.await;
@@ -47,9 +60,10 @@ impl Cachet {
                     .await;
             });
         });
-        let addr = addr_rx.recv().expect("cachet started");
+        let (addr, admin) = addr_rx.recv().expect("cachet started");
         Cachet {
             addr,
+            admin,
             stop: Some(stop),
             thread: Some(thread),
         }

@@ -9,5 +9,6 @@
 
 pub mod cachet;
 pub mod compare;
+pub mod http;
 pub mod raw;
 pub mod redis;

@@ -294,6 +294,7 @@ fn hostile_specs_from_an_odd_upstream_do_not_hang_or_panic() {
             key_specs: vec![key_spec],
             legacy_keys: (i32::MAX, i32::MIN, 0),
             kind: CommandKind::Plain,
+            tally: Default::default(),
         };
         let mut out = Vec::new();
         info.keys(&words("odd K 1 a b c"), &mut out);

@@ -1,0 +1,628 @@
+//! What cachet counts, and its Prometheus exposition (`/metrics`).
+//!
+//! The hot path only touches atomics: every command's counters hang off its
+//! [`CommandInfo`](crate::command::CommandInfo) (a [`Tally`], shared by name across
+//! command tables), the latency histogram is a fixed array of atomic buckets, and the
+//! engine's [`Stats`] are read where they already are. Nothing here takes a lock per
+//! command; the registry of command tallies is locked only when a command table is
+//! installed and at scrape time. Labels and metric families are assembled per scrape
+//! by a `prometheus-client` [`Collector`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::command::CommandTable;
+use crate::consistency::Stats;
+
+/// One command's replies, by outcome.
+#[derive(Debug, Default)]
+pub struct CommandTally {
+    ok: AtomicU64,
+    error: AtomicU64,
+}
+
+impl CommandTally {
+    pub fn count(&self, outcome: Outcome) {
+        let c = match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::Error => &self.error,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, outcome: Outcome) -> u64 {
+        match outcome {
+            Outcome::Ok => self.ok.load(Ordering::Relaxed),
+            Outcome::Error => self.error.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A command's counters as carried by its `CommandInfo`. Equality ignores it: two
+/// descriptions of a command are the same command whatever they have counted.
+#[derive(Debug, Clone, Default)]
+pub struct Tally(pub Arc<CommandTally>);
+
+impl PartialEq for Tally {
+    fn eq(&self, _: &Tally) -> bool {
+        true
+    }
+}
+
+impl Eq for Tally {}
+
+/// How a command ended, as its reply tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    /// An error reply (`-…` or RESP3 `!…`) is an error; anything else is not.
+    pub fn of_reply(reply: &[u8]) -> Outcome {
+        match reply.first() {
+            Some(b'-' | b'!') => Outcome::Error,
+            _ => Outcome::Ok,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Why a session holds a dedicated upstream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PinReason {
+    Transaction,
+    Watch,
+    Subscribe,
+    Blocking,
+    Tracking,
+    Monitor,
+    Other,
+}
+
+impl PinReason {
+    pub const ALL: [PinReason; 7] = [
+        PinReason::Transaction,
+        PinReason::Watch,
+        PinReason::Subscribe,
+        PinReason::Blocking,
+        PinReason::Tracking,
+        PinReason::Monitor,
+        PinReason::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            PinReason::Transaction => "transaction",
+            PinReason::Watch => "watch",
+            PinReason::Subscribe => "subscribe",
+            PinReason::Blocking => "blocking",
+            PinReason::Tracking => "tracking",
+            PinReason::Monitor => "monitor",
+            PinReason::Other => "other",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl EncodeLabelValue for PinReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Upper bounds of the latency buckets, in nanoseconds (the last is +Inf).
+const LATENCY_BOUNDS_NS: [u64; 15] = [
+    5_000,
+    10_000,
+    25_000,
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    1_000_000_000,
+    u64::MAX,
+];
+
+/// A histogram of durations with atomic buckets (prometheus-client's own takes a lock
+/// per observation).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BOUNDS_NS.len()],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_NS
+            .iter()
+            .position(|&b| ns <= b)
+            .unwrap_or(LATENCY_BOUNDS_NS.len() - 1);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn encode(&self, enc: &mut DescriptorEncoder, name: &str, help: &str) -> std::fmt::Result {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS_NS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, n)| {
+                let upper = if bound == u64::MAX {
+                    f64::INFINITY
+                } else {
+                    bound as f64 / 1e9
+                };
+                (upper, n.load(Ordering::Relaxed))
+            })
+            .collect();
+        // The count is the buckets' sum so that the exposition is self-consistent even
+        // while observations land during the scrape.
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        m.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+}
+
+/// Command counters by command name, shared by every command table this cachet
+/// installs (the built-in one, then the upstream's), so counts survive the switch.
+#[derive(Debug, Default)]
+pub struct CommandTallies {
+    by_name: Mutex<BTreeMap<String, Tally>>,
+    /// Commands the table does not know.
+    pub unknown: Tally,
+    /// cachet's own `CACHET …` commands.
+    pub cachet: Tally,
+}
+
+impl CommandTallies {
+    /// Gives every command of `table` its counters.
+    pub fn attach(&self, table: &mut CommandTable) {
+        let Ok(mut map) = self.by_name.lock() else {
+            return;
+        };
+        table.set_tallies(|name| map.entry(name.to_owned()).or_default().clone());
+    }
+
+    /// The counters of the command named `name` (`get`, `client|setname`).
+    pub fn get(&self, name: &str) -> Option<Tally> {
+        self.by_name.lock().ok()?.get(name).cloned()
+    }
+
+    /// Every command's counters.
+    pub fn all(&self) -> Vec<Arc<CommandTally>> {
+        let mut out: Vec<Arc<CommandTally>> = self
+            .by_name
+            .lock()
+            .map(|m| m.values().map(|t| t.0.clone()).collect())
+            .unwrap_or_default();
+        out.push(self.unknown.0.clone());
+        out.push(self.cachet.0.clone());
+        out
+    }
+
+    fn snapshot(&self) -> Vec<(String, u64, u64)> {
+        let mut out: Vec<(String, u64, u64)> = self
+            .by_name
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(n, t)| (n.clone(), t.0.get(Outcome::Ok), t.0.get(Outcome::Error)))
+                    .filter(|(_, ok, err)| ok + err > 0)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, t) in [("unknown", &self.unknown), ("cachet", &self.cachet)] {
+            let (ok, err) = (t.0.get(Outcome::Ok), t.0.get(Outcome::Error));
+            if ok + err > 0 {
+                out.push((name.to_owned(), ok, err));
+            }
+        }
+        out
+    }
+}
+
+/// Everything cachet counts outside the engine.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub commands: CommandTallies,
+    /// Time from a command's decoding to its hand-off upstream (or its local reply).
+    pub latency: Histogram,
+    pub clients_current: AtomicU64,
+    pub clients_total: AtomicU64,
+    pub clients_rejected: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pinned_total: [AtomicU64; PinReason::ALL.len()],
+    pinned_current: [AtomicU64; PinReason::ALL.len()],
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a session pinning a connection; the gauge goes down when the guard drops.
+    pub fn pinned(self: &Arc<Self>, reason: PinReason) -> PinGauge {
+        let i = reason.index();
+        if let Some(c) = self.pinned_total.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = self.pinned_current.get(i) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        PinGauge {
+            metrics: self.clone(),
+            reason,
+        }
+    }
+
+    pub fn pinned_now(&self, reason: PinReason) -> u64 {
+        self.pinned_current
+            .get(reason.index())
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Holds one session's place in `cachet_pinned_sessions{reason}`.
+#[derive(Debug)]
+pub struct PinGauge {
+    metrics: Arc<Metrics>,
+    reason: PinReason,
+}
+
+impl Drop for PinGauge {
+    fn drop(&mut self) {
+        if let Some(c) = self.metrics.pinned_current.get(self.reason.index()) {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gauges read from elsewhere at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Live {
+    pub upstream_connections_up: u64,
+    pub upstream_connections: u64,
+    pub upstream_up: bool,
+    pub uptime: Duration,
+}
+
+/// One scrape's view: the counters plus gauges read just now.
+#[derive(Debug)]
+struct Scrape {
+    metrics: Arc<Metrics>,
+    stats: Arc<Stats>,
+    live: Live,
+}
+
+/// The Prometheus text exposition (format 0.0.4) of everything cachet counts.
+pub fn render(metrics: &Arc<Metrics>, stats: &Arc<Stats>, live: Live) -> String {
+    let mut registry = Registry::with_prefix("cachet");
+    registry.register_collector(Box::new(Scrape {
+        metrics: metrics.clone(),
+        stats: stats.clone(),
+        live,
+    }));
+    let mut out = String::new();
+    if let Err(e) = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry) {
+        tracing::error!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    m.encode_counter::<NoLabelSet, u64, u64>(&v, None)
+}
+
+fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    m.encode_gauge(&v)
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let m = &self.metrics;
+        {
+            let mut f = enc.encode_descriptor(
+                "commands",
+                "Commands answered, by command (lowercase, subcommands as container|sub) and outcome.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (name, ok, err) in m.commands.snapshot() {
+                for (outcome, v) in [(Outcome::Ok, ok), (Outcome::Error, err)] {
+                    let labels = [("command", name.as_str())];
+                    let labels = (labels, [("outcome", outcome)]);
+                    f.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+                }
+            }
+        }
+        m.latency.encode(
+            &mut enc,
+            "command_handling_seconds",
+            "Time cachet spends on a command before handing it upstream or answering it (upstream time excluded).",
+        )?;
+        let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauge(
+            &mut enc,
+            "client_connections",
+            "Client connections open.",
+            g(load(&m.clients_current)),
+        )?;
+        counter(
+            &mut enc,
+            "client_connections_accepted",
+            "Client connections accepted.",
+            load(&m.clients_total),
+        )?;
+        counter(
+            &mut enc,
+            "client_connections_rejected",
+            "Client connections refused at listen.max_clients.",
+            load(&m.clients_rejected),
+        )?;
+        counter(
+            &mut enc,
+            "client_received_bytes",
+            "Bytes read from clients.",
+            load(&m.bytes_in),
+        )?;
+        counter(
+            &mut enc,
+            "client_sent_bytes",
+            "Bytes written to clients.",
+            load(&m.bytes_out),
+        )?;
+        counter(
+            &mut enc,
+            "protocol_errors",
+            "Clients disconnected for malformed input.",
+            load(&m.protocol_errors),
+        )?;
+        {
+            let mut f = enc.encode_descriptor(
+                "pinned_sessions",
+                "Sessions holding a dedicated upstream connection, by the mode that pinned it.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in PinReason::ALL {
+                f.encode_family(&[("reason", r)])?
+                    .encode_gauge(&g(m.pinned_now(r)))?;
+            }
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "pinnings",
+                "Dedicated upstream connections taken by sessions, by the mode that pinned them.",
+                None,
+                MetricType::Counter,
+            )?;
+            for r in PinReason::ALL {
+                let v = m.pinned_total.get(r.index()).map_or(0, load);
+                f.encode_family(&[("reason", r)])?
+                    .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
+            }
+        }
+        let live = &self.live;
+        gauge(
+            &mut enc,
+            "upstream_up",
+            "1 while the upstream's shared connections answer.",
+            i64::from(live.upstream_up),
+        )?;
+        gauge(
+            &mut enc,
+            "upstream_connections_up",
+            "Shared upstream connections currently connected.",
+            g(live.upstream_connections_up),
+        )?;
+        gauge(
+            &mut enc,
+            "upstream_connections",
+            "Shared upstream connections configured (connected or not).",
+            g(live.upstream_connections),
+        )?;
+        gauge(
+            &mut enc,
+            "uptime_seconds",
+            "Seconds since cachet started.",
+            g(live.uptime.as_secs()),
+        )?;
+        counter(
+            &mut enc,
+            "config_reloads",
+            "Configuration reloads applied.",
+            load(&m.reloads),
+        )?;
+        counter(
+            &mut enc,
+            "config_reload_failures",
+            "Configuration reloads refused (the running configuration stayed).",
+            load(&m.reload_failures),
+        )?;
+        let s = &self.stats;
+        for (name, help, v) in [
+            (
+                "invalidations_published",
+                "Invalidation messages published with writes.",
+                &s.invalidations_published,
+            ),
+            (
+                "invalidations_retried",
+                "Invalidations re-sent after their write's fate became unknown.",
+                &s.invalidations_retried,
+            ),
+            (
+                "lock_expiries_added",
+                "Expiries given to lock keys set without one.",
+                &s.lock_expiries_added,
+            ),
+            (
+                "key_lock_waits",
+                "Writes that waited for earlier writes of the same key.",
+                &s.key_lock_waits,
+            ),
+            (
+                "key_lock_timeouts",
+                "Writes refused after waiting command_timeout for a key.",
+                &s.key_lock_timeouts,
+            ),
+            (
+                "reserved_key_refusals",
+                "Commands refused for naming cachet's reserved keys.",
+                &s.reserved_key_refusals,
+            ),
+            (
+                "leases_granted",
+                "Fill leases granted on cache misses.",
+                &s.leases_granted,
+            ),
+            (
+                "leases_voided",
+                "Leases voided by an invalidation.",
+                &s.leases_voided,
+            ),
+            (
+                "fills_stored",
+                "Fills stored under a live lease.",
+                &s.fills_stored,
+            ),
+            (
+                "fills_rejected",
+                "Fills dropped (no live lease, or within hold_off of an invalidation).",
+                &s.fills_rejected,
+            ),
+            (
+                "writes_collapsed",
+                "Write-through SETs collapsed into an invalidation.",
+                &s.writes_collapsed,
+            ),
+            (
+                "noscript_recoveries",
+                "Script calls re-sent with their body after NOSCRIPT.",
+                &s.noscript_recoveries,
+            ),
+        ] {
+            counter(&mut enc, name, help, load(v))?;
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "coalesced_waiters",
+                "Missers that waited for another client's fill, by how the wait ended (filled, timed_out) and in total (started).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, v) in [
+                ("started", &s.coalesced),
+                ("filled", &s.coalesce_filled),
+                ("timed_out", &s.coalesce_timed_out),
+            ] {
+                f.encode_family(&[("outcome", outcome)])?
+                    .encode_counter::<NoLabelSet, u64, u64>(&load(v), None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_in_the_exposition() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.latency.observe(Duration::from_micros(3));
+        metrics.latency.observe(Duration::from_micros(7));
+        metrics.latency.observe(Duration::from_secs(5));
+        let text = render(&metrics, &Arc::new(Stats::default()), Live::default());
+        assert!(
+            text.contains("cachet_command_handling_seconds_bucket{le=\"5e-06\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"1e-05\"} 2\n"));
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("cachet_command_handling_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("cachet_command_handling_seconds_count 3\n"));
+    }
+
+    #[test]
+    fn command_tallies_survive_a_new_table_and_skip_idle_commands() {
+        let metrics = Metrics::default();
+        let mut builtin = CommandTable::builtin();
+        metrics.commands.attach(&mut builtin);
+        let get = builtin.get("get").unwrap().tally.clone();
+        get.0.count(Outcome::Ok);
+        let mut other = CommandTable::builtin();
+        metrics.commands.attach(&mut other);
+        other.get("get").unwrap().tally.0.count(Outcome::Error);
+        assert_eq!(get.0.get(Outcome::Error), 1);
+        let text = render(
+            &Arc::new(metrics),
+            &Arc::new(Stats::default()),
+            Live::default(),
+        );
+        assert!(
+            text.contains("cachet_commands_total{command=\"get\",outcome=\"ok\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cachet_commands_total{command=\"get\",outcome=\"error\"} 1\n"));
+        assert!(!text.contains("command=\"set\""));
+    }
+
+    #[test]
+    fn outcome_of_replies() {
+        assert_eq!(Outcome::of_reply(b"-ERR x\r\n"), Outcome::Error);
+        assert_eq!(Outcome::of_reply(b"!3\r\nerr\r\n"), Outcome::Error);
+        assert_eq!(Outcome::of_reply(b"$-1\r\n"), Outcome::Ok);
+        assert_eq!(Outcome::of_reply(b""), Outcome::Ok);
+    }
+}

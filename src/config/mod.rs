@@ -280,6 +280,10 @@ pub struct LogConfig {
     /// (`info,cachet::session=debug`).
     pub level: String,
     pub format: LogFormat,
+    /// Commands whose reply takes at least this long are logged (name, key count,
+    /// duration; never arguments or values). Zero: off.
+    #[serde(deserialize_with = "units::duration")]
+    pub slow_command: Duration,
 }
 
 impl Default for LogConfig {
@@ -287,6 +291,7 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,
+            slow_command: Duration::from_millis(500),
         }
     }
 }

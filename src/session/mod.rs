@@ -68,6 +68,8 @@ enum Slot {
         /// Client commands this slot answers: more than one for a batch of plain
         /// commands sent upstream as one job (their replies are simply concatenated).
         count: u32,
+        /// When it was sent, and what (for the slow-command log; only when it is on).
+        sent_at: Option<(Instant, Arc<crate::command::CommandInfo>, usize)>,
         /// The counters of the commands this slot answers, counted when it settles.
         tallies: Tallies,
     },
@@ -168,6 +170,10 @@ pub struct Session {
     deny: Arc<DenyList>,
     /// Counters of the command being handled, until its reply (or slot) takes them.
     tally: Option<Arc<CommandTally>>,
+    /// The command being routed, for the slow-command log.
+    current: Option<Arc<crate::command::CommandInfo>>,
+    /// `[log] slow_command` (zero: off).
+    slow: std::time::Duration,
     db: u32,
     proto: u8,
     name: Option<Bytes>,
@@ -213,6 +219,8 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         engine: ctx.engine.load_full(),
         deny: ctx.deny.load_full(),
         tally: None,
+        current: None,
+        slow: std::time::Duration::ZERO,
         peer,
         db: ctx.default_db,
         proto: 2,
@@ -397,6 +405,7 @@ impl Session {
         self.table = self.ctx.table.load_full();
         self.engine = self.ctx.engine.load_full();
         self.deny = self.ctx.deny.load_full();
+        self.slow = self.ctx.config.load().log.slow_command;
         // One clock read per command: each command's handling ends where the next
         // one's (decoding included) starts.
         let mut started = Instant::now();
@@ -467,6 +476,7 @@ impl Session {
             return None;
         }
         let info = self.table.lookup(&req.args).cloned();
+        self.current = info.clone();
         self.tally = Some(match &info {
             Some(i) => i.tally.0.clone(),
             None => self.ctx.metrics.commands.unknown.0.clone(),
@@ -889,6 +899,10 @@ impl Session {
             sent: None,
             count: 1,
             tallies: self.tally.take().map_or(Tallies::None, Tallies::One),
+            sent_at: match self.current.take() {
+                Some(info) if !self.slow.is_zero() => Some((Instant::now(), info, self.keys.len())),
+                _ => None,
+            },
         });
         self.inflight += 1;
         self.route = Some(route);
@@ -1138,6 +1152,24 @@ impl Session {
 
     /// Slot `idx` has its final reply.
     fn settle(&mut self, idx: usize, bytes: Bytes, post: Post, is_error: bool) {
+        if let Some(Slot::Await {
+            sent_at: Some((at, info, keys)),
+            count,
+            ..
+        }) = self.slots.get(idx)
+        {
+            let took = at.elapsed();
+            if took >= self.slow {
+                tracing::warn!(
+                    session = self.id,
+                    command = %info.name,
+                    keys,
+                    batch = *count,
+                    duration_ms = took.as_secs_f64() * 1000.0,
+                    "slow command"
+                );
+            }
+        }
         let discard = matches!(self.slots.get(idx), Some(Slot::Await { discard: true, .. }));
         let count = match self.slots.get_mut(idx) {
             Some(Slot::Await { count, tallies, .. }) => {

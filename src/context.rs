@@ -100,7 +100,7 @@ impl Context {
         default_db: u32,
         shutdown: watch::Receiver<bool>,
     ) -> Context {
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::with_upstream_rtt(upstream.rtt.clone()));
         let mut table = CommandTable::builtin();
         metrics.commands.attach(&mut table);
         Context {

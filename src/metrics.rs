@@ -278,9 +278,21 @@ pub struct Metrics {
     pinned_current: [AtomicU64; PinReason::ALL.len()],
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Upstream round trip of shared-connection requests, shared with the upstream.
+    pub upstream_rtt: Arc<Histogram>,
+    /// How long writes waited for earlier writes of the same key.
+    pub key_lock_wait: Histogram,
 }
 
 impl Metrics {
+    /// Metrics sharing the upstream's round-trip histogram.
+    pub fn with_upstream_rtt(upstream_rtt: Arc<Histogram>) -> Metrics {
+        Metrics {
+            upstream_rtt,
+            ..Metrics::default()
+        }
+    }
+
     /// Counts a session pinning a connection; the gauge goes down when the guard drops.
     pub fn pinned(self: &Arc<Self>, reason: PinReason) -> PinGauge {
         let i = reason.index();
@@ -387,6 +399,16 @@ impl Collector for Scrape {
             &mut enc,
             "command_handling_seconds",
             "Time cachet spends on a command before handing it upstream or answering it (upstream time excluded).",
+        )?;
+        m.upstream_rtt.encode(
+            &mut enc,
+            "upstream_round_trip_seconds",
+            "Time from writing a request on a shared upstream connection to reading its reply.",
+        )?;
+        m.key_lock_wait.encode(
+            &mut enc,
+            "key_lock_wait_seconds",
+            "Time writes waited for earlier writes of the same key on another connection.",
         )?;
         let g = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         gauge(

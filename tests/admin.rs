@@ -93,6 +93,11 @@ fn metrics_count_a_scripted_workload_exactly() {
     assert!(sample(&m, "cachet_client_received_bytes_total") > 200.0);
     assert!(sample(&m, "cachet_client_sent_bytes_total") > 100.0);
     assert_eq!(sample(&m, "cachet_command_handling_seconds_count"), 20.0);
+    // Every request that went over a shared connection had its round trip measured
+    // (discovery and handshakes are not requests).
+    let rtt = sample(&m, "cachet_upstream_round_trip_seconds_count");
+    assert!((15.0..=25.0).contains(&rtt), "{rtt}\n{m}");
+    assert_eq!(sample(&m, "cachet_key_lock_wait_seconds_count"), 0.0);
     assert_eq!(
         sample(&m, "cachet_command_handling_seconds_bucket{le=\"+Inf\"}"),
         20.0

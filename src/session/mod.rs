@@ -793,7 +793,10 @@ impl Session {
             .key_lock_waits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let limit = self.ctx.upstream.settings().command_timeout;
-        match locks.acquire(owner, keys, limit).await {
+        let waited = Instant::now();
+        let result = locks.acquire(owner, keys, limit).await;
+        self.ctx.metrics.key_lock_wait.observe(waited.elapsed());
+        match result {
             Ok(h) => Some(h),
             Err(LockTimeout) => {
                 self.engine

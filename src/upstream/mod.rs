@@ -19,6 +19,7 @@ pub use shared::SharedConn;
 
 use crate::consistency::retry::RetryTicket;
 use crate::key_lock::Held;
+use crate::metrics::Histogram;
 use crate::resp::reply;
 
 /// How to reach the upstream and how long to wait for it.
@@ -129,6 +130,8 @@ const IDLE_PINNED_PER_IDENTITY: usize = 8;
 #[derive(Debug)]
 pub struct Upstream {
     settings: Arc<Settings>,
+    /// Round trips of shared-connection requests (a metric).
+    pub rtt: Arc<Histogram>,
     pools: DashMap<Identity, Arc<[SharedConn]>>,
     idle: DashMap<Identity, Vec<TcpStream>>,
 }
@@ -137,6 +140,7 @@ impl Upstream {
     pub fn new(settings: Settings) -> Upstream {
         Upstream {
             settings: Arc::new(settings),
+            rtt: Arc::new(Histogram::default()),
             pools: DashMap::new(),
             idle: DashMap::new(),
         }
@@ -156,7 +160,7 @@ impl Upstream {
                 .entry(id)
                 .or_insert_with(|| {
                     (0..self.settings.shared_connections.max(1))
-                        .map(|_| SharedConn::spawn(self.settings.clone(), id))
+                        .map(|_| SharedConn::spawn(self.settings.clone(), id, self.rtt.clone()))
                         .collect()
                 })
                 .clone(),
@@ -165,7 +169,7 @@ impl Upstream {
         match pool.get(i) {
             Some(c) => c.clone(),
             // Unreachable: pools are never empty. Spawning keeps it total anyway.
-            None => SharedConn::spawn(self.settings.clone(), id),
+            None => SharedConn::spawn(self.settings.clone(), id, self.rtt.clone()),
         }
     }
 

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use super::connect::{Identity, connect};
 use super::{Job, Settings, UpstreamError};
+use crate::metrics::Histogram;
 use crate::resp::Scanner;
 
 /// Largest batch written in one go; beyond it the writer yields to let replies flow.
@@ -47,10 +48,10 @@ pub fn new_owner_id() -> u64 {
 impl SharedConn {
     /// Starts the connection task. It connects in the background and lives until every
     /// handle is dropped.
-    pub fn spawn(settings: Arc<Settings>, id: Identity) -> SharedConn {
+    pub fn spawn(settings: Arc<Settings>, id: Identity, rtt: Arc<Histogram>) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
         let up = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(settings, id, rx, up.clone()));
+        tokio::spawn(run(settings, id, rx, up.clone(), rtt));
         SharedConn {
             tx,
             up,
@@ -81,6 +82,7 @@ async fn run(
     id: Identity,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     up: Arc<AtomicBool>,
+    rtt: Arc<Histogram>,
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut was_down = false;
@@ -95,7 +97,7 @@ async fn run(
                 }
                 backoff = FIRST_BACKOFF;
                 up.store(true, Ordering::Relaxed);
-                let outcome = serve(stream, &settings, &mut jobs).await;
+                let outcome = serve(stream, &settings, &mut jobs, &rtt).await;
                 up.store(false, Ordering::Relaxed);
                 match outcome {
                     Ok(()) => return,
@@ -138,13 +140,14 @@ async fn serve(
     stream: TcpStream,
     settings: &Settings,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
     let (rd, wr) = stream.into_split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut current = None;
     let result = tokio::select! {
         r = write_loop(wr, jobs, pending_tx) => r,
-        r = read_loop(rd, &mut pending_rx, &mut current, settings.command_timeout) => r,
+        r = read_loop(rd, &mut pending_rx, &mut current, settings.command_timeout, rtt) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
     // have run, exactly as when a direct Redis connection breaks.
@@ -205,6 +208,7 @@ async fn read_loop(
     pending: &mut mpsc::UnboundedReceiver<Pending>,
     current: &mut Option<Pending>,
     timeout: Duration,
+    rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::default();
@@ -240,6 +244,7 @@ async fn read_loop(
             if frames_seen >= cur.job.frames.max(1) {
                 let bytes = buf.split_to(scanned).freeze();
                 if let Some(done) = current.take() {
+                    rtt.observe(done.sent_at.elapsed());
                     done.job.complete(bytes);
                 }
                 scanned = 0;

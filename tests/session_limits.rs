@@ -91,3 +91,30 @@ fn upstream_credentials_come_from_the_url_and_stay_cachets() {
     assert_eq!(c.call(&words("AUTH s3cret")), b"+OK\r\n");
     assert!(!format!("{:?}", UpstreamUrl::parse(&url).unwrap()).contains("s3cret"));
 }
+
+#[test]
+fn a_subscriber_that_does_not_read_is_disconnected_past_its_output_limit() {
+    let redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.limits.client_output_buffer = 1024 * 1024;
+    let cachet = Cachet::start_with(config);
+    let mut slow = Raw::connect(cachet.addr);
+    slow.call(&words("SUBSCRIBE firehose"));
+    // The subscriber stops reading; 32 MiB of messages are published.
+    let mut publisher = Raw::connect(redis.addr());
+    let payload = "x".repeat(1024 * 1024);
+    for _ in 0..32 {
+        publisher.call(&support::raw::cmd(&[
+            b"PUBLISH",
+            b"firehose",
+            payload.as_bytes(),
+        ]));
+    }
+    assert!(
+        slow.closed_within(Duration::from_secs(10)),
+        "slow subscriber disconnected"
+    );
+    // Everyone else is still served.
+    let mut other = Raw::connect(cachet.addr);
+    assert_eq!(other.call(&words("PING")), b"+PONG\r\n");
+}

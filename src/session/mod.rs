@@ -174,6 +174,9 @@ pub struct Session {
     current: Option<Arc<crate::command::CommandInfo>>,
     /// `[log] slow_command` (zero: off).
     slow: std::time::Duration,
+    /// `[limits] client_output_buffer`: a subscriber (or monitor) owing more than this
+    /// is disconnected, as Redis does with its pub/sub output buffer limit.
+    output_limit: u64,
     db: u32,
     proto: u8,
     name: Option<Bytes>,
@@ -221,6 +224,7 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         tally: None,
         current: None,
         slow: std::time::Duration::ZERO,
+        output_limit: u64::MAX,
         peer,
         db: ctx.default_db,
         proto: 2,
@@ -344,6 +348,20 @@ impl Session {
                 }
                 Event::PinnedRead(Ok(n)) if n > 0 => {
                     self.on_pinned_data();
+                    if self.out.len() as u64 > self.output_limit
+                        && self
+                            .pinned
+                            .as_ref()
+                            .is_some_and(Pinned::exempt_from_idle_timeout)
+                    {
+                        tracing::warn!(
+                            session = self.id,
+                            peer = %self.peer,
+                            owed_bytes = self.out.len(),
+                            "client output buffer limit reached (a subscriber not reading); closing the connection"
+                        );
+                        break;
+                    }
                     self.resume().await;
                 }
                 Event::PinnedRead(Ok(_)) => {
@@ -405,7 +423,9 @@ impl Session {
         self.table = self.ctx.table.load_full();
         self.engine = self.ctx.engine.load_full();
         self.deny = self.ctx.deny.load_full();
-        self.slow = self.ctx.config.load().log.slow_command;
+        let config = self.ctx.config.load();
+        self.slow = config.log.slow_command;
+        self.output_limit = config.limits.client_output_buffer;
         // One clock read per command: each command's handling ends where the next
         // one's (decoding included) starts.
         let mut started = Instant::now();

@@ -191,6 +191,8 @@ fn cache_replies_match_redis_for_hits_errors_and_resp3() {
         "HELLO 3",
         "GET :1:zz",
         "GET :1:b",
+        "SET :1:b other NX",
+        "SET :1:fresh v NX EX 100",
     ] {
         let through = c.call(&words(line));
         let direct = d.call(&words(line));

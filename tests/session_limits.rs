@@ -118,3 +118,21 @@ fn a_subscriber_that_does_not_read_is_disconnected_past_its_output_limit() {
     let mut other = Raw::connect(cachet.addr);
     assert_eq!(other.call(&words("PING")), b"+PONG\r\n");
 }
+
+#[test]
+fn a_credential_check_does_not_take_the_reply_of_a_pinned_command() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    // WATCH pins the session; AUTH is checked on a one-off connection; GET goes on the
+    // pinned one. The replies must come back in the order the commands were sent.
+    assert_eq!(c.call(&words("WATCH k")), b"+OK\r\n");
+    c.send(&[words("AUTH nopass"), words("GET k")].concat());
+    assert!(
+        c.frame()
+            .starts_with(b"-ERR AUTH <password> called without any password"),
+        "AUTH answered first"
+    );
+    assert_eq!(c.frame(), b"$1\r\nv\r\n");
+}

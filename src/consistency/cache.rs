@@ -306,7 +306,7 @@ impl Engine {
     /// cachet, when the key had a lease here.
     pub fn lease_voided(&self, key: &Bytes) {
         if let Some(mut until) = self.leased.get_mut(key) {
-            let after = Instant::now() + self.hold_off;
+            let after = Instant::now() + self.hold_off_of(key);
             if *until < after {
                 *until = after;
             }
@@ -372,7 +372,12 @@ impl Engine {
                         if matches!(t, Translate::Fill { .. }) {
                             self.stats.fills_stored.fetch_add(1, Ordering::Relaxed);
                         }
-                        Finish::Reply(slice_of(&reply, e.get(1).copied()))
+                        match e.get(1).copied() {
+                            // `SET NX` that did not set: Lua's false arrives as RESP3
+                            // `#f`, where Redis's own reply is a null.
+                            Some(b"#f\r\n") => Finish::Reply(null(*proto)),
+                            other => Finish::Reply(slice_of(&reply, other)),
+                        }
                     }
                     (Some(0), Some(e)) => {
                         if matches!(t, Translate::Fill { .. }) {

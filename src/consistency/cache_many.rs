@@ -11,6 +11,7 @@ use super::reserved::state_keys;
 use super::{Engine, Plan, Translate};
 use crate::config::{KeyspaceMode, WriteThrough};
 use crate::resp::Request;
+use crate::resp::request::encode_command;
 
 impl Engine {
     /// The plan of an `MGET` whose keys are all in `cache` keyspaces.
@@ -78,11 +79,21 @@ impl Engine {
             Some(WriteThrough::Invalidate) => b"invalidate",
             _ => b"set",
         };
+        // One tombstone lifetime for the call: the longest `hold_off` among the keys.
+        let hold_off = keys
+            .iter()
+            .map(|(k, _)| self.hold_off_of(k))
+            .max()
+            .unwrap_or(self.hold_off);
         let mut argv = vec![
             self.channel.clone(),
-            millis(self.hold_off),
+            millis(hold_off),
             Bytes::from_static(mode),
         ];
+        // If the call's fate becomes unknown, the write-throughs' invalidations are
+        // re-sent alone.
+        let mut retry = BytesMut::new();
+        let mut retry_frames = 0;
         for pair in pairs.chunks(2) {
             let (Some(k), Some(v)) = (pair.first(), pair.get(1)) else {
                 return None;
@@ -100,6 +111,29 @@ impl Engine {
             } else {
                 self.lease_voided(k);
                 self.stats.invalidations(1);
+                if let Some(state) = state_keys(self.prefix(), k) {
+                    encode_command(&mut retry, &[Bytes::from_static(b"DEL"), state.lease]);
+                    encode_command(
+                        &mut retry,
+                        &[
+                            Bytes::from_static(b"SET"),
+                            state.tomb,
+                            Bytes::from_static(b"1"),
+                            Bytes::from_static(b"PX"),
+                            millis(hold_off),
+                        ],
+                    );
+                    retry_frames += 2;
+                }
+                encode_command(
+                    &mut retry,
+                    &[
+                        Bytes::from_static(b"PUBLISH"),
+                        self.channel.clone(),
+                        k.clone(),
+                    ],
+                );
+                retry_frames += 1;
                 argv.extend([Bytes::from_static(b"b"), Bytes::new(), v.clone()]);
             }
         }
@@ -111,8 +145,8 @@ impl Engine {
             frames: 1,
             translate: Translate::None,
             written: keys.into_iter().map(|(k, _)| k).collect(),
-            retry: None,
-            retry_frames: 0,
+            retry: (retry_frames > 0).then(|| retry.freeze()),
+            retry_frames,
         })
     }
 }

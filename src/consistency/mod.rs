@@ -276,7 +276,7 @@ impl Engine {
                             state.tomb,
                             Bytes::from_static(b"1"),
                             Bytes::from_static(b"PX"),
-                            Bytes::from(self.hold_off.as_millis().max(1).to_string()),
+                            Bytes::from(self.hold_off_of(key).as_millis().max(1).to_string()),
                         ]);
                     }
                 }

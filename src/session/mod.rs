@@ -839,10 +839,12 @@ impl Session {
         kind: CommandKind,
         blocking: bool,
     ) -> Option<Request> {
+        // Replies are matched to slots in order: nothing may go out on the pinned
+        // connection while another route (a credential check) still owes a reply.
+        if self.inflight > 0 && self.route != Some(Route::Pinned) {
+            return Some(req);
+        }
         if self.pinned.is_none() {
-            if self.inflight > 0 {
-                return Some(req);
-            }
             match self.ctx.upstream.pin(self.identity()).await {
                 Ok(conn) => {
                     let mut p = Pinned::new(conn, self.identity());
@@ -1236,10 +1238,13 @@ impl Session {
     /// Waits (up to `coalesce_wait`) for another client's fill of `key`, polling the
     /// key, and resolves slot `seq` with the value or nil.
     fn spawn_coalesce(&mut self, seq: u64, key: Bytes) {
-        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        // The command's own database and protocol: the session's may have changed
+        // since (a pipelined SELECT or HELLO), but not its route while this is owed.
+        let id = self.owed_identity();
+        let conn = self.ctx.upstream.shared(id, self.id);
         let tx = self.resolve_tx.clone();
         let ctx = self.ctx.clone();
-        let proto = self.proto;
+        let proto = id.proto;
         tokio::spawn(async move {
             let engine = ctx.engine.load_full();
             let wait = engine.coalesce_wait;
@@ -1290,9 +1295,17 @@ impl Session {
         });
     }
 
+    /// The identity of the shared connection the outstanding replies come from.
+    fn owed_identity(&self) -> Identity {
+        match self.route {
+            Some(Route::Shared(id)) => id,
+            _ => self.identity(),
+        }
+    }
+
     /// Re-runs a script command with its body after `NOSCRIPT`.
     fn spawn_retry(&mut self, seq: u64, data: Bytes) {
-        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        let conn = self.ctx.upstream.shared(self.owed_identity(), self.id);
         let tx = self.resolve_tx.clone();
         tokio::spawn(async move {
             let (rtx, mut rrx) = mpsc::unbounded_channel();

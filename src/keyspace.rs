@@ -273,6 +273,13 @@ fn class_matches(items: &[u8], byte: u8) -> bool {
 ///
 /// Runs in O(pattern × key) time without recursion: the classic backtracking that
 /// only ever returns to the most recent `*`.
+///
+/// ```
+/// use cachet::keyspace::glob_match;
+/// assert!(glob_match(b":1:*", b":1:user:42"));
+/// assert!(glob_match(b"user:[0-9]?", b"user:7a"));
+/// assert!(!glob_match(b"lock:*", b"locks:a"));
+/// ```
 pub fn glob_match(pattern: &[u8], key: &[u8]) -> bool {
     if key.is_empty() {
         return pattern.is_empty();

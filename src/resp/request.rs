@@ -323,6 +323,13 @@ pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
 
 /// Parses a signed decimal the way Redis's `string2ll` does: no spaces, no plus sign,
 /// no leading zeros (except "0" itself), within i64.
+///
+/// ```
+/// use cachet::resp::request::parse_int;
+/// assert_eq!(parse_int(b"-12"), Some(-12));
+/// assert_eq!(parse_int(b"012"), None);
+/// assert_eq!(parse_int(b"+1"), None);
+/// ```
 pub fn parse_int(s: &[u8]) -> Option<i64> {
     let (neg, digits) = match s.split_first() {
         Some((b'-', rest)) => (true, rest),

@@ -236,3 +236,31 @@ fn get_many_and_set_many_follow_the_same_lease_rules() {
         b"*2\r\n$5\r\nfresh\r\n$-1\r\n"
     );
 }
+
+#[test]
+fn a_pinned_client_follows_the_same_lease_rules() {
+    let (redis, cachet) = start(300, 50);
+    // CLIENT TRACKING (RESP3) pins the session to a dedicated connection.
+    let mut tracking = Raw::connect(cachet.addr);
+    tracking.call(&words("HELLO 3"));
+    assert_eq!(tracking.call(&words("CLIENT TRACKING ON")), OK);
+    let mut writer = Raw::connect(cachet.addr);
+    let mut direct = Raw::connect(redis.addr());
+    assert_eq!(get(&mut tracking, ":1:t"), b"_\r\n", "miss: lease granted");
+    assert_eq!(writer.call(&words("DEL :1:t")), b":0\r\n");
+    assert_eq!(tracking.call(&words("SET :1:t stale EX 300")), OK);
+    assert_eq!(
+        direct.call(&words("EXISTS :1:t")),
+        b":0\r\n",
+        "stale fill rejected"
+    );
+    std::thread::sleep(Duration::from_millis(350));
+    assert_eq!(get(&mut tracking, ":1:t"), b"_\r\n");
+    assert_eq!(tracking.call(&words("SET :1:t fresh EX 300")), OK);
+    // The fill is stored; the tracking invalidation push may come before the reply.
+    let mut reply = tracking.call(&words("GET :1:t"));
+    while reply.starts_with(b">") {
+        reply = tracking.frame();
+    }
+    assert_eq!(reply, b"$5\r\nfresh\r\n");
+}

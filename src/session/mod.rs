@@ -864,10 +864,33 @@ impl Session {
                 return None;
             }
         };
+        // The reply is translated (and leases recorded) by the session, as for a
+        // shared connection; the pinned connection hands over the reply's frames.
+        let mut rewrite = rewrite;
+        let translate = std::mem::take(&mut rewrite.translate);
+        let sent = rewrite
+            .data
+            .as_ref()
+            .filter(|d| {
+                d.get(..24)
+                    .is_some_and(|h| h.windows(7).any(|w| w == b"EVALSHA"))
+            })
+            .cloned();
         let p = self.pinned.as_mut()?;
         match p.send(&req, kind, blocking, rewrite).await {
             Ok(0) => {}
-            Ok(_) => self.await_reply(Route::Pinned, Post::Nothing),
+            Ok(_) => {
+                self.await_reply(Route::Pinned, Post::Nothing);
+                if let Some(Slot::Await {
+                    translate: t,
+                    sent: s,
+                    ..
+                }) = self.slots.back_mut()
+                {
+                    *t = translate;
+                    *s = sent;
+                }
+            }
             Err(e) => {
                 self.reply(e.reply());
                 self.pinned_failed(e);
@@ -888,14 +911,14 @@ impl Session {
         self.keys.clear();
         info.keys(&req.args, &mut self.keys);
         engine.check_reserved(req, &self.keys)?;
-        if !info.is_write() {
-            return Ok(Rewrite::default());
-        }
         let (multi, watching) = self
             .pinned
             .as_ref()
             .map_or((false, false), |p| (p.multi, p.watching()));
         if multi || blocking || watching {
+            if !info.is_write() {
+                return Ok(Rewrite::default());
+            }
             let inval = engine.invalidations(req, &info, &self.keys);
             engine.stats.invalidations(inval.published);
             return Ok(Rewrite {
@@ -903,7 +926,10 @@ impl Session {
                 ..Rewrite::default()
             });
         }
-        let plan = engine.plan(req, Some(&info), &mut self.keys, None)?;
+        // As on a shared connection, leases included: a tracking client or a RESP3
+        // subscriber reading and filling `cache` keys follows the same rules.
+        let cache = Some((&mut self.leases, self.id, self.proto));
+        let plan = engine.plan(req, Some(&info), &mut self.keys, cache)?;
         Ok(Rewrite {
             data: Some(plan.data),
             extra_frames: plan.frames.saturating_sub(1),
@@ -1332,7 +1358,11 @@ impl Session {
                 return;
             };
             match p.next_frame() {
-                Ok(Some(Incoming::Push(bytes))) => self.out.extend_from_slice(&bytes),
+                Ok(Some(Incoming::Push(bytes))) => {
+                    if let Some(b) = hide_reserved_invalidations(bytes, self.engine.prefix()) {
+                        self.out.extend_from_slice(&b);
+                    }
+                }
                 Ok(Some(Incoming::Nothing)) => {}
                 Ok(Some(Incoming::Reply(bytes))) => {
                     let effects = p.take_effects();
@@ -1430,6 +1460,28 @@ fn pin_reason(kind: CommandKind, blocking: bool) -> PinReason {
         K::Monitor => PinReason::Monitor,
         K::ClientTracking => PinReason::Tracking,
         _ => PinReason::Other,
+    }
+}
+
+/// A client-tracking invalidation push without cachet's own keys (the lease scripts
+/// read them on the client's tracked connection); `None` when nothing is left.
+fn hide_reserved_invalidations(push: Bytes, prefix: &[u8]) -> Option<Bytes> {
+    const INVALIDATE: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
+    if !push.starts_with(INVALIDATE) {
+        return Some(push);
+    }
+    let keys = push.slice(INVALIDATE.len()..);
+    match crate::consistency::reserved::filter_keys_reply(&keys, prefix) {
+        Some(kept) if kept.starts_with(b"*0\r\n") => None,
+        Some(kept) if kept.len() == keys.len() => Some(push),
+        Some(kept) => {
+            let mut out = BytesMut::with_capacity(INVALIDATE.len() + kept.len());
+            out.extend_from_slice(INVALIDATE);
+            out.extend_from_slice(&kept);
+            Some(out.freeze())
+        }
+        // A null key list (FLUSHALL) or anything unexpected passes through.
+        None => Some(push),
     }
 }
 

@@ -12,7 +12,8 @@ use bytes::Bytes;
 
 use super::CommandInfo;
 use super::flags::{CommandFlags, KeyFlags};
-use super::procs::{Proc, c_eq_ignore_case, string2ll};
+use super::procs::{Proc, c_eq_ignore_case};
+use crate::resp::request::parse_int;
 
 /// One key of an invocation: its position in the arguments and how it is accessed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,7 +134,7 @@ fn from_specs(specs: &[KeySpec], args: &[Bytes], out: &mut Vec<KeyRef>) -> Optio
                 keystep,
             } => {
                 let numkeys =
-                    arg_at(args, first + i64::from(keynumidx)).and_then(|a| string2ll(a))?;
+                    arg_at(args, first + i64::from(keynumidx)).and_then(|a| parse_int(a))?;
                 if numkeys < 0 {
                     return None;
                 }

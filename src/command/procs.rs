@@ -3,8 +3,8 @@
 //! on.
 //!
 //! Redis compares arguments with `strcasecmp` and parses counts with `atoi` or
-//! `string2ll`; an argument like `"2abc"` or `"STREAMS\0x"` is read differently by
-//! each. A proxy that read them otherwise could disagree with Redis about which
+//! `string2ll` (cachet's `resp::request::parse_int`); an argument like `"2abc"` or
+//! `"STREAMS\0x"` is read differently by each. A proxy that read them otherwise could disagree with Redis about which
 //! arguments are keys, so these helpers copy the C behaviour, odd corners included.
 
 use bytes::Bytes;
@@ -286,37 +286,6 @@ pub(crate) fn c_eq_ignore_case(arg: &[u8], word: &[u8]) -> bool {
     c_str(arg).eq_ignore_ascii_case(c_str(word))
 }
 
-/// Redis's `string2ll`: strict decimal, no sign but `-`, no leading zeros, no spaces,
-/// at most 20 bytes, and every byte (NULs included) must be used.
-pub(crate) fn string2ll(s: &[u8]) -> Option<i64> {
-    if s.is_empty() || s.len() > 20 {
-        return None;
-    }
-    if s == b"0" {
-        return Some(0);
-    }
-    let (negative, digits) = match s.split_first() {
-        Some((b'-', rest)) => (true, rest),
-        _ => (false, s),
-    };
-    if !matches!(digits.first(), Some(b'1'..=b'9')) {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        value = value.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
-    if negative {
-        // Up to 2^63, which negates to i64::MIN.
-        (value <= i64::MIN.unsigned_abs()).then(|| 0i64.wrapping_sub_unsigned(value))
-    } else {
-        i64::try_from(value).ok()
-    }
-}
-
 /// glibc's `atoi`, which is `(int) strtol(s, NULL, 10)`: leading white space, an
 /// optional sign, digits up to the first non-digit; saturation at the `long` range,
 /// then truncation to `int`.
@@ -361,35 +330,6 @@ pub(crate) fn atoi(s: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn string2ll_is_strict() {
-        assert_eq!(string2ll(b"0"), Some(0));
-        assert_eq!(string2ll(b"12"), Some(12));
-        assert_eq!(string2ll(b"-3"), Some(-3));
-        assert_eq!(
-            string2ll(b"-9223372036854775808"),
-            Some(i64::MIN),
-            "i64::MIN fits"
-        );
-        assert_eq!(string2ll(b"9223372036854775807"), Some(i64::MAX));
-        for bad in [
-            &b""[..],
-            b"-",
-            b"-0",
-            b"01",
-            b"+1",
-            b" 1",
-            b"1 ",
-            b"2abc",
-            b"2\0",
-            b"9223372036854775808",
-            b"99999999999999999999",
-            b"111111111111111111111",
-        ] {
-            assert_eq!(string2ll(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn atoi_is_lenient_like_c() {

@@ -33,8 +33,4 @@ impl Stats {
     pub fn lock_expiry_added(&self) {
         self.lock_expiries_added.fetch_add(1, Ordering::Relaxed);
     }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
 }

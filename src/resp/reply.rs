@@ -107,11 +107,6 @@ impl Scanner {
             }
         }
     }
-
-    /// Forgets a partial scan (the buffer was consumed or discarded).
-    pub fn reset(&mut self) {
-        self.kind = None;
-    }
 }
 
 /// Appends a `<tag><n>\r\n` header.

@@ -652,6 +652,10 @@ mod tests {
             b"1 ",
             b"9223372036854775808",
             b"-0",
+            b"2abc",
+            b"2\0",
+            b"99999999999999999999",
+            b"111111111111111111111",
         ] {
             assert_eq!(parse_int(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -173,15 +173,6 @@ impl Upstream {
         }
     }
 
-    /// Whether the default database's shared connections are up.
-    pub fn is_up(&self) -> bool {
-        let id = Identity { db: 0, proto: 2 };
-        self.pools
-            .get(&id)
-            .map(|p| p.iter().any(SharedConn::is_up))
-            .unwrap_or(false)
-    }
-
     /// Whether the shared connections of database `db` (RESP2) are up.
     pub fn is_up_db(&self, db: u32) -> bool {
         let id = Identity { db, proto: 2 };

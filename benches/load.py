@@ -9,8 +9,9 @@ mode) on free ports — installing nutcracker and haproxy from Debian if they ar
 missing — and drives every target with the same redis-benchmark load, alternating
 targets within each round so that machine drift cancels out. Reports requests/s,
 p50/p99/p99.9 latency and the ratio to direct Redis (medians over rounds), cachet's CPU
-time per 100k commands and its peak memory, then measures cachet's resident memory
-with 10,000 idle client connections. Writes `results.md`, `results.json` and
+time per 100k commands and its peak memory, then the latency each target adds at half
+load (open-loop GETs from `benches/paced.rs` at 50 % of direct Redis's throughput), then
+cachet's resident memory with 10,000 idle client connections. Writes `results.md`, `results.json` and
 `throughput.svg` into --out (default: target/bench).
 """
 
@@ -206,6 +207,14 @@ def idle_memory(proc, port, connections):
     return before, during, ok
 
 
+def paced(port, rate, seconds):
+    """One open-loop run of benches/paced.rs at `rate` GETs/s over 50 connections."""
+    out = subprocess.run(["cargo", "bench", "--quiet", "--bench", "paced", "--", "--addr", f"127.0.0.1:{port}",
+                          "--rate", str(int(rate)), "--connections", "50", "--seconds", str(seconds)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def svg_chart(rows, path):
     """Horizontal bars of requests/s per target, one group per test."""
     groups = []
@@ -250,6 +259,7 @@ def main():
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "cachet"], cwd=ROOT, check=True)
+    subprocess.run(["cargo", "bench", "--quiet", "--bench", "paced", "--no-run"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="cachet-bench-")
     procs, ports = start_targets(work)
     peers = [t for t in ("direct", "cachet", "twemproxy", "haproxy") if t in ports]
@@ -299,6 +309,20 @@ def main():
             med = [statistics.median(x[i] for x in xs) for i in range(4)]
             rows.append({"label": label, "target": t, "rps": med[0], "ratio": med[0] / direct,
                          "p50": med[1], "p99": med[2], "p999": med[3]})
+    # Added latency at half load: open-loop GETs at 50 % of direct Redis's
+    # unpipelined 50-client throughput, every target in turn, alternating per round.
+    half = 0.5 * statistics.median(x[0] for x in samples[("GET c=50 P=1 32B", "direct")])
+    lat = {}
+    for rnd in range(args.rounds):
+        order = peers if rnd % 2 == 0 else list(reversed(peers))
+        for t in order:
+            lat.setdefault(t, []).append(paced(ports[t], half, 3 if args.quick else 5))
+    latency_rows = []
+    for t in peers:
+        med = {k: statistics.median(r["service_us"][k] for r in lat[t]) for k in ("p50", "p99", "p999")}
+        resp = {k: statistics.median(r["response_us"][k] for r in lat[t]) for k in ("p50", "p99", "p999")}
+        latency_rows.append({"target": t, "service_us": med, "response_us": resp})
+    base = latency_rows[0]
     peak = procs["cachet"].status("VmHWM")
     cpu_per_100k = cpu["cachet"][0] / max(cpu["cachet"][1], 1) * 100000
     before, during, ok = idle_memory(procs["cachet"], ports["cachet"], 10000)
@@ -314,6 +338,15 @@ def main():
     for r in rows:
         lines.append(f"| {r['label']} | {r['target']} | {r['rps']:,.0f} | {r['ratio']:.2f} | "
                      f"{r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} |")
+    lines += ["", f"Open-loop `GET` at {half:,.0f} requests/s (50 % of direct Redis, 50 connections, "
+              f"`benches/paced.rs`), microseconds, medians of {args.rounds} rounds; *added* is the "
+              "difference to direct Redis:", "",
+              "| target | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | p99 incl. queueing µs |",
+              "|---|---|---|---|---|---|---|"]
+    for r in latency_rows:
+        sv, b = r["service_us"], base["service_us"]
+        lines.append(f"| {r['target']} | {sv['p50']:.0f} | {sv['p99']:.0f} | {sv['p999']:.0f} | "
+                     f"{sv['p50'] - b['p50']:+.0f} | {sv['p99'] - b['p99']:+.0f} | {r['response_us']['p99']:.0f} |")
     lines += ["", f"cachet CPU time per 100k commands: {cpu_per_100k * 1000:.0f} ms; peak resident memory "
               f"during the run: {peak / 2**20:.1f} MiB.",
               f"10,000 idle client connections: resident memory {before / 2**20:.1f} MiB before, "
@@ -322,7 +355,8 @@ def main():
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"rows": rows, "cpu_ms_per_100k": cpu_per_100k * 1000, "peak_rss": peak,
+        json.dump({"rows": rows, "latency_at_half_load": latency_rows, "half_load_rps": half,
+                   "cpu_ms_per_100k": cpu_per_100k * 1000, "peak_rss": peak,
                    "idle_rss_before": before, "idle_rss_during": during,
                    "idle_bytes_per_conn": per_conn}, f, indent=1)
     svg_chart(rows, os.path.join(args.out, "throughput.svg"))

@@ -398,7 +398,7 @@ impl Collector for Scrape {
         m.latency.encode(
             &mut enc,
             "command_handling_seconds",
-            "Time cachet spends on a command before handing it upstream or answering it (upstream time excluded).",
+            "Time cachet spends on a command before handing it upstream or answering it (upstream time excluded); sampled: the first command of each read and every 16th of a pipeline.",
         )?;
         m.upstream_rtt.encode(
             &mut enc,

@@ -92,7 +92,10 @@ fn metrics_count_a_scripted_workload_exactly() {
     assert_eq!(sample(&m, "cachet_client_connections_accepted_total"), 1.0);
     assert!(sample(&m, "cachet_client_received_bytes_total") > 200.0);
     assert!(sample(&m, "cachet_client_sent_bytes_total") > 100.0);
-    assert_eq!(sample(&m, "cachet_command_handling_seconds_count"), 20.0);
+    // Handling time is sampled per read: 17 commands sent one by one, and the
+    // 3-command pipeline once (more if the kernel split it).
+    let handled = sample(&m, "cachet_command_handling_seconds_count");
+    assert!((18.0..=20.0).contains(&handled), "{handled}\n{m}");
     // Every request that went over a shared connection had its round trip measured
     // (discovery and handshakes are not requests).
     let rtt = sample(&m, "cachet_upstream_round_trip_seconds_count");
@@ -100,7 +103,7 @@ fn metrics_count_a_scripted_workload_exactly() {
     assert_eq!(sample(&m, "cachet_key_lock_wait_seconds_count"), 0.0);
     assert_eq!(
         sample(&m, "cachet_command_handling_seconds_bucket{le=\"+Inf\"}"),
-        20.0
+        handled
     );
     assert_eq!(sample(&m, "cachet_upstream_up"), 1.0);
     assert!(sample(&m, "cachet_upstream_connections_up") >= 1.0);

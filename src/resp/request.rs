@@ -121,13 +121,20 @@ struct Progress {
 pub struct Decoder {
     limits: Limits,
     progress: Option<Progress>,
+    /// The argument-range list of the last command, kept for the next one: one
+    /// allocation fewer per command.
+    spare: Vec<(usize, usize)>,
 }
+
+/// A spare range list larger than this is not kept.
+const KEEP_SPANS: usize = 256;
 
 impl Decoder {
     pub fn new(limits: Limits) -> Decoder {
         Decoder {
             limits,
             progress: None,
+            spare: Vec::new(),
         }
     }
 
@@ -186,11 +193,14 @@ impl Decoder {
                     let _ = buf.split_to(eol + 2);
                     return Ok(Step::Skip);
                 }
+                let mut args = std::mem::take(&mut self.spare);
+                args.clear();
+                // Grows with arguments actually received, never with the header.
+                args.reserve((count as usize).min(16));
                 Progress {
                     pos: eol + 2,
                     argc: count as usize,
-                    // Grows with arguments actually received, never with the header.
-                    args: Vec::with_capacity((count as usize).min(16)),
+                    args,
                     need: 0,
                 }
             }
@@ -248,11 +258,14 @@ impl Decoder {
             .iter()
             .map(|&(s, e)| raw.slice(s..e))
             .collect::<Vec<_>>();
+        if p.args.capacity() <= KEEP_SPANS {
+            self.spare = p.args;
+        }
         Ok(Step::Done(Request { raw, args }))
     }
 
     fn decode_inline(&mut self, buf: &mut BytesMut) -> Result<Step, ProtocolError> {
-        let Some(nl) = memchr(b'\n', buf) else {
+        let Some(nl) = memchr::memchr(b'\n', buf) else {
             if buf.len() as u64 > self.limits.max_inline_len {
                 return Err(ProtocolError::TooBigInline);
             }
@@ -302,15 +315,30 @@ fn find_subslice(raw: &[u8], from: usize, len: usize) -> Option<usize> {
         .map(|i| from + i + header.len())
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
+/// The first argument (the command name) of an encoded multibulk command, without
+/// decoding the rest.
+///
+/// ```
+/// use cachet::resp::request::command_name;
+/// assert_eq!(command_name(b"*2\r\n$7\r\nEVALSHA\r\n$1\r\nx\r\n"), Some(&b"EVALSHA"[..]));
+/// assert_eq!(command_name(b"PING\r\n"), None);
+/// ```
+pub fn command_name(data: &[u8]) -> Option<&[u8]> {
+    let eol = find_crlf(data, 0)?;
+    let (&tag, _) = data.get(eol + 2..)?.split_first()?;
+    if tag != b'$' {
+        return None;
+    }
+    let len_end = find_crlf(data, eol + 2)?;
+    let len = usize::try_from(parse_int(data.get(eol + 3..len_end)?)?).ok()?;
+    data.get(len_end + 2..len_end + 2 + len)
 }
 
 /// Position of the `\r` of the first `\r\n` at or after `from`.
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
     let mut i = 0;
-    while let Some(off) = hay.get(i..).and_then(|h| memchr(b'\r', h)) {
+    while let Some(off) = hay.get(i..).and_then(|h| memchr::memchr(b'\r', h)) {
         let at = i + off;
         match hay.get(at + 1) {
             Some(b'\n') => return Some(from + at),

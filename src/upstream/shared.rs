@@ -215,6 +215,11 @@ async fn read_loop(
     // Frames of the current job already scanned, and the bytes they span.
     let mut frames_seen: u32 = 0;
     let mut scanned: usize = 0;
+    // One timer for the whole connection, not one per read: it is armed for the
+    // oldest outstanding job's deadline and, when it fires early (that job was
+    // answered meanwhile), re-armed for the current one's.
+    let watchdog = tokio::time::sleep(timeout);
+    tokio::pin!(watchdog);
     loop {
         // Hand out every complete reply in the buffer.
         loop {
@@ -253,10 +258,16 @@ async fn read_loop(
         }
         let read = match current.as_ref() {
             Some(cur) => {
-                let deadline = cur.sent_at + timeout;
                 tokio::select! {
                     r = rd.read_buf(&mut buf) => r,
-                    _ = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout(timeout)),
+                    _ = &mut watchdog => {
+                        let deadline = cur.sent_at + timeout;
+                        if Instant::now() >= deadline {
+                            return Err(UpstreamError::Timeout(timeout));
+                        }
+                        watchdog.as_mut().reset(deadline);
+                        continue;
+                    }
                 }
             }
             None => {

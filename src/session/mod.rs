@@ -44,6 +44,8 @@ const MAX_QUEUED: usize = 16 * 1024;
 const MAX_OUT: usize = 8 * 1024 * 1024;
 /// Read buffer given to a connection when it has something to read.
 const READ_CHUNK: usize = 16 * 1024;
+/// Largest buffer reserved up front for a batch of plain commands.
+const MAX_BATCH_HINT: usize = 64 * 1024;
 /// One command in this many of a pipeline has its handling time measured.
 const HANDLING_SAMPLE: u32 = 16;
 /// Buffers grown past this by a large value are released once empty.
@@ -795,7 +797,11 @@ impl Session {
         }
         self.flush_batch();
         self.await_reply(route, Post::Nothing);
-        self.batch = Some((self.next_seq, BytesMut::from(data), frames));
+        // Room for the rest of this read too (the commands still undecoded), so that a
+        // pipeline does not grow the batch one reallocation at a time.
+        let mut buf = BytesMut::with_capacity((data.len() + self.rbuf.len()).min(MAX_BATCH_HINT));
+        buf.extend_from_slice(data);
+        self.batch = Some((self.next_seq, buf, frames));
     }
 
     /// Sends the pending batch, if any.

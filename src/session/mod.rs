@@ -22,6 +22,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -302,6 +303,11 @@ impl Session {
             let timeout = self.ctx.upstream.settings().command_timeout;
             let deadline = self.pinned.as_ref().and_then(|p| p.deadline(timeout));
             let idle = self.idle_deadline();
+            // One timer for both deadlines (at most one is usually set).
+            let wake = match (deadline, idle) {
+                (Some(d), Some(i)) => Some(d.min(i)),
+                (d, i) => d.or(i),
+            };
             let event = {
                 let rbuf = &mut self.rbuf;
                 let out = &self.out;
@@ -311,10 +317,15 @@ impl Session {
                     Some(r) = reply_rx.recv() => Event::Upstream(r),
                     Some((seq, bytes, finish)) = resolve_rx.recv() => Event::Resolved(seq, bytes, finish),
                     r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
-                    r = read_pinned(pinned) => Event::PinnedRead(r),
-                    _ = sleep_until(deadline) => Event::PinnedTimeout,
+                    r = read_pinned(pinned), if pinned.is_some() => Event::PinnedRead(r),
+                    _ = sleep_until(wake), if wake.is_some() => {
+                        if deadline.is_some_and(|d| Instant::now() >= d) {
+                            Event::PinnedTimeout
+                        } else {
+                            Event::Idle
+                        }
+                    }
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
-                    _ = sleep_until(idle) => Event::Idle,
                 }
             };
             match event {
@@ -340,16 +351,7 @@ impl Session {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
                     break;
                 }
-                Event::Wrote(Ok(n)) => {
-                    self.ctx
-                        .metrics
-                        .bytes_out
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.out.advance(n);
-                    if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
-                        self.out = BytesMut::new();
-                    }
-                }
+                Event::Wrote(Ok(n)) => self.wrote(n),
                 Event::Wrote(Err(e)) => {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
                     break;
@@ -404,11 +406,41 @@ impl Session {
                     }
                 }
             }
+            // Replies that became ready go out now if the socket takes them, without
+            // another turn of the loop (one wake-up per request instead of two).
+            if let Err(e) = self.try_write(&client_wr) {
+                tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
+                break;
+            }
             if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
                 self.rbuf = BytesMut::new();
             }
         }
         let _ = client_wr.shutdown().await;
+    }
+
+    /// `n` bytes of `out` reached the client.
+    fn wrote(&mut self, n: usize) {
+        self.ctx
+            .metrics
+            .bytes_out
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.out.advance(n);
+        if self.out.is_empty() && self.out.capacity() > KEEP_CAPACITY {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Writes what the client socket takes without waiting.
+    fn try_write(&mut self, wr: &OwnedWriteHalf) -> std::io::Result<()> {
+        while !self.out.is_empty() {
+            match wr.try_write(&self.out) {
+                Ok(n) => self.wrote(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// When an idle client is disconnected: `idle_timeout` after its last bytes, unless

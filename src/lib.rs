@@ -32,6 +32,7 @@
 //! The consistency checker (`cachet-check`, a second binary) lives in `check/`.
 
 pub mod admin;
+pub mod auth;
 pub mod check;
 pub mod command;
 pub mod config;
@@ -41,6 +42,7 @@ pub mod key_lock;
 pub mod keyspace;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod reload;
 pub mod resp;
 pub mod session;

@@ -25,14 +25,16 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::auth::Auth;
 use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
 use crate::consistency::cache::{Finish, Leases};
 use crate::consistency::retry::{Retry, RetryTicket};
 use crate::consistency::{Engine, Translate};
-use crate::context::{Context, DenyList};
+use crate::context::Context;
 use crate::key_lock::{Held, LockTimeout};
 use crate::metrics::{CommandTally, Outcome, PinReason};
+use crate::policy::{Policy, Renamed};
 use crate::resp::{Decoder, Request, reply};
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
@@ -165,9 +167,15 @@ pub struct Session {
     ctx: Arc<Context>,
     peer: SocketAddr,
     table: Arc<CommandTable>,
-    /// The engine and deny list as of this batch of commands (a reload swaps them).
+    /// The engine, command policy and credentials as of this batch of commands (a
+    /// reload swaps them).
     engine: Arc<Engine>,
-    deny: Arc<DenyList>,
+    policy: Arc<Policy>,
+    auth: Arc<Auth>,
+    /// Whether the client may run commands: logged in with `AUTH`/`HELLO … AUTH`, or
+    /// connected while `[auth]` was off. Kept across reloads, as Redis keeps its
+    /// clients' logins when passwords change.
+    authed: bool,
     /// Counters of the command being handled, until its reply (or slot) takes them.
     tally: Option<Arc<CommandTally>>,
     /// The command being routed, for the slow-command log.
@@ -220,7 +228,9 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         id,
         table: ctx.table.load_full(),
         engine: ctx.engine.load_full(),
-        deny: ctx.deny.load_full(),
+        policy: ctx.policy.load_full(),
+        auth: ctx.auth.load_full(),
+        authed: !ctx.auth.load().enabled(),
         tally: None,
         current: None,
         slow: std::time::Duration::ZERO,
@@ -422,7 +432,7 @@ impl Session {
     async fn process_buffered(&mut self) {
         self.table = self.ctx.table.load_full();
         self.engine = self.ctx.engine.load_full();
-        self.deny = self.ctx.deny.load_full();
+        self.load_access();
         let config = self.ctx.config.load();
         self.slow = config.log.slow_command;
         self.output_limit = config.limits.client_output_buffer;
@@ -485,13 +495,21 @@ impl Session {
     /// Routes one command; gives it back if it must wait.
     async fn handle(&mut self, req: Request) -> Option<Request> {
         use CommandKind as K;
+        let req = match self.policy.rename(req) {
+            Renamed::Run(req) => req,
+            Renamed::Unknown(err) => return self.refuse(err).await,
+        };
         let first = req.args.first().map_or(&b""[..], |a| &a[..]);
         if admin_cmd::is_cachet(first) {
+            if !self.authed {
+                self.reply(Bytes::from_static(crate::auth::NOAUTH));
+                return None;
+            }
             self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
             let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
             // A reload applies from the next command on.
             self.engine = self.ctx.engine.load_full();
-            self.deny = self.ctx.deny.load_full();
+            self.load_access();
             self.reply(r);
             return None;
         }
@@ -503,11 +521,25 @@ impl Session {
         });
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
         let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
-        if self
-            .deny
-            .denies(first, info.as_ref().map(|i| i.name.as_str()))
+        if !self.authed {
+            // As Redis: unknown commands and wrong arity are reported before the
+            // missing login; only AUTH, HELLO, QUIT and RESET run without one.
+            let refusal = match &info {
+                None => crate::policy::unknown_command(&req.args),
+                Some(i) if !arity_ok => reply::wrong_arity(&i.name),
+                Some(_) if matches!(kind, K::Auth | K::Hello | K::Quit | K::Reset) => Bytes::new(),
+                Some(_) => Bytes::from_static(crate::auth::NOAUTH),
+            };
+            if !refusal.is_empty() {
+                self.reply(refusal);
+                return None;
+            }
+        }
+        if let Some(err) = self
+            .policy
+            .refusal(first, info.as_ref().map(|i| i.name.as_str()))
         {
-            return self.denied(req).await;
+            return self.refuse(err).await;
         }
         // Inside the client's transaction everything is queued upstream, except what
         // ends the connection itself. A malformed `RESET` goes too: Redis rejects it
@@ -515,6 +547,15 @@ impl Session {
         if self.pinned.as_ref().is_some_and(|p| p.multi)
             && (!matches!(kind, K::Quit | K::Reset) || !arity_ok)
         {
+            if self.auth.enabled() && matches!(kind, K::Auth | K::Hello) {
+                // The upstream must never see a client's password, and cachet
+                // cannot answer inside the upstream's transaction.
+                return self
+                    .refuse(reply::error(
+                        "ERR cachet: AUTH and HELLO cannot be queued in MULTI when cachet authenticates clients ([auth])",
+                    ))
+                    .await;
+            }
             return self.send_pinned(req, kind, false).await;
         }
         // In RESP2 subscribe mode Redis refuses every command but the subscribe family,
@@ -564,6 +605,17 @@ impl Session {
                 }
             }
             K::Hello => self.hello(req).await,
+            K::Auth if self.auth.enabled() => {
+                let r = match self.auth.auth_command(&req.args) {
+                    Ok(ok) => {
+                        self.authed = true;
+                        ok
+                    }
+                    Err(e) => e,
+                };
+                self.reply(r);
+                None
+            }
             K::Auth => self.auth(req, Post::Nothing),
             K::ClientId => {
                 let mut out = BytesMut::new();
@@ -647,15 +699,11 @@ impl Session {
         }
     }
 
-    /// A command refused by `[commands] deny`. Inside the client's transaction the
-    /// refusal must also abort it at `EXEC`, as Redis's own queueing errors do: the
-    /// upstream is sent a command it cannot queue, and its error is answered as the
-    /// refusal.
-    async fn denied(&mut self, req: Request) -> Option<Request> {
-        let name = String::from_utf8_lossy(req.args.first().map_or(&b""[..], |a| &a[..]));
-        let err = reply::error(&format!(
-            "ERR command '{name}' is denied by cachet configuration"
-        ));
+    /// A command refused by `[commands]` (denied, renamed away, a script). Inside the
+    /// client's transaction the refusal must also abort it at `EXEC`, as Redis's own
+    /// queueing errors do: the upstream is sent a command it cannot queue, and its
+    /// error is answered as the refusal.
+    async fn refuse(&mut self, err: Bytes) -> Option<Request> {
         if !self.pinned.as_ref().is_some_and(|p| p.multi) {
             self.reply(err);
             return None;
@@ -993,7 +1041,19 @@ impl Session {
             }
         };
         let proto = hello.proto.unwrap_or(self.proto);
-        if let Some((user, pass)) = hello.auth {
+        if self.auth.enabled() {
+            if let Some((user, pass)) = &hello.auth {
+                if !self.auth.check(Some(user), pass) {
+                    self.reply(Bytes::from_static(crate::auth::WRONGPASS));
+                    return None;
+                }
+                self.authed = true;
+            }
+            if !self.authed {
+                self.reply(Bytes::from_static(crate::auth::NOAUTH_HELLO));
+                return None;
+            }
+        } else if let Some((user, pass)) = hello.auth {
             let auth = Request::from_args([&b"AUTH"[..], &user, &pass]);
             return self
                 .auth(
@@ -1034,11 +1094,25 @@ impl Session {
 
     /// `RESET`: back to a fresh connection's state.
     fn reset(&mut self) {
+        // Redis logs a reset client in as `default` only when that user needs no
+        // password, which is never the case while cachet authenticates clients.
+        self.authed = !self.auth.enabled();
         self.pinned = None;
         self.db = self.ctx.default_db;
         self.proto = 2;
         self.name = None;
         self.reply_mode = ReplyMode::On;
+    }
+
+    /// The command policy and credentials a reload may have swapped.
+    fn load_access(&mut self) {
+        self.policy = self.ctx.policy.load_full();
+        self.auth = self.ctx.auth.load_full();
+        // With `[auth]` removed nobody needs a login any more (Redis: a `default` user
+        // without a password serves clients that never authenticated).
+        if !self.auth.enabled() {
+            self.authed = true;
+        }
     }
 
     fn identity(&self) -> Identity {

@@ -127,6 +127,20 @@ pub fn unknown_command(args: &[Bytes]) -> Bytes {
     out.freeze()
 }
 
+/// Redis's reply to a container command with a subcommand it lacks:
+/// `-ERR unknown subcommand 'FOO'. Try CONFIG HELP.`
+pub fn unknown_subcommand(args: &[Bytes]) -> Bytes {
+    let cut = |a: Option<&Bytes>| {
+        let a = a.map_or(&b""[..], |a| &a[..]);
+        String::from_utf8_lossy(a.get(..a.len().min(128)).unwrap_or_default()).into_owned()
+    };
+    reply::error(&format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        cut(args.get(1)),
+        cut(args.first()).to_ascii_uppercase()
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

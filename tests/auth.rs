@@ -112,6 +112,9 @@ fn unauthenticated_sessions_get_redis_replies() {
         GET k
         GET
         FOO a b
+        CONFIG
+        config foo bar
+        CLIENT nosuch
         MULTI
         CLIENT ID
         SELECT 1
@@ -567,6 +570,9 @@ fn passwords_never_reach_the_logs() {
         );
         assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
         assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+        let info = String::from_utf8(c.call(&words("CACHET INFO"))).unwrap();
+        assert!(info.contains("auth_failures:3\r\n"), "{info}");
+        assert!(info.contains("client_auth:on,users=0\r\n"), "{info}");
         // A protocol error is logged; the password in the same read must not be.
         c.send(&auth_cmd(&["AUTH", wrong]));
         c.send(b"*1\r\n$-5\r\n");
@@ -586,6 +592,7 @@ fn passwords_never_reach_the_logs() {
         .unwrap();
     let _ = child.wait();
     assert!(log.contains("slow command"), "the log must be on: {log}");
+    assert!(log.contains("client login refused"), "{log}");
     for secret in [wrong, PASSWORD, upstream_password, &sha_hex(PASSWORD)] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }

@@ -526,6 +526,9 @@ impl Session {
             // missing login; only AUTH, HELLO, QUIT and RESET run without one.
             let refusal = match &info {
                 None => crate::policy::unknown_command(&req.args),
+                Some(_) if self.table.unknown_subcommand(&req.args) => {
+                    crate::policy::unknown_subcommand(&req.args)
+                }
                 Some(i) if !arity_ok => reply::wrong_arity(&i.name),
                 Some(_) if matches!(kind, K::Auth | K::Hello | K::Quit | K::Reset) => Bytes::new(),
                 Some(_) => Bytes::from_static(crate::auth::NOAUTH),
@@ -611,7 +614,12 @@ impl Session {
                         self.authed = true;
                         ok
                     }
-                    Err(e) => e,
+                    Err(e) => {
+                        if e.starts_with(b"-WRONGPASS") {
+                            self.auth_failed();
+                        }
+                        e
+                    }
                 };
                 self.reply(r);
                 None
@@ -1044,6 +1052,7 @@ impl Session {
         if self.auth.enabled() {
             if let Some((user, pass)) = &hello.auth {
                 if !self.auth.check(Some(user), pass) {
+                    self.auth_failed();
                     self.reply(Bytes::from_static(crate::auth::WRONGPASS));
                     return None;
                 }
@@ -1102,6 +1111,15 @@ impl Session {
         self.proto = 2;
         self.name = None;
         self.reply_mode = ReplyMode::On;
+    }
+
+    /// A refused login: counted, and logged without what was tried.
+    fn auth_failed(&self) {
+        self.ctx
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(session = self.id, peer = %self.peer, "client login refused");
     }
 
     /// The command policy and credentials a reload may have swapped.

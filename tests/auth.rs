@@ -196,13 +196,27 @@ fn pipelined_auth_session() {
 }
 
 #[test]
+fn auth_while_subscribed_is_refused_as_redis_does() {
+    let pair = AuthPair::start();
+    let mut t = pair.twin();
+    t.call(&auth_cmd(&["AUTH", PASSWORD]));
+    t.script(&lines("SUBSCRIBE ch\nAUTH wrong\nHELLO\nPING"));
+    t.call(&auth_cmd(&["AUTH", PASSWORD]));
+    t.call(&auth_cmd(&["HELLO", "3", "AUTH", "default", PASSWORD]));
+    t.script(&lines("UNSUBSCRIBE ch\nPING\nGET k"));
+}
+
+#[test]
 fn auth_inside_multi_is_refused_and_aborts_the_transaction() {
     let pair = AuthPair::start();
     let mut c = Raw::connect(pair.cachet.addr);
     assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
     assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
     let r = c.call(&auth_cmd(&["AUTH", PASSWORD]));
-    assert!(r.starts_with(b"-ERR cachet: AUTH and HELLO cannot be queued in MULTI"));
+    assert_eq!(
+        r,
+        "-ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI when cachet authenticates clients ([auth])\r\n".as_bytes()
+    );
     assert_eq!(
         c.call(&words("EXEC")),
         b"-EXECABORT Transaction discarded because of previous errors.\r\n"
@@ -411,6 +425,21 @@ fn renamed_and_disabled_commands_as_redis_rename_command() {
         MYFLUSH
         EXEC
         GET a
+        ",
+    ));
+    // A renamed command that must wait for replies on another connection is run
+    // under its original name when its turn comes.
+    t.pipeline(&lines(
+        "
+        SET a 1
+        SELECT 1
+        SET b 1
+        SELECT 0
+        MYFLUSH
+        GET a
+        SELECT 1
+        GET b
+        SELECT 0
         ",
     ));
 }

@@ -440,10 +440,11 @@ impl Session {
         // one's (decoding included) starts.
         let mut started = Instant::now();
         while !self.closing {
-            let req = match self.stalled.take() {
-                Some(req) => req,
+            // A stalled command comes back as it was routed (renamed already).
+            let (req, fresh) = match self.stalled.take() {
+                Some(req) => (req, false),
                 None => match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(req)) => req,
+                    Ok(Some(req)) => (req, true),
                     Ok(None) => return,
                     Err(e) => {
                         self.ctx
@@ -457,7 +458,7 @@ impl Session {
                     }
                 },
             };
-            let stalled = self.handle(req).await;
+            let stalled = self.handle(req, fresh).await;
             match stalled {
                 Some(req) => {
                     // Counted when it runs.
@@ -492,12 +493,17 @@ impl Session {
         }
     }
 
-    /// Routes one command; gives it back if it must wait.
-    async fn handle(&mut self, req: Request) -> Option<Request> {
+    /// Routes one command; gives it back if it must wait. `fresh`: just decoded (not
+    /// a stalled command coming back), so `[commands] rename` still applies.
+    async fn handle(&mut self, req: Request, fresh: bool) -> Option<Request> {
         use CommandKind as K;
-        let req = match self.policy.rename(req) {
-            Renamed::Run(req) => req,
-            Renamed::Unknown(err) => return self.refuse(err).await,
+        let req = if fresh {
+            match self.policy.rename(req) {
+                Renamed::Run(req) => req,
+                Renamed::Unknown(err) => return self.refuse(err).await,
+            }
+        } else {
+            req
         };
         let first = req.args.first().map_or(&b""[..], |a| &a[..]);
         if admin_cmd::is_cachet(first) {
@@ -550,12 +556,19 @@ impl Session {
         if self.pinned.as_ref().is_some_and(|p| p.multi)
             && (!matches!(kind, K::Quit | K::Reset) || !arity_ok)
         {
-            if self.auth.enabled() && matches!(kind, K::Auth | K::Hello) {
+            let logs_in = kind == K::Auth
+                || (kind == K::Hello
+                    && req
+                        .args
+                        .iter()
+                        .skip(2)
+                        .any(|a| a.eq_ignore_ascii_case(b"AUTH")));
+            if self.auth.enabled() && logs_in {
                 // The upstream must never see a client's password, and cachet
                 // cannot answer inside the upstream's transaction.
                 return self
                     .refuse(reply::error(
-                        "ERR cachet: AUTH and HELLO cannot be queued in MULTI when cachet authenticates clients ([auth])",
+                        "ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI when cachet authenticates clients ([auth])",
                     ))
                     .await;
             }
@@ -566,6 +579,15 @@ impl Session {
         if self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed)
             && (kind == K::Auth || (local::answers(kind) && !matches!(kind, K::Quit | K::Reset)))
         {
+            if self.auth.enabled() && matches!(kind, K::Auth | K::Hello) {
+                // Redis's refusal, said here: the upstream never sees a client's
+                // password.
+                let name = info.as_ref().map_or("auth", |i| i.name.as_str());
+                self.reply(reply::error(&format!(
+                    "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )));
+                return None;
+            }
             return self.send_pinned(req, kind, false).await;
         }
         // Redis checks arity before anything else; commands answered here must too.

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use crate::command::{CommandInfo, CommandKind, CommandTable};
 use crate::config::AuthConfig;
 use crate::resp::reply;
 
@@ -89,6 +90,31 @@ impl Auth {
     }
 }
 
+/// What a client that has not logged in gets for a command, in Redis's order: an
+/// unknown command or subcommand and a wrong number of arguments are reported before
+/// the missing login; `None` for the commands Redis runs without one (`AUTH`,
+/// `HELLO`, `QUIT`, `RESET`).
+pub fn before_login(
+    table: &CommandTable,
+    info: Option<&CommandInfo>,
+    args: &[Bytes],
+) -> Option<Bytes> {
+    use CommandKind as K;
+    let Some(info) = info else {
+        return Some(crate::policy::unknown_command(args));
+    };
+    if table.unknown_subcommand(args) {
+        return Some(crate::policy::unknown_subcommand(args));
+    }
+    if !info.arity_ok(args.len()) {
+        return Some(reply::wrong_arity(&info.name));
+    }
+    match info.kind {
+        K::Auth | K::Hello | K::Quit | K::Reset => None,
+        _ => Some(Bytes::from_static(NOAUTH)),
+    }
+}
+
 fn constant_time_eq(a: &Sha, b: &Sha) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -155,6 +181,39 @@ mod tests {
             auth.auth_command(&[bytes("AUTH"), bytes("x")]).unwrap_err(),
             Bytes::from_static(WRONGPASS)
         );
+    }
+
+    #[test]
+    fn before_login_order_is_redis() {
+        let table = CommandTable::builtin();
+        let check = |line: &str| {
+            let args: Vec<Bytes> = line
+                .split(' ')
+                .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+                .collect();
+            before_login(&table, table.lookup(&args).map(|i| &**i), &args)
+        };
+        assert_eq!(check("GET k"), Some(Bytes::from_static(NOAUTH)));
+        assert_eq!(
+            check("GET"),
+            Some(Bytes::from(
+                "-ERR wrong number of arguments for 'get' command\r\n"
+            ))
+        );
+        assert_eq!(
+            check("config nosuch"),
+            Some(Bytes::from(
+                "-ERR unknown subcommand 'nosuch'. Try CONFIG HELP.\r\n"
+            ))
+        );
+        assert!(
+            check("NOSUCH x")
+                .unwrap()
+                .starts_with(b"-ERR unknown command 'NOSUCH'")
+        );
+        for allowed in ["AUTH x", "auth u p", "HELLO", "QUIT", "RESET"] {
+            assert_eq!(check(allowed), None, "{allowed}");
+        }
     }
 
     #[test]

@@ -528,18 +528,9 @@ impl Session {
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
         let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
         if !self.authed {
-            // As Redis: unknown commands and wrong arity are reported before the
-            // missing login; only AUTH, HELLO, QUIT and RESET run without one.
-            let refusal = match &info {
-                None => crate::policy::unknown_command(&req.args),
-                Some(_) if self.table.unknown_subcommand(&req.args) => {
-                    crate::policy::unknown_subcommand(&req.args)
-                }
-                Some(i) if !arity_ok => reply::wrong_arity(&i.name),
-                Some(_) if matches!(kind, K::Auth | K::Hello | K::Quit | K::Reset) => Bytes::new(),
-                Some(_) => Bytes::from_static(crate::auth::NOAUTH),
-            };
-            if !refusal.is_empty() {
+            if let Some(refusal) =
+                crate::auth::before_login(&self.table, info.as_deref(), &req.args)
+            {
                 self.reply(refusal);
                 return None;
             }

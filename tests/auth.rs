@@ -154,6 +154,47 @@ fn unauthenticated_sessions_get_redis_replies() {
 }
 
 #[test]
+fn named_users_only_as_redis_with_the_default_user_off() {
+    let direct = RedisServer::start_with(&[
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "app",
+        "on",
+        ">app-pass",
+        "~*",
+        "&*",
+        "+@all",
+    ]);
+    let (_upstream, cachet) = cachet_with(|config| {
+        config.auth = Some(AuthConfig {
+            password_sha256: None,
+            ..auth_config()
+        });
+    });
+    let mut t = Twin {
+        direct: Raw::connect(direct.addr()),
+        proxied: Raw::connect(cachet.addr),
+    };
+    t.script(&lines(
+        "
+        PING
+        AUTH app-pass
+        AUTH default app-pass
+        AUTH default nopass
+        HELLO 2
+        AUTH app app-pass
+        PING
+        RESET
+        PING
+        ",
+    ));
+    t.call_with(&words("HELLO 3 AUTH app app-pass"), hello_without_id);
+    t.call(&words("PING"));
+}
+
+#[test]
 fn auth_then_commands_then_reset_logs_out() {
     let pair = AuthPair::start();
     let mut t = pair.twin();

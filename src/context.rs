@@ -1,7 +1,7 @@
 //! What every session shares: the upstream, the command table, facts about the upstream
 //! server (for `HELLO` and `SELECT`), limits and timeouts, the shutdown signal, the
-//! metrics, and what a configuration reload swaps (the engine, the deny list, limits;
-//! see `reload.rs`).
+//! metrics, and what a configuration reload swaps (the engine, the command policy,
+//! client credentials, limits; see `reload.rs`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -12,10 +12,12 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tokio::sync::watch;
 
+use crate::auth::Auth;
 use crate::command::CommandTable;
 use crate::config::Config;
 use crate::consistency::Engine;
 use crate::metrics::Metrics;
+use crate::policy::Policy;
 use crate::reload::{ConfigSource, LogReloader};
 use crate::resp::{Limits, reply};
 use crate::upstream::connect::{Identity, connect, roundtrip};
@@ -72,8 +74,10 @@ pub struct Context {
     pub server: ArcSwap<ServerInfo>,
     /// Applies to sessions that start after a reload.
     pub limits: ArcSwap<Limits>,
-    /// `[commands] deny`.
-    pub deny: ArcSwap<DenyList>,
+    /// `[commands]`: denied, renamed and disabled commands, scripts.
+    pub policy: ArcSwap<Policy>,
+    /// `[auth]`: the credentials clients log in with.
+    pub auth: ArcSwap<Auth>,
     /// `[listen] max_clients`, read by the listener for every new client.
     pub max_clients: AtomicUsize,
     /// The configuration running now (after command-line overrides).
@@ -109,7 +113,8 @@ impl Context {
             table: ArcSwap::from_pointee(table),
             server: ArcSwap::from_pointee(ServerInfo::default()),
             limits: ArcSwap::from_pointee(limits),
-            deny: ArcSwap::from_pointee(DenyList::default()),
+            policy: ArcSwap::from_pointee(Policy::default()),
+            auth: ArcSwap::from_pointee(Auth::default()),
             max_clients: AtomicUsize::new(usize::MAX),
             config: ArcSwap::from_pointee(Config::default()),
             source: OnceLock::new(),
@@ -121,6 +126,12 @@ impl Context {
             next_session: AtomicU64::new(1),
             shutdown,
         }
+    }
+
+    /// Takes `[commands]` and `[auth]` from `config` (at start and on reload).
+    pub fn set_access(&self, config: &Config) {
+        self.policy.store(Arc::new(Policy::new(&config.commands)));
+        self.auth.store(Arc::new(Auth::new(config.auth.as_ref())));
     }
 
     /// A new session id, used for `CLIENT ID` and to spread sessions over connections.

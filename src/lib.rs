@@ -15,6 +15,8 @@
 //! | decode requests with limits (RESP2/RESP3/inline) | `resp/request.rs` |
 //! | find reply frame boundaries, encode local replies | `resp/reply.rs` |
 //! | command table, flags, key positions | `command/` |
+//! | policy: renamed, disabled, denied commands; refused scripts | `policy.rs` |
+//! | client logins (`[auth]`: `AUTH`, `HELLO … AUTH`, `NOAUTH`) | `auth.rs` |
 //! | key pattern -> keyspace mode | `keyspace.rs` |
 //! | session state answered locally (`SELECT`, `HELLO`, `CLIENT`, `AUTH`) | `session/local.rs` |
 //! | stateful modes on a dedicated connection (`MULTI`, subscribe, blocking) | `session/pinned.rs` |
@@ -32,6 +34,7 @@
 //! The consistency checker (`cachet-check`, a second binary) lives in `check/`.
 
 pub mod admin;
+pub mod auth;
 pub mod check;
 pub mod command;
 pub mod config;
@@ -41,6 +44,7 @@ pub mod key_lock;
 pub mod keyspace;
 pub mod listener;
 pub mod metrics;
+pub mod policy;
 pub mod reload;
 pub mod resp;
 pub mod session;

@@ -15,7 +15,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::consistency::Engine;
-use crate::context::{Context, DenyList};
+use crate::context::Context;
 use crate::reload::{ConfigSource, LogReloader};
 use crate::session;
 use crate::upstream::{Settings, Upstream};
@@ -105,7 +105,7 @@ impl Server {
         let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
         ctx.idle_timeout = config.listen.idle_timeout;
         ctx.config = arc_swap::ArcSwap::from_pointee(config.clone());
-        ctx.deny = arc_swap::ArcSwap::from_pointee(DenyList::new(&config.commands.deny));
+        ctx.set_access(config);
         ctx.max_clients = AtomicUsize::new(config.listen.max_clients);
         let ctx = Arc::new(ctx);
         tokio::spawn(ctx.engine.load().retries.clone().run(ctx.clone()));

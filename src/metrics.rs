@@ -274,6 +274,8 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub protocol_errors: AtomicU64,
+    /// `AUTH`/`HELLO … AUTH` refused by `[auth]` (wrong password or unknown user).
+    pub auth_failures: AtomicU64,
     pinned_total: [AtomicU64; PinReason::ALL.len()],
     pinned_current: [AtomicU64; PinReason::ALL.len()],
     pub reloads: AtomicU64,
@@ -446,6 +448,12 @@ impl Collector for Scrape {
             "protocol_errors",
             "Clients disconnected for malformed input.",
             load(&m.protocol_errors),
+        )?;
+        counter(
+            &mut enc,
+            "auth_failures",
+            "Client logins refused by [auth] (wrong password or unknown user).",
+            load(&m.auth_failures),
         )?;
         {
             let mut f = enc.encode_descriptor(

@@ -5,7 +5,9 @@
 //! | changes live | how |
 //! |---|---|
 //! | `[[keyspace]]`, `[consistency]` | a new [`Engine`] sharing the old one's state |
-//! | `[commands] deny` | swapped deny list, read per command batch |
+//! | `[commands]` | swapped command policy, read per command batch |
+//! | `[auth]` | swapped credentials: new `AUTH` attempts use them; sessions already
+//! authenticated stay so (as in Redis) |
 //! | `[limits]` | new sessions decode with the new limits |
 //! | `[listen] max_clients` | read for every new client |
 //! | `[log] level` | the `tracing_subscriber` reload handle |
@@ -19,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::config::{Config, Overrides};
-use crate::context::{Context, DenyList};
+use crate::context::Context;
 use crate::resp::Limits;
 
 /// Where the running configuration came from.
@@ -124,8 +126,8 @@ impl Context {
                 .reconfigured(&new.consistency, &new.keyspace);
             self.engine.store(Arc::new(engine));
         }
-        if new.commands != old.commands {
-            self.deny.store(Arc::new(DenyList::new(&new.commands.deny)));
+        if new.commands != old.commands || new.auth != old.auth {
+            self.set_access(&new);
         }
         if new.limits != old.limits {
             self.limits.store(Arc::new(limits_of(&new)));
@@ -178,7 +180,22 @@ fn diff(old: &Config, new: &Config, log_live: bool, report: &mut ReloadReport) {
     };
     note(new.keyspace != old.keyspace, "keyspace", true);
     note(new.consistency != old.consistency, "consistency", true);
-    note(new.commands != old.commands, "commands.deny", true);
+    note(
+        new.commands.deny != old.commands.deny,
+        "commands.deny",
+        true,
+    );
+    note(
+        new.commands.rename != old.commands.rename,
+        "commands.rename",
+        true,
+    );
+    note(
+        new.commands.scripts != old.commands.scripts,
+        "commands.scripts",
+        true,
+    );
+    note(new.auth != old.auth, "auth", true);
     note(new.limits != old.limits, "limits", true);
     note(
         new.listen.max_clients != old.listen.max_clients,

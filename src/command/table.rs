@@ -155,6 +155,17 @@ impl CommandTable {
         Some(&entry.info)
     }
 
+    /// Whether an invocation names a container with a subcommand it does not have
+    /// (`CONFIG FOO`), which Redis answers with `unknown subcommand`.
+    pub fn unknown_subcommand(&self, args: &[Bytes]) -> bool {
+        let (Some(name), Some(sub)) = (args.first(), args.get(1)) else {
+            return false;
+        };
+        !name.contains(&b'|')
+            && self.find(&[name]).is_some_and(|e| e.has_subcommands)
+            && self.find(&[name, b"|", sub]).is_none()
+    }
+
     /// The command with this full name (`get`, `client|setname`), case-insensitive.
     pub fn get(&self, name: &str) -> Option<&Arc<CommandInfo>> {
         self.find(&[name.as_bytes()]).map(|e| &e.info)

@@ -23,7 +23,8 @@ use super::{
     WriteThrough, units, validate,
 };
 
-const SECTIONS: &str = "listen, upstream, limits, consistency, keyspace, commands, admin, log";
+const SECTIONS: &str =
+    "listen, upstream, limits, consistency, keyspace, commands, auth, admin, log";
 
 /// A `[[keyspace]]` entry as written: every key optional, so one key at a time can be
 /// checked; `pattern` and `mode` are required by the loader, not by serde.
@@ -66,6 +67,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             "consistency" => config.consistency = loader.section(name, item, at),
             "keyspace" => config.keyspace = loader.keyspaces(item, at),
             "commands" => config.commands = loader.section(name, item, at),
+            "auth" => config.auth = Some(loader.section(name, item, at)),
             "admin" => config.admin = loader.section(name, item, at),
             "log" => config.log = loader.section(name, item, at),
             _ => loader.fail(

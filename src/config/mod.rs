@@ -20,6 +20,7 @@ mod validate;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -45,6 +46,9 @@ pub struct Config {
     /// `keyspace = []` means none.
     pub keyspace: Vec<KeyspaceRule>,
     pub commands: CommandsConfig,
+    /// `[auth]`; `None` (no section): clients are not asked to authenticate by cachet,
+    /// and `AUTH` is checked against the upstream.
+    pub auth: Option<AuthConfig>,
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -246,13 +250,65 @@ pub enum WriteThrough {
     Invalidate,
 }
 
-/// `[commands]`.
+/// `[commands]`: what clients may run.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CommandsConfig {
     /// Commands refused with an error; stored uppercased.
     #[serde(deserialize_with = "units::command_names")]
     pub deny: Vec<String>,
+    /// Redis's `rename-command`: original name to new name, both stored uppercased;
+    /// an empty new name disables the command.
+    #[serde(deserialize_with = "units::command_renames")]
+    pub rename: BTreeMap<String, String>,
+    /// Whether clients may run or load Lua scripts and functions.
+    pub scripts: ScriptPolicy,
+}
+
+/// `[commands] scripts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScriptPolicy {
+    #[default]
+    Allow,
+    /// `EVAL`, `EVALSHA`, `EVAL_RO`, `EVALSHA_RO`, `FCALL`, `FCALL_RO`, `SCRIPT LOAD`
+    /// and `FUNCTION LOAD` are refused.
+    Refuse,
+}
+
+/// `[auth]`: the passwords clients must give (`AUTH`, `HELLO … AUTH`) before cachet
+/// serves them anything. Only SHA-256 digests are stored, as 64 hex digits.
+#[derive(Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The `default` user's password (Redis's `requirepass`), for `AUTH <password>`;
+    /// `None`: the `default` user cannot log in.
+    pub password_sha256: Option<String>,
+    /// `[[auth.users]]`: named users, for `AUTH <name> <password>`.
+    pub users: Vec<AuthUser>,
+}
+
+/// One `[[auth.users]]` entry.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthUser {
+    pub name: String,
+    pub password_sha256: String,
+}
+
+/// Written by hand: a digest of a weak password is as good as the password, so it
+/// never reaches a log.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let users: Vec<&str> = self.users.iter().map(|u| u.name.as_str()).collect();
+        f.debug_struct("AuthConfig")
+            .field(
+                "password_sha256",
+                &self.password_sha256.as_ref().map(|_| "***"),
+            )
+            .field("users", &users)
+            .finish()
+    }
 }
 
 /// `[admin]`: the HTTP metrics and health endpoint.
@@ -326,6 +382,7 @@ impl Default for Config {
                 rule("*", KeyspaceMode::Strict, None),
             ],
             commands: CommandsConfig::default(),
+            auth: None,
             admin: AdminConfig::default(),
             log: LogConfig::default(),
         }

@@ -203,12 +203,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         errors("[listen]\n[upsteam]\nurl = \"redis://h\"\n"),
         [
-            "2: upsteam: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, admin, log"
+            "2: upsteam: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, auth, admin, log"
         ]
     );
     assert_eq!(
         errors("address = \"x\"\n")[0],
-        "1: address: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, admin, log"
+        "1: address: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, auth, admin, log"
     );
 }
 
@@ -497,7 +497,7 @@ level = "loud"
             "7: upstream.url: invalid upstream URL: invalid database \"x\": expected a number",
             "8: upstream.shared_connections: must be 1 to 64, not 0",
             "9: upstream.command_timeout: invalid duration \"5 seconds\": expected a number followed by ms, s, m or h",
-            "14: cluster: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, admin, log",
+            "14: cluster: unknown section; expected one of listen, upstream, limits, consistency, keyspace, commands, auth, admin, log",
             "22: keyspace[1].pattern: never matches: keyspace[0] pattern '*' matches every key first",
             "24: keyspace[1].max_ttl: only applies to mode = \"lock\", not \"cache\"",
             "26: keyspace[2].pattern: missing required key",
@@ -615,4 +615,112 @@ fn debug_output_hides_passwords() {
         "{debug}"
     );
     assert_eq!(config.upstream.password(), Some("in-field"));
+}
+
+const DIGEST: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+#[test]
+fn auth_and_command_policy_are_read() {
+    let config = parse(&format!(
+        r#"
+[commands]
+rename = {{ config = "", FlushAll = "myflush" }}
+scripts = "refuse"
+
+[auth]
+password_sha256 = "{DIGEST}"
+
+[[auth.users]]
+name = "app"
+password_sha256 = "{upper}"
+"#,
+        upper = DIGEST.to_uppercase()
+    ))
+    .unwrap();
+    let rename: Vec<(&str, &str)> = config
+        .commands
+        .rename
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(rename, [("CONFIG", ""), ("FLUSHALL", "MYFLUSH")]);
+    assert_eq!(config.commands.scripts, ScriptPolicy::Refuse);
+    let auth = config.auth.as_ref().unwrap();
+    assert_eq!(auth.password_sha256.as_deref(), Some(DIGEST));
+    assert_eq!(auth.users.len(), 1);
+    assert_eq!(auth.users[0].name, "app");
+    // Digests stay out of logs, user names do not.
+    let debug = format!("{config:?}");
+    assert!(!debug.contains(DIGEST) && debug.contains("app"), "{debug}");
+    assert_eq!(Config::default().auth, None);
+}
+
+#[test]
+fn auth_errors_name_line_and_key() {
+    assert_eq!(
+        errors(
+            "[auth]\npassword_sha256 = \"hunter2\"\n[[auth.users]]\nname = \"default\"\npassword_sha256 = \"{DIGEST}\"\n[[auth.users]]\nname = \"app\"\npassword_sha256 = \"xyz\"\n"
+                .replace("{DIGEST}", DIGEST)
+                .as_str()
+        ),
+        [
+            "2: auth.password_sha256: must be a SHA-256 digest written as 64 hex digits (not the password; for example the output of `printf %s 'password' | sha256sum`), got 7 characters",
+            "4: auth.users[0].name: the default user's password is auth.password_sha256",
+            "8: auth.users[1].password_sha256: must be a SHA-256 digest written as 64 hex digits (not the password; for example the output of `printf %s 'password' | sha256sum`), got 3 characters",
+        ]
+    );
+    assert_eq!(
+        errors("[auth]\n"),
+        [
+            "1: auth: sets no password: give password_sha256 or at least one [[auth.users]] (without an [auth] section clients are not asked to authenticate)"
+        ]
+    );
+    let twice = format!(
+        "[[auth.users]]\nname = \"a\"\npassword_sha256 = \"{DIGEST}\"\n[[auth.users]]\nname = \"a\"\npassword_sha256 = \"{DIGEST}\"\n"
+    );
+    assert_eq!(
+        errors(&twice),
+        ["5: auth.users[1].name: user \"a\" is listed twice"]
+    );
+    let unknown = errors("[auth]\npassword = \"plain\"\n");
+    assert_eq!(unknown.len(), 2, "{unknown:?}");
+    // The unknown key, and the section left without any password.
+    assert!(
+        unknown[0].starts_with("1: auth: sets no password"),
+        "{unknown:?}"
+    );
+    assert!(
+        unknown[1].starts_with("2: auth.password: unknown field `password`"),
+        "{unknown:?}"
+    );
+    let missing = errors("[[auth.users]]\nname = \"a\"\n");
+    assert!(
+        missing[0].contains("auth.users") && missing[0].contains("password_sha256"),
+        "{missing:?}"
+    );
+}
+
+#[test]
+fn rename_errors() {
+    assert_eq!(
+        errors(
+            "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\", SCRIPT = \"a b\" }\nscripts = \"maybe\"\n"
+        ),
+        [
+            "2: commands.rename: invalid command name \"a b\": command names contain no spaces",
+            "3: commands.scripts: unknown variant `maybe`, expected `allow` or `refuse`",
+        ]
+    );
+    assert_eq!(
+        errors(
+            "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\" }\n"
+        ),
+        [
+            "2: commands.rename.CONFIG: GET is already a Redis command",
+            "2: commands.rename.FLUSHDB: X is the new name of another command too",
+            "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
+        ]
+    );
+    // Swapping two names is allowed: neither stays under its own name.
+    parse("[commands]\nrename = { GET = \"SET\", SET = \"GET\" }\n").unwrap();
 }

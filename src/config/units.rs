@@ -168,6 +168,26 @@ pub(crate) fn command_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Strin
         .collect()
 }
 
+/// `[commands] rename`: names checked and uppercased; an empty new name (disabled)
+/// stays empty.
+pub(crate) fn command_renames<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<std::collections::BTreeMap<String, String>, D::Error> {
+    let renames: std::collections::BTreeMap<String, String> = serde::Deserialize::deserialize(d)?;
+    renames
+        .iter()
+        .map(|(from, to)| {
+            let from = command_name(from).map_err(de::Error::custom)?;
+            let to = if to.is_empty() {
+                String::new()
+            } else {
+                command_name(to).map_err(de::Error::custom)?
+            };
+            Ok((from, to))
+        })
+        .collect()
+}
+
 /// Sizes come as strings (`"64MiB"`) or plain TOML integers (byte counts).
 pub(crate) fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct SizeVisitor;

@@ -167,6 +167,43 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             fail("commands.deny".into(), message);
         }
     }
+    check_renames(&config.commands.rename, &mut fail);
+
+    if let Some(auth) = &config.auth {
+        if auth.password_sha256.is_none() && auth.users.is_empty() {
+            fail(
+                "auth".into(),
+                "sets no password: give password_sha256 or at least one [[auth.users]] \
+                 (without an [auth] section clients are not asked to authenticate)"
+                    .into(),
+            );
+        }
+        if let Some(digest) = &auth.password_sha256 {
+            if let Err(message) = check_sha256(digest) {
+                fail("auth.password_sha256".into(), message);
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, user) in auth.users.iter().enumerate() {
+            let key = |name: &str| format!("auth.users[{i}].{name}");
+            if user.name.is_empty() || user.name.chars().any(|c| c.is_whitespace()) {
+                fail(
+                    key("name"),
+                    "must be a non-empty name without spaces".into(),
+                );
+            } else if user.name == "default" {
+                fail(
+                    key("name"),
+                    "the default user's password is auth.password_sha256".into(),
+                );
+            } else if !seen.insert(user.name.as_str()) {
+                fail(key("name"), format!("user {:?} is listed twice", user.name));
+            }
+            if let Err(message) = check_sha256(&user.password_sha256) {
+                fail(key("password_sha256"), message);
+            }
+        }
+    }
 
     if let Err(message) = check_log_level(&config.log.level) {
         fail("log.level".into(), message);
@@ -185,6 +222,53 @@ pub(super) fn compared_with(key: &str) -> &'static [&'static str] {
             &["upstream.url", "upstream.username", "upstream.password"]
         }
         _ => &[],
+    }
+}
+
+/// A SHA-256 digest as 64 hex digits: passwords are never written in the file.
+fn check_sha256(digest: &str) -> Result<(), String> {
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a SHA-256 digest written as 64 hex digits (not the password; \
+             for example the output of `printf %s 'password' | sha256sum`), got {} characters",
+            digest.chars().count()
+        ))
+    }
+}
+
+/// `[commands] rename`, as Redis's `rename-command`: each new name once, and not the
+/// name of a command that is still there under its own name.
+fn check_renames(
+    renames: &std::collections::BTreeMap<String, String>,
+    fail: &mut impl FnMut(String, String),
+) {
+    if renames.is_empty() {
+        return;
+    }
+    let builtin = crate::command::CommandTable::builtin();
+    let mut taken = std::collections::HashSet::new();
+    for (from, to) in renames {
+        let key = format!("commands.rename.{from}");
+        if from.contains('|') || to.contains('|') {
+            fail(
+                key,
+                "only whole commands can be renamed, not subcommands".into(),
+            );
+            continue;
+        }
+        if to.is_empty() {
+            continue;
+        }
+        if !taken.insert(to.as_str()) {
+            fail(key, format!("{to} is the new name of another command too"));
+        } else if to != from
+            && !renames.contains_key(to)
+            && builtin.get(&to.to_ascii_lowercase()).is_some()
+        {
+            fail(key, format!("{to} is already a Redis command"));
+        }
     }
 }
 

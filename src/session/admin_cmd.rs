@@ -131,6 +131,20 @@ fn info(ctx: &Context, engine: &Engine) -> String {
     }
     let deny = &config.commands.deny;
     line("denied_commands", &deny.join(","));
+    // How many, not which: a renamed command's new name is meant to stay unknown.
+    line("renamed_commands", &config.commands.rename.len());
+    let scripts = match config.commands.scripts {
+        crate::config::ScriptPolicy::Allow => "allow",
+        crate::config::ScriptPolicy::Refuse => "refuse",
+    };
+    line("scripts", &scripts);
+    line(
+        "client_auth",
+        &match &config.auth {
+            Some(auth) => format!("on,users={}", auth.users.len()),
+            None => "off".to_owned(),
+        },
+    );
     line("# Stats", &"");
     let (mut ok, mut err) = (0u64, 0u64);
     for t in ctx.metrics.commands.all() {
@@ -142,6 +156,7 @@ fn info(ctx: &Context, engine: &Engine) -> String {
     line("client_received_bytes", &load(&m.bytes_in));
     line("client_sent_bytes", &load(&m.bytes_out));
     line("protocol_errors", &load(&m.protocol_errors));
+    line("auth_failures", &load(&m.auth_failures));
     let st = &engine.stats;
     for (k, v) in [
         ("invalidations_published", &st.invalidations_published),

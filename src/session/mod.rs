@@ -26,14 +26,16 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::auth::Auth;
 use crate::command::KeyRef;
 use crate::command::{CommandKind, CommandTable};
 use crate::consistency::cache::{Finish, Leases};
 use crate::consistency::retry::{Retry, RetryTicket};
 use crate::consistency::{Engine, Translate};
-use crate::context::{Context, DenyList};
+use crate::context::Context;
 use crate::key_lock::{Held, LockTimeout};
 use crate::metrics::{CommandTally, Outcome, PinReason};
+use crate::policy::{Policy, Renamed};
 use crate::resp::{Decoder, Request, reply};
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
@@ -182,9 +184,15 @@ pub struct Session {
     ctx: Arc<Context>,
     peer: SocketAddr,
     table: Arc<CommandTable>,
-    /// The engine and deny list as of this batch of commands (a reload swaps them).
+    /// The engine, command policy and credentials as of this batch of commands (a
+    /// reload swaps them).
     engine: Arc<Engine>,
-    deny: Arc<DenyList>,
+    policy: Arc<Policy>,
+    auth: Arc<Auth>,
+    /// Whether the client may run commands: logged in with `AUTH`/`HELLO … AUTH`, or
+    /// connected while `[auth]` was off. Kept across reloads, as Redis keeps its
+    /// clients' logins when passwords change.
+    authed: bool,
     /// Counters of the command being handled, until its reply (or slot) takes them.
     tally: Option<Arc<CommandTally>>,
     /// The command being routed, for the slow-command log.
@@ -237,7 +245,9 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
         id,
         table: ctx.table.load_full(),
         engine: ctx.engine.load_full(),
-        deny: ctx.deny.load_full(),
+        policy: ctx.policy.load_full(),
+        auth: ctx.auth.load_full(),
+        authed: !ctx.auth.load().enabled(),
         tally: None,
         current: None,
         slow: std::time::Duration::ZERO,
@@ -470,7 +480,7 @@ impl Session {
     async fn process_buffered(&mut self) {
         self.table = self.ctx.table.load_full();
         self.engine = self.ctx.engine.load_full();
-        self.deny = self.ctx.deny.load_full();
+        self.load_access();
         let config = self.ctx.config.load();
         self.slow = config.log.slow_command;
         self.output_limit = config.limits.client_output_buffer;
@@ -481,10 +491,11 @@ impl Session {
         while !self.closing {
             let started = (n % HANDLING_SAMPLE == 0).then(Instant::now);
             n = n.wrapping_add(1);
-            let req = match self.stalled.take() {
-                Some(req) => req,
+            // A stalled command comes back as it was routed (renamed already).
+            let (req, fresh) = match self.stalled.take() {
+                Some(req) => (req, false),
                 None => match self.decoder.decode(&mut self.rbuf) {
-                    Ok(Some(req)) => req,
+                    Ok(Some(req)) => (req, true),
                     Ok(None) => return,
                     Err(e) => {
                         self.ctx
@@ -498,7 +509,7 @@ impl Session {
                     }
                 },
             };
-            let stalled = self.handle(req).await;
+            let stalled = self.handle(req, fresh).await;
             match stalled {
                 Some(req) => {
                     // Counted when it runs.
@@ -533,16 +544,29 @@ impl Session {
         }
     }
 
-    /// Routes one command; gives it back if it must wait.
-    async fn handle(&mut self, req: Request) -> Option<Request> {
+    /// Routes one command; gives it back if it must wait. `fresh`: just decoded (not
+    /// a stalled command coming back), so `[commands] rename` still applies.
+    async fn handle(&mut self, req: Request, fresh: bool) -> Option<Request> {
         use CommandKind as K;
+        let req = if fresh {
+            match self.policy.rename(req) {
+                Renamed::Run(req) => req,
+                Renamed::Unknown(err) => return self.refuse(err).await,
+            }
+        } else {
+            req
+        };
         let first = req.args.first().map_or(&b""[..], |a| &a[..]);
         if admin_cmd::is_cachet(first) {
+            if !self.authed {
+                self.reply(Bytes::from_static(crate::auth::NOAUTH));
+                return None;
+            }
             self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
             let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
             // A reload applies from the next command on.
             self.engine = self.ctx.engine.load_full();
-            self.deny = self.ctx.deny.load_full();
+            self.load_access();
             self.reply(r);
             return None;
         }
@@ -554,11 +578,19 @@ impl Session {
         });
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
         let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
-        if self
-            .deny
-            .denies(first, info.as_ref().map(|i| i.name.as_str()))
+        if !self.authed {
+            if let Some(refusal) =
+                crate::auth::before_login(&self.table, info.as_deref(), &req.args)
+            {
+                self.reply(refusal);
+                return None;
+            }
+        }
+        if let Some(err) = self
+            .policy
+            .refusal(first, info.as_ref().map(|i| i.name.as_str()))
         {
-            return self.denied(req).await;
+            return self.refuse(err).await;
         }
         // Inside the client's transaction everything is queued upstream, except what
         // ends the connection itself. A malformed `RESET` goes too: Redis rejects it
@@ -566,6 +598,22 @@ impl Session {
         if self.pinned.as_ref().is_some_and(|p| p.multi)
             && (!matches!(kind, K::Quit | K::Reset) || !arity_ok)
         {
+            let logs_in = kind == K::Auth
+                || (kind == K::Hello
+                    && req
+                        .args
+                        .iter()
+                        .skip(2)
+                        .any(|a| a.eq_ignore_ascii_case(b"AUTH")));
+            if self.auth.enabled() && logs_in {
+                // The upstream must never see a client's password, and cachet
+                // cannot answer inside the upstream's transaction.
+                return self
+                    .refuse(reply::error(
+                        "ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI when cachet authenticates clients ([auth])",
+                    ))
+                    .await;
+            }
             return self.send_pinned(req, kind, false).await;
         }
         // In RESP2 subscribe mode Redis refuses every command but the subscribe family,
@@ -573,6 +621,15 @@ impl Session {
         if self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed)
             && (kind == K::Auth || (local::answers(kind) && !matches!(kind, K::Quit | K::Reset)))
         {
+            if self.auth.enabled() && matches!(kind, K::Auth | K::Hello) {
+                // Redis's refusal, said here: the upstream never sees a client's
+                // password.
+                let name = info.as_ref().map_or("auth", |i| i.name.as_str());
+                self.reply(reply::error(&format!(
+                    "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                )));
+                return None;
+            }
             return self.send_pinned(req, kind, false).await;
         }
         // Redis checks arity before anything else; commands answered here must too.
@@ -615,6 +672,22 @@ impl Session {
                 }
             }
             K::Hello => self.hello(req).await,
+            K::Auth if self.auth.enabled() => {
+                let r = match self.auth.auth_command(&req.args) {
+                    Ok(ok) => {
+                        self.authed = true;
+                        ok
+                    }
+                    Err(e) => {
+                        if e.starts_with(b"-WRONGPASS") {
+                            self.auth_failed();
+                        }
+                        e
+                    }
+                };
+                self.reply(r);
+                None
+            }
             K::Auth => self.auth(req, Post::Nothing),
             K::ClientId => {
                 let mut out = BytesMut::new();
@@ -698,15 +771,11 @@ impl Session {
         }
     }
 
-    /// A command refused by `[commands] deny`. Inside the client's transaction the
-    /// refusal must also abort it at `EXEC`, as Redis's own queueing errors do: the
-    /// upstream is sent a command it cannot queue, and its error is answered as the
-    /// refusal.
-    async fn denied(&mut self, req: Request) -> Option<Request> {
-        let name = String::from_utf8_lossy(req.args.first().map_or(&b""[..], |a| &a[..]));
-        let err = reply::error(&format!(
-            "ERR command '{name}' is denied by cachet configuration"
-        ));
+    /// A command refused by `[commands]` (denied, renamed away, a script). Inside the
+    /// client's transaction the refusal must also abort it at `EXEC`, as Redis's own
+    /// queueing errors do: the upstream is sent a command it cannot queue, and its
+    /// error is answered as the refusal.
+    async fn refuse(&mut self, err: Bytes) -> Option<Request> {
         if !self.pinned.as_ref().is_some_and(|p| p.multi) {
             self.reply(err);
             return None;
@@ -1047,7 +1116,20 @@ impl Session {
             }
         };
         let proto = hello.proto.unwrap_or(self.proto);
-        if let Some((user, pass)) = hello.auth {
+        if self.auth.enabled() {
+            if let Some((user, pass)) = &hello.auth {
+                if !self.auth.check(Some(user), pass) {
+                    self.auth_failed();
+                    self.reply(Bytes::from_static(crate::auth::WRONGPASS));
+                    return None;
+                }
+                self.authed = true;
+            }
+            if !self.authed {
+                self.reply(Bytes::from_static(crate::auth::NOAUTH_HELLO));
+                return None;
+            }
+        } else if let Some((user, pass)) = hello.auth {
             let auth = Request::from_args([&b"AUTH"[..], &user, &pass]);
             return self
                 .auth(
@@ -1088,11 +1170,34 @@ impl Session {
 
     /// `RESET`: back to a fresh connection's state.
     fn reset(&mut self) {
+        // Redis logs a reset client in as `default` only when that user needs no
+        // password, which is never the case while cachet authenticates clients.
+        self.authed = !self.auth.enabled();
         self.pinned = None;
         self.db = self.ctx.default_db;
         self.proto = 2;
         self.name = None;
         self.reply_mode = ReplyMode::On;
+    }
+
+    /// A refused login: counted, and logged without what was tried.
+    fn auth_failed(&self) {
+        self.ctx
+            .metrics
+            .auth_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(session = self.id, peer = %self.peer, "client login refused");
+    }
+
+    /// The command policy and credentials a reload may have swapped.
+    fn load_access(&mut self) {
+        self.policy = self.ctx.policy.load_full();
+        self.auth = self.ctx.auth.load_full();
+        // With `[auth]` removed nobody needs a login any more (Redis: a `default` user
+        // without a password serves clients that never authenticated).
+        if !self.auth.enabled() {
+            self.authed = true;
+        }
     }
 
     fn identity(&self) -> Identity {

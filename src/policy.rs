@@ -1,0 +1,195 @@
+//! `[commands]`: what clients may run. Renamed and disabled commands (Redis's
+//! `rename-command`), the deny list, and refusing scripts. Swapped whole by a reload;
+//! a session reads it once per batch of commands.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::config::{CommandsConfig, ScriptPolicy};
+use crate::context::DenyList;
+use crate::resp::{Request, reply};
+
+/// Script commands `[commands] scripts = "refuse"` refuses, by command-table name.
+const SCRIPT_COMMANDS: &[&str] = &[
+    "eval",
+    "evalsha",
+    "eval_ro",
+    "evalsha_ro",
+    "fcall",
+    "fcall_ro",
+    "script|load",
+    "function|load",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    deny: DenyList,
+    /// Lowercase name a client sends -> what it means: `Some(original)` for a new
+    /// name, `None` for an original name renamed away or disabled.
+    renamed: HashMap<Vec<u8>, Option<Bytes>>,
+    refuse_scripts: bool,
+}
+
+/// What the rename table makes of a request.
+pub enum Renamed {
+    /// Runs as sent (or under its original name, rewritten).
+    Run(Request),
+    /// The name is gone: Redis's unknown-command error.
+    Unknown(Bytes),
+}
+
+impl Policy {
+    pub fn new(config: &CommandsConfig) -> Policy {
+        let mut renamed = HashMap::new();
+        for (from, to) in &config.rename {
+            renamed.insert(from.to_ascii_lowercase().into_bytes(), None);
+            if !to.is_empty() {
+                let original = Bytes::from(from.to_ascii_uppercase());
+                renamed.insert(to.to_ascii_lowercase().into_bytes(), Some(original));
+            }
+        }
+        Policy {
+            deny: DenyList::new(&config.deny),
+            renamed,
+            refuse_scripts: config.scripts == ScriptPolicy::Refuse,
+        }
+    }
+
+    /// Applies `[commands] rename` to a request's command name.
+    pub fn rename(&self, req: Request) -> Renamed {
+        if self.renamed.is_empty() {
+            return Renamed::Run(req);
+        }
+        let Some(first) = req.args.first() else {
+            return Renamed::Run(req);
+        };
+        match self.renamed.get(&first.to_ascii_lowercase()) {
+            None => Renamed::Run(req),
+            Some(None) => Renamed::Unknown(unknown_command(&req.args)),
+            Some(Some(original)) => {
+                let args = std::iter::once(original.clone()).chain(req.args.into_iter().skip(1));
+                Renamed::Run(Request::from_args(args.collect::<Vec<_>>()))
+            }
+        }
+    }
+
+    /// The refusal of a command by the deny list or the script policy; `first` is the
+    /// name as sent, `table_name` the command table's (`script|load`).
+    pub fn refusal(&self, first: &[u8], table_name: Option<&str>) -> Option<Bytes> {
+        let sent = || String::from_utf8_lossy(first).into_owned();
+        if self.deny.denies(first, table_name) {
+            return Some(reply::error(&format!(
+                "ERR command '{}' is denied by cachet configuration",
+                sent()
+            )));
+        }
+        let name = table_name?;
+        if self.refuse_scripts && SCRIPT_COMMANDS.contains(&name) {
+            let shown = name.replace('|', " ").to_ascii_uppercase();
+            return Some(reply::error(&format!(
+                "ERR command '{shown}' is refused: cachet configuration does not allow \
+                 scripts ([commands] scripts = \"refuse\")"
+            )));
+        }
+        None
+    }
+}
+
+/// Redis's reply to a command name it does not know (renamed away, or disabled):
+/// `-ERR unknown command 'X', with args beginning with: 'a' 'b' `, with the name cut
+/// at 128 bytes and the arguments shown up to 128 bytes in all, as Redis does.
+pub fn unknown_command(args: &[Bytes]) -> Bytes {
+    const LIMIT: usize = 128;
+    let name = args.first().map_or(&b""[..], |a| &a[..]);
+    let mut shown = Vec::new();
+    for arg in args.iter().skip(1) {
+        if shown.len() >= LIMIT {
+            break;
+        }
+        let room = LIMIT - shown.len();
+        shown.push(b'\'');
+        shown.extend_from_slice(arg.get(..arg.len().min(room)).unwrap_or_default());
+        shown.extend_from_slice(b"' ");
+    }
+    let mut out = BytesMut::with_capacity(64 + shown.len());
+    out.put_slice(b"-ERR unknown command '");
+    out.put_slice(name.get(..name.len().min(LIMIT)).unwrap_or_default());
+    out.put_slice(b"', with args beginning with: ");
+    out.put_slice(&shown);
+    // An error is one line: Redis turns line breaks into spaces.
+    for b in out.iter_mut() {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// Redis's reply to a container command with a subcommand it lacks:
+/// `-ERR unknown subcommand 'FOO'. Try CONFIG HELP.`
+pub fn unknown_subcommand(args: &[Bytes]) -> Bytes {
+    let cut = |a: Option<&Bytes>| {
+        let a = a.map_or(&b""[..], |a| &a[..]);
+        String::from_utf8_lossy(a.get(..a.len().min(128)).unwrap_or_default()).into_owned()
+    };
+    reply::error(&format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        cut(args.get(1)),
+        cut(args.first()).to_ascii_uppercase()
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<Bytes> {
+        Request::from_args(s.split(' ')).args
+    }
+
+    #[test]
+    fn unknown_command_text_is_redis() {
+        assert_eq!(
+            unknown_command(&args("FOO a b")),
+            Bytes::from("-ERR unknown command 'FOO', with args beginning with: 'a' 'b' \r\n")
+        );
+        assert_eq!(
+            unknown_command(&args("FLUSHALL")),
+            Bytes::from("-ERR unknown command 'FLUSHALL', with args beginning with: \r\n")
+        );
+        let long = unknown_command(&[Bytes::from("x"), Bytes::from(vec![b'a'; 300])]);
+        assert_eq!(
+            long.len(),
+            "-ERR unknown command 'x', with args beginning with: ".len() + 128 + 3 + 2
+        );
+    }
+
+    #[test]
+    fn renames_and_refusals() {
+        let mut config = CommandsConfig::default();
+        config.rename.insert("FLUSHALL".into(), "MYFLUSH".into());
+        config.rename.insert("CONFIG".into(), String::new());
+        config.scripts = ScriptPolicy::Refuse;
+        let policy = Policy::new(&config);
+        let run = |s: &str| match policy.rename(Request::from_args(args(s))) {
+            Renamed::Run(r) => Ok(r.args),
+            Renamed::Unknown(e) => Err(e),
+        };
+        assert_eq!(run("myflush async").unwrap(), args("FLUSHALL async"));
+        assert_eq!(run("GET k").unwrap(), args("GET k"));
+        assert!(run("flushall").is_err());
+        assert!(run("config get x").is_err());
+        assert!(policy.refusal(b"eval", Some("eval")).is_some());
+        assert!(
+            policy
+                .refusal(b"script", Some("script|load"))
+                .unwrap()
+                .starts_with(b"-ERR command 'SCRIPT LOAD' is refused")
+        );
+        assert!(policy.refusal(b"script", Some("script|exists")).is_none());
+        assert!(Policy::default().refusal(b"eval", Some("eval")).is_none());
+    }
+}

@@ -281,6 +281,7 @@ def main():
 
     samples = {}
     cpu = {"cachet": [0.0, 0]}
+    cpu_split = {}
     for rnd in range(args.rounds):
         for label, test, clients, pipeline, size, targets in cases:
             n = args.requests * (4 if pipeline > 1 else 1)
@@ -292,12 +293,21 @@ def main():
                 bench(ports["direct"], "set", 50, 16, 32, 200000)
             order = targets if rnd % 2 == 0 else list(reversed(targets))
             for t in order:
-                proc = procs.get(t if t.startswith("cachet") else "", None)
+                proc = procs.get(t, None) if t != "direct" else None
                 c0 = proc.cpu_seconds() if proc else 0
+                r0 = procs["redis"].cpu_seconds()
+                b0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = bench(ports[t], test, clients, pipeline, size, n)
+                b1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                commands = n * (len(test.split(",")))
+                # Where the two cores went: the load generator, the proxy, Redis.
+                split = (b1.ru_utime + b1.ru_stime - b0.ru_utime - b0.ru_stime,
+                         (proc.cpu_seconds() - c0) if proc else 0.0,
+                         procs["redis"].cpu_seconds() - r0)
+                cpu_split.setdefault((label, t), []).append(tuple(x / commands * 100000 for x in split))
                 if t == "cachet":
-                    cpu["cachet"][0] += procs["cachet"].cpu_seconds() - c0
-                    cpu["cachet"][1] += n * (len(test.split(",")))
+                    cpu["cachet"][0] += split[1]
+                    cpu["cachet"][1] += commands
                 samples.setdefault((label, t), []).append(r)
         print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -338,6 +348,19 @@ def main():
     for r in rows:
         lines.append(f"| {r['label']} | {r['target']} | {r['rps']:,.0f} | {r['ratio']:.2f} | "
                      f"{r['p50']:.3f} | {r['p99']:.3f} | {r['p999']:.3f} |")
+    lines += ["", "CPU time per 100k commands (ms; medians) of the load generator, the proxy and "
+              "Redis, for the 50-client cases: on 2 cores, a proxy's throughput ratio is bounded "
+              "by how much more CPU the whole chain needs than direct Redis.", "",
+              "| test | target | client | proxy | Redis | total | × direct total |",
+              "|---|---|---|---|---|---|---|"]
+    for label, _test, clients, _p, _s, targets in cases:
+        if clients != 50 or (label, "direct") not in cpu_split:
+            continue
+        direct_total = sum(statistics.median(x[i] for x in cpu_split[(label, "direct")]) for i in range(3))
+        for t in targets:
+            med = [statistics.median(x[i] for x in cpu_split[(label, t)]) * 1000 for i in range(3)]
+            lines.append(f"| {label} | {t} | {med[0]:.0f} | {med[1]:.0f} | {med[2]:.0f} | "
+                         f"{sum(med):.0f} | {sum(med) / 1000 / direct_total:.2f} |")
     lines += ["", f"Open-loop `GET` at {half:,.0f} requests/s (50 % of direct Redis, 50 connections, "
               f"`benches/paced.rs`), microseconds, medians of {args.rounds} rounds; *added* is the "
               "difference to direct Redis:", "",
@@ -355,7 +378,8 @@ def main():
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"rows": rows, "latency_at_half_load": latency_rows, "half_load_rps": half,
+        json.dump({"rows": rows, "cpu_ms_per_100k_split": {f"{k[0]} | {k[1]}": [statistics.median(x[i] for x in v) * 1000 for i in range(3)] for k, v in cpu_split.items()},
+                   "latency_at_half_load": latency_rows, "half_load_rps": half,
                    "cpu_ms_per_100k": cpu_per_100k * 1000, "peak_rss": peak,
                    "idle_rss_before": before, "idle_rss_during": during,
                    "idle_bytes_per_conn": per_conn}, f, indent=1)

@@ -274,6 +274,7 @@ pub struct Metrics {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub protocol_errors: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
     pinned_total: [AtomicU64; PinReason::ALL.len()],
     pinned_current: [AtomicU64; PinReason::ALL.len()],
     pub reloads: AtomicU64,
@@ -496,6 +497,12 @@ impl Collector for Scrape {
             "uptime_seconds",
             "Seconds since cachet started.",
             g(live.uptime.as_secs()),
+        )?;
+        counter(
+            &mut enc,
+            "tls_handshake_failures",
+            "Client connections closed because their TLS handshake failed or timed out.",
+            load(&m.tls_handshake_failures),
         )?;
         counter(
             &mut enc,

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -34,6 +33,7 @@ use crate::context::{Context, DenyList};
 use crate::key_lock::{Held, LockTimeout};
 use crate::metrics::{CommandTally, Outcome, PinReason};
 use crate::resp::{Decoder, Request, reply};
+use crate::stream::Stream;
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
 use pinned::{Incoming, Pinned, Rewrite, SessionEffect};
@@ -211,8 +211,10 @@ pub struct Session {
 }
 
 /// Runs one client connection to its end.
-pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
+    if !stream.is_tls() {
+        let _ = stream.set_nodelay(true);
+    }
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
     let (resolve_tx, resolve_rx) = mpsc::unbounded_channel();
     let id = ctx.next_session_id();
@@ -255,11 +257,11 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
 impl Session {
     async fn serve(
         mut self,
-        stream: TcpStream,
+        stream: Stream,
         mut reply_rx: ReplyRx,
         mut resolve_rx: mpsc::UnboundedReceiver<(u64, Bytes, bool)>,
     ) {
-        let (mut client_rd, mut client_wr) = stream.into_split();
+        let (mut client_rd, mut client_wr) = stream.split();
         let mut shutdown = self.ctx.shutdown.clone();
         let mut shutting_down = *shutdown.borrow();
         // One future for the whole session: creating a watch notification per loop
@@ -294,7 +296,8 @@ impl Session {
                     r = client_rd.read_buf(rbuf), if want_read => Event::ClientRead(r),
                     Some(r) = reply_rx.recv() => Event::Upstream(r),
                     Some((seq, bytes, finish)) = resolve_rx.recv() => Event::Resolved(seq, bytes, finish),
-                    r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
+                    // With nothing left to write, a TLS client may still be owed a flush.
+                    r = client_wr.write_or_flush(out), if !out.is_empty() || client_wr.needs_flush() => Event::Wrote(r),
                     r = read_pinned(pinned) => Event::PinnedRead(r),
                     _ = sleep_until(deadline) => Event::PinnedTimeout,
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,

@@ -119,6 +119,16 @@ async fn clients_over_tls_reach_a_plain_upstream() {
     assert!(stored == big);
 }
 
+/// The upstream's `total_connections_received`, asked through cachet.
+fn connections_received(c: &mut Raw) -> u64 {
+    let info = c.call(&words("INFO stats"));
+    String::from_utf8_lossy(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_connections_received:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("total_connections_received in INFO stats")
+}
+
 #[test]
 fn every_upstream_connection_uses_tls() {
     let pki = Pki::new("upstream");
@@ -143,14 +153,17 @@ fn every_upstream_connection_uses_tls() {
     assert_eq!(c.call(&words("GET :1:item")), b"$-1\r\n");
     assert_eq!(c.call(&words("SET :1:item filled")), b"+OK\r\n");
     assert_eq!(c.call(&words("GET :1:item")), b"$6\r\nfilled\r\n");
-    // Dedicated connections, twice: the second transaction reuses the first one's
-    // connection from the idle pool.
-    for _ in 0..2 {
+    // Dedicated connections, several times: after the first transaction, each one
+    // reuses the same TLS connection from the idle pool (no new connection upstream).
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
         assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
         assert_eq!(c.call(&words("INCR t")), b"+QUEUED\r\n");
         let exec = c.call(&words("EXEC"));
         assert!(exec.starts_with(b"*1\r\n:"), "{exec:?}");
+        accepted.push(connections_received(&mut c));
     }
+    assert_eq!(accepted[0], accepted[2], "idle TLS connection not reused");
     assert_eq!(c.call(&words("BLPOP nothing 0.1")), b"*-1\r\n");
     let mut sub = Raw::connect(cachet.addr);
     assert_eq!(

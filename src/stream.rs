@@ -6,7 +6,9 @@
 //!
 //! A TLS write may leave encrypted bytes inside rustls when the socket is full, and
 //! nothing sends them until the next write or a flush. Writers that stop writing must
-//! therefore flush: [`WriteHalf::needs_flush`] says when (never for plain TCP).
+//! therefore flush: [`WriteHalf::write_all_flushed`] for request/response writers,
+//! [`WriteHalf::write_or_flush`] with [`WriteHalf::needs_flush`] for a select loop.
+//! For plain TCP, flushing is never needed and costs nothing.
 
 use std::io;
 use std::pin::Pin;
@@ -200,6 +202,16 @@ impl WriteHalf {
     /// Whether a write since the last flush may have left bytes unsent.
     pub fn needs_flush(&self) -> bool {
         self.unflushed
+    }
+
+    /// Writes all of `buf` and, for TLS, pushes it out of rustls: for writers that
+    /// then wait for an answer.
+    pub async fn write_all_flushed(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.write_all(buf).await?;
+        if self.unflushed {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
     /// Writes some of `buf`; with nothing to write, flushes. For a writer that polls

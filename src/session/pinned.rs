@@ -14,7 +14,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::command::CommandKind;
@@ -234,15 +234,9 @@ impl Pinned {
             }
         }
         self.wr
-            .write_all(&out)
+            .write_all_flushed(&out)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        if self.wr.needs_flush() {
-            self.wr
-                .flush()
-                .await
-                .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        }
         if frames == 0 {
             return Ok(0);
         }

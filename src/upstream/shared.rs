@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -192,14 +192,9 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        wr.write_all(&buf)
+        wr.write_all_flushed(&buf)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        if wr.needs_flush() {
-            wr.flush()
-                .await
-                .map_err(|e| UpstreamError::Io(e.to_string()))?;
-        }
         if buf.capacity() > 4 * MAX_BATCH_BYTES {
             // A huge value passed through; do not keep its buffer forever.
             buf = BytesMut::with_capacity(16 * 1024);

@@ -92,6 +92,9 @@ pub struct Context {
     pub default_db: u32,
     /// Clients idle this long are disconnected (zero: never).
     pub idle_timeout: Duration,
+    /// A digest of the TLS certificate and key files as loaded at start: a reload
+    /// that finds them changed reports that a restart is needed.
+    pub tls_files: u64,
     next_session: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -123,6 +126,7 @@ impl Context {
             started: std::time::Instant::now(),
             default_db,
             idle_timeout: Duration::ZERO,
+            tls_files: 0,
             next_session: AtomicU64::new(1),
             shutdown,
         }

@@ -11,6 +11,8 @@
 //! | stage | file |
 //! |---|---|
 //! | accept, connection limit, shutdown | `listener.rs` |
+//! | TLS: acceptor and upstream connector from the configuration | `tls.rs` |
+//! | a plain or TLS connection, and its two halves | `stream.rs` |
 //! | one client: read, order, reply | `session/mod.rs` |
 //! | decode requests with limits (RESP2/RESP3/inline) | `resp/request.rs` |
 //! | find reply frame boundaries, encode local replies | `resp/reply.rs` |
@@ -48,6 +50,8 @@ pub mod policy;
 pub mod reload;
 pub mod resp;
 pub mod session;
+pub mod stream;
+pub mod tls;
 pub mod upstream;
 
 pub use config::Config;

@@ -18,6 +18,7 @@ use crate::consistency::Engine;
 use crate::context::Context;
 use crate::reload::{ConfigSource, LogReloader};
 use crate::session;
+use crate::stream::Stream;
 use crate::upstream::{Settings, Upstream};
 
 #[derive(Debug, Error)]
@@ -32,13 +33,15 @@ pub enum ServerError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("upstream TLS (rediss://) is not supported yet")]
-    TlsUnsupported,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A bound, not yet running, cachet.
 pub struct Server {
     listener: TcpListener,
+    /// `[listen.tls]`: the acceptor and how long a handshake may take.
+    tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     admin: Option<TcpListener>,
     ctx: Arc<Context>,
     shutdown: watch::Sender<bool>,
@@ -61,10 +64,27 @@ impl Server {
             ),
             None => None,
         };
+        let tls = match &config.listen.tls {
+            Some(tls) => Some((
+                crate::tls::acceptor(tls)
+                    .map_err(|e| ServerError::Tls(format!("listen.tls.{e}")))?,
+                tls.handshake_timeout,
+            )),
+            None => None,
+        };
         let url = &config.upstream.url;
-        if url.tls {
-            return Err(ServerError::TlsUnsupported);
-        }
+        let upstream_tls = if url.tls {
+            let tls = config.upstream.tls.clone().unwrap_or_default();
+            if tls.insecure {
+                tracing::warn!(upstream = %url, "upstream.tls.insecure = true: the upstream's certificate is NOT verified; anyone on the path can impersonate it");
+            }
+            Some(
+                crate::tls::connector(&url.host, &tls)
+                    .map_err(|e| ServerError::Tls(format!("upstream.tls.{e}")))?,
+            )
+        } else {
+            None
+        };
         let settings = Settings {
             address: url.address(),
             username: config
@@ -81,6 +101,7 @@ impl Server {
             command_timeout: config.upstream.command_timeout,
             shared_connections: config.upstream.shared_connections,
             preload: Vec::new(),
+            tls: upstream_tls,
         };
         let limits = crate::reload::limits_of(config);
         let engine = Engine::new(&config.consistency, &config.keyspace);
@@ -107,6 +128,7 @@ impl Server {
         ctx.config = arc_swap::ArcSwap::from_pointee(config.clone());
         ctx.set_access(config);
         ctx.max_clients = AtomicUsize::new(config.listen.max_clients);
+        ctx.tls_files = crate::tls::files_digest(config);
         let ctx = Arc::new(ctx);
         tokio::spawn(ctx.engine.load().retries.clone().run(ctx.clone()));
         match ctx.discover().await {
@@ -142,6 +164,7 @@ impl Server {
         }
         Ok(Server {
             listener,
+            tls,
             admin,
             ctx,
             shutdown,
@@ -189,7 +212,7 @@ impl Server {
                 self.shutdown.subscribe(),
             ));
         }
-        tracing::info!(address = %self.local_addr(), upstream = %self.ctx.upstream.settings().address, "cachet listening");
+        tracing::info!(address = %self.local_addr(), tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -222,6 +245,10 @@ impl Server {
         let metrics = &self.ctx.metrics;
         if active.count.load(Ordering::Relaxed) >= self.ctx.max_clients.load(Ordering::Relaxed) {
             metrics.clients_rejected.fetch_add(1, Ordering::Relaxed);
+            if self.tls.is_some() {
+                // A plaintext error line would be garbage to a TLS client.
+                return;
+            }
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -235,9 +262,35 @@ impl Server {
         metrics.clients_current.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active.clone(), metrics.clone());
         let ctx = self.ctx.clone();
+        let tls = self.tls.clone();
         tokio::spawn(async move {
+            let _guard = guard;
+            let stream = match tls {
+                None => Stream::Plain(stream),
+                // The handshake runs in the client's own task, under a deadline, so a
+                // slow or hostile client delays nobody else.
+                Some((acceptor, limit)) => {
+                    let _ = stream.set_nodelay(true);
+                    match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => Stream::from(s),
+                        Ok(Err(e)) => {
+                            ctx.metrics
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            ctx.metrics
+                                .tls_handshake_failures
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             session::run(ctx, stream, peer).await;
-            drop(guard);
         });
     }
 }

@@ -276,6 +276,7 @@ pub struct Metrics {
     pub protocol_errors: AtomicU64,
     /// `AUTH`/`HELLO … AUTH` refused by `[auth]` (wrong password or unknown user).
     pub auth_failures: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
     pinned_total: [AtomicU64; PinReason::ALL.len()],
     pinned_current: [AtomicU64; PinReason::ALL.len()],
     pub reloads: AtomicU64,
@@ -504,6 +505,12 @@ impl Collector for Scrape {
             "uptime_seconds",
             "Seconds since cachet started.",
             g(live.uptime.as_secs()),
+        )?;
+        counter(
+            &mut enc,
+            "tls_handshake_failures",
+            "Client connections closed because their TLS handshake failed or timed out.",
+            load(&m.tls_handshake_failures),
         )?;
         counter(
             &mut enc,

@@ -12,8 +12,9 @@
 //! | `[listen] max_clients` | read for every new client |
 //! | `[log] level` | the `tracing_subscriber` reload handle |
 //!
-//! Everything else (listen and admin addresses, the upstream, timeouts, the log
-//! format) is reported as needing a restart and left as it runs.
+//! Everything else (listen and admin addresses, TLS settings and the contents of their
+//! certificate files, the upstream, timeouts, the log format) is reported as needing a
+//! restart and left as it runs.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -119,6 +120,15 @@ impl Context {
             }
         }
         diff(&old, &new, self.log_reloader.get().is_some(), &mut report);
+        if new.listen.tls == old.listen.tls
+            && new.upstream.tls == old.upstream.tls
+            && crate::tls::files_digest(&new) != self.tls_files
+        {
+            // Same paths, new contents (rotated certificates): loaded at start only.
+            report
+                .restart_required
+                .push("TLS certificate files".to_owned());
+        }
         if new.keyspace != old.keyspace || new.consistency != old.consistency {
             let engine = self
                 .engine
@@ -140,6 +150,7 @@ impl Context {
         running.listen.address = old.listen.address;
         running.listen.idle_timeout = old.listen.idle_timeout;
         running.listen.shutdown_grace = old.listen.shutdown_grace;
+        running.listen.tls = old.listen.tls.clone();
         running.upstream = old.upstream.clone();
         running.admin = old.admin.clone();
         running.log.format = old.log.format;
@@ -218,6 +229,7 @@ fn diff(old: &Config, new: &Config, log_live: bool, report: &mut ReloadReport) {
         "listen.shutdown_grace",
         false,
     );
+    note(new.listen.tls != old.listen.tls, "listen.tls", false);
     note(new.upstream != old.upstream, "upstream", false);
     note(new.admin != old.admin, "admin.address", false);
     note(new.log.format != old.log.format, "log.format", false);

@@ -215,7 +215,17 @@ impl Loader<'_> {
         for (key, item) in table.iter() {
             match deserialize::<T>([(key, item.clone())]) {
                 Ok(_) => good.push((key, item.clone())),
-                Err(message) => self.fail(&format!("{path}.{key}"), span_of(table, key), message),
+                Err(message) => match item.as_table_like() {
+                    // A nested table (`[listen.tls]`): blame its keys one by one too.
+                    Some(inner) => {
+                        if let Some(kept) = self.nested::<T>(path, key, inner) {
+                            good.push((key, kept));
+                        } else {
+                            self.fail(&format!("{path}.{key}"), span_of(table, key), message);
+                        }
+                    }
+                    None => self.fail(&format!("{path}.{key}"), span_of(table, key), message),
+                },
             }
         }
         match deserialize(good) {
@@ -226,6 +236,43 @@ impl Loader<'_> {
                 None
             }
         }
+    }
+
+    /// The keys of nested table `key` of section `path`, each tried alone inside an
+    /// otherwise empty section: bad ones are reported as `path.key.inner`, and the good
+    /// ones returned as the table to keep. `None` when the section has no such table,
+    /// or when no key fails alone (the caller then blames the table as a whole).
+    fn nested<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        key: &str,
+        inner: &dyn TableLike,
+    ) -> Option<Item> {
+        let empty = Item::Value(Value::InlineTable(InlineTable::new()));
+        if deserialize::<T>([(key, empty)]).is_err() {
+            return None;
+        }
+        let mut kept = InlineTable::new();
+        let mut failed = false;
+        for (name, item) in inner.iter() {
+            let Ok(value) = item.clone().into_value() else {
+                continue;
+            };
+            let mut alone = InlineTable::new();
+            alone.insert(name, value.clone());
+            let wrapped = Item::Value(Value::InlineTable(alone));
+            match deserialize::<T>([(key, wrapped)]) {
+                Ok(_) => {
+                    kept.insert(name, value);
+                }
+                Err(message) => {
+                    failed = true;
+                    let at = span_of(inner, name);
+                    self.fail(&format!("{path}.{key}.{name}"), at, message);
+                }
+            }
+        }
+        failed.then(|| Item::Value(Value::InlineTable(kept)))
     }
 
     fn fail(&mut self, key: &str, at: Option<Range<usize>>, message: String) {

@@ -23,7 +23,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -67,6 +67,36 @@ pub struct ListenConfig {
     /// How long in-flight commands may finish after SIGTERM/SIGINT.
     #[serde(deserialize_with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// `[listen.tls]`: when present, the listener speaks TLS only.
+    pub tls: Option<ListenTls>,
+}
+
+/// `[listen.tls]`: the certificate cachet presents to clients, and optionally the CA
+/// that client certificates must be signed by (mutual TLS). Paths are PEM files,
+/// relative to the working directory. `certificate` and `key` are required; they are
+/// options here so that the loader can blame each key on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenTls {
+    /// The certificate chain, leaf first.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// When set, clients must present a certificate signed by one of these CAs.
+    pub client_ca: Option<PathBuf>,
+    /// A client that has not finished its TLS handshake after this long is dropped.
+    #[serde(deserialize_with = "units::duration")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for ListenTls {
+    fn default() -> Self {
+        ListenTls {
+            certificate: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 impl Default for ListenConfig {
@@ -76,6 +106,7 @@ impl Default for ListenConfig {
             max_clients: 10_000,
             idle_timeout: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -95,6 +126,25 @@ pub struct UpstreamConfig {
     pub command_timeout: Duration,
     /// Multiplexed connections shared by all clients (1..=64).
     pub shared_connections: usize,
+    /// `[upstream.tls]`: how to verify the upstream (with a `rediss://` URL).
+    pub tls: Option<UpstreamTls>,
+}
+
+/// `[upstream.tls]`: TLS settings for a `rediss://` upstream. Without the section, a
+/// `rediss://` upstream is verified against the bundled Mozilla root certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamTls {
+    /// PEM file of the CA certificates the upstream's certificate must chain to,
+    /// instead of the bundled Mozilla roots.
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain (PEM) for upstreams that verify clients; needs `key`.
+    pub certificate: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the upstream's certificate must carry, instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Skip verifying the upstream's certificate. Only by explicit choice; logged.
+    pub insecure: bool,
 }
 
 impl UpstreamConfig {
@@ -125,6 +175,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(5),
             shared_connections: 2,
+            tls: None,
         }
     }
 }
@@ -139,6 +190,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("shared_connections", &self.shared_connections)
+            .field("tls", &self.tls)
             .finish()
     }
 }

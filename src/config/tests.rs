@@ -214,11 +214,24 @@ fn unknown_section_and_top_level_key() {
 
 #[test]
 fn unknown_sub_table() {
-    assert_eq!(errors("[listen]\n[listen.tls]\ncert = \"x\"\n").len(), 1);
-    assert!(
-        errors("[listen]\n[listen.tls]\ncert = \"x\"\n")[0]
-            .starts_with("2: listen.tls: unknown field `tls`")
+    assert_eq!(
+        errors("[listen]\n[listen.tcp]\nkeepalive = \"x\"\n").len(),
+        1
     );
+    assert!(
+        errors("[listen]\n[listen.tcp]\nkeepalive = \"x\"\n")[0]
+            .starts_with("2: listen.tcp: unknown field `tcp`")
+    );
+}
+
+#[test]
+fn keys_of_a_nested_table_are_blamed_one_by_one() {
+    let found = errors("[listen]\n[listen.tls]\ncert = \"x\"\nhandshake_timeout = 5\n");
+    assert_eq!(found.len(), 4, "{found:#?}");
+    assert!(found[0].starts_with("2: listen.tls.certificate: missing required key"));
+    assert!(found[1].starts_with("2: listen.tls.key: missing required key"));
+    assert!(found[2].starts_with("3: listen.tls.cert: unknown field `cert`"));
+    assert!(found[3].starts_with("4: listen.tls.handshake_timeout: "));
 }
 
 #[test]

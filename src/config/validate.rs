@@ -1,6 +1,7 @@
 //! Semantic rules over a typed [`Config`]: ranges, combinations, unreachable keyspace
-//! rules. Runs after parsing and again after command-line overrides, so it knows
-//! nothing of files; the loader attaches lines by looking the keys up.
+//! rules, and the TLS files it names (read and checked as a start would). Runs after
+//! parsing and again after command-line overrides, so it knows nothing of the
+//! configuration file; the loader attaches lines by looking the keys up.
 
 use std::time::Duration;
 
@@ -32,6 +33,28 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
         }
     }
 
+    if let Some(tls) = &listen.tls {
+        if tls.handshake_timeout.is_zero() {
+            fail(
+                "listen.tls.handshake_timeout".into(),
+                "must be greater than 0s".into(),
+            );
+        }
+        let missing: Vec<&str> = [("certificate", &tls.certificate), ("key", &tls.key)]
+            .into_iter()
+            .filter(|(_, path)| path.is_none())
+            .map(|(name, _)| name)
+            .collect();
+        for name in &missing {
+            fail(format!("listen.tls.{name}"), "missing required key".into());
+        }
+        if missing.is_empty() {
+            if let Err(e) = crate::tls::acceptor(tls) {
+                fail(format!("listen.tls.{}", e.key), e.message);
+            }
+        }
+    }
+
     let upstream = &config.upstream;
     if upstream.url.host.is_empty() {
         fail("upstream.url".into(), "missing host".into());
@@ -58,6 +81,23 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
         if value.is_zero() {
             fail(key.into(), "must be greater than 0s".into());
         }
+    }
+    match (&upstream.tls, upstream.url.tls) {
+        (Some(_), false) => fail(
+            "upstream.tls".into(),
+            "set, but upstream.url is redis://; use rediss:// to connect with TLS".into(),
+        ),
+        (tls, true) if !upstream.url.host.is_empty() => {
+            let tls = tls.clone().unwrap_or_default();
+            if let Err(e) = crate::tls::connector(&upstream.url.host, &tls) {
+                let key = match e.key {
+                    "url" => "upstream.url".to_owned(),
+                    key => format!("upstream.tls.{key}"),
+                };
+                fail(key, e.message);
+            }
+        }
+        _ => {}
     }
     if !(1..=64).contains(&upstream.shared_connections) {
         fail(
@@ -221,6 +261,7 @@ pub(super) fn compared_with(key: &str) -> &'static [&'static str] {
         "upstream.url" | "upstream.username" => {
             &["upstream.url", "upstream.username", "upstream.password"]
         }
+        "upstream.tls" => &["upstream.url"],
         _ => &[],
     }
 }

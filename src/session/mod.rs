@@ -21,8 +21,6 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -37,6 +35,7 @@ use crate::key_lock::{Held, LockTimeout};
 use crate::metrics::{CommandTally, Outcome, PinReason};
 use crate::policy::{Policy, Renamed};
 use crate::resp::{Decoder, Request, reply};
+use crate::stream::Stream;
 use crate::upstream::{Identity, Job, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError, connect};
 use local::ReplyMode;
 use pinned::{Incoming, Pinned, Rewrite, SessionEffect};
@@ -236,8 +235,10 @@ pub struct Session {
 }
 
 /// Runs one client connection to its end.
-pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
+    if !stream.is_tls() {
+        let _ = stream.set_nodelay(true);
+    }
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
     let (resolve_tx, resolve_rx) = mpsc::unbounded_channel();
     let id = ctx.next_session_id();
@@ -282,11 +283,11 @@ pub async fn run(ctx: Arc<Context>, stream: TcpStream, peer: SocketAddr) {
 impl Session {
     async fn serve(
         mut self,
-        stream: TcpStream,
+        stream: Stream,
         mut reply_rx: ReplyRx,
         mut resolve_rx: mpsc::UnboundedReceiver<(u64, Bytes, bool)>,
     ) {
-        let (mut client_rd, mut client_wr) = stream.into_split();
+        let (mut client_rd, mut client_wr) = stream.split();
         let mut shutdown = self.ctx.shutdown.clone();
         let mut shutting_down = *shutdown.borrow();
         // One future for the whole session: creating a watch notification per loop
@@ -326,7 +327,8 @@ impl Session {
                     r = client_rd.read_buf(rbuf), if want_read => Event::ClientRead(r),
                     Some(r) = reply_rx.recv() => Event::Upstream(r),
                     Some((seq, bytes, finish)) = resolve_rx.recv() => Event::Resolved(seq, bytes, finish),
-                    r = client_wr.write(out), if !out.is_empty() => Event::Wrote(r),
+                    // With nothing left to write, a TLS client may still be owed a flush.
+                    r = client_wr.write_or_flush(out), if !out.is_empty() || client_wr.needs_flush() => Event::Wrote(r),
                     r = read_pinned(pinned), if pinned.is_some() => Event::PinnedRead(r),
                     _ = sleep_until(wake), if wake.is_some() => {
                         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -442,7 +444,7 @@ impl Session {
     }
 
     /// Writes what the client socket takes without waiting.
-    fn try_write(&mut self, wr: &OwnedWriteHalf) -> std::io::Result<()> {
+    fn try_write(&mut self, wr: &crate::stream::WriteHalf) -> std::io::Result<()> {
         while !self.out.is_empty() {
             match wr.try_write(&self.out) {
                 Ok(n) => self.wrote(n),

@@ -14,9 +14,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::command::CommandKind;
@@ -24,6 +22,7 @@ use crate::consistency::Translate;
 use crate::resp::reply::{elements, int_value, push_header, string_value};
 use crate::resp::request::encode_command;
 use crate::resp::{Request, Scanner};
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::upstream::{Identity, UpstreamError};
 
 /// What a reply changes once it arrives.
@@ -108,8 +107,8 @@ pub enum SessionEffect {
 
 #[derive(Debug)]
 pub struct Pinned {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ReadHalf,
+    wr: WriteHalf,
     buf: BytesMut,
     scanner: Scanner,
     pub identity: Identity,
@@ -153,8 +152,8 @@ const CONFIRMATIONS: [&[u8]; 6] = [
 ];
 
 impl Pinned {
-    pub fn new(conn: TcpStream, identity: Identity) -> Pinned {
-        let (rd, wr) = conn.into_split();
+    pub fn new(conn: Stream, identity: Identity) -> Pinned {
+        let (rd, wr) = conn.split();
         Pinned {
             rd,
             wr,
@@ -235,7 +234,7 @@ impl Pinned {
             }
         }
         self.wr
-            .write_all(&out)
+            .write_all_flushed(&out)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
         if frames == 0 {
@@ -597,11 +596,11 @@ impl Pinned {
     }
 
     /// The connection, if it is as clean as a freshly set-up one.
-    pub fn into_reusable(self) -> Option<TcpStream> {
+    pub fn into_reusable(self) -> Option<Stream> {
         if self.dirty || !self.done() || !self.buf.is_empty() {
             return None;
         }
-        self.rd.reunite(self.wr).ok()
+        self.rd.unsplit(self.wr)
     }
 }
 

@@ -1,4 +1,5 @@
-//! Opening one upstream connection: TCP connect within `connect_timeout`, then the
+//! Opening one upstream connection: TCP connect within `connect_timeout`, the TLS
+//! handshake for a `rediss://` upstream (within `connect_timeout` again), then the Redis
 //! handshake that gives it its identity (credentials, protocol version, database).
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use tokio::net::TcpStream;
 use super::{Settings, UpstreamError};
 use crate::resp::Scanner;
 use crate::resp::request::encode_command;
+use crate::stream::Stream;
 
 /// What an upstream connection is set up as: cachet's credentials, the database and the
 /// protocol version of the sessions it serves.
@@ -21,21 +23,40 @@ pub struct Identity {
 
 /// Connects and runs the handshake; fails with the upstream's own error text (for
 /// example a wrong password) or a timeout.
-pub async fn connect(settings: &Settings, id: Identity) -> Result<TcpStream, UpstreamError> {
+pub async fn connect(settings: &Settings, id: Identity) -> Result<Stream, UpstreamError> {
     let timeout = settings.connect_timeout;
-    let mut stream =
-        match tokio::time::timeout(timeout, TcpStream::connect(&settings.address)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(UpstreamError::Unavailable(e.to_string())),
-            Err(_) => {
-                return Err(UpstreamError::Unavailable(format!(
-                    "connect timed out after {}",
-                    fmt_duration(timeout)
-                )));
-            }
-        };
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&settings.address)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(UpstreamError::Unavailable(e.to_string())),
+        Err(_) => {
+            return Err(UpstreamError::Unavailable(format!(
+                "connect timed out after {}",
+                fmt_duration(timeout)
+            )));
+        }
+    };
     // Requests are batched by cachet itself; Nagle would only add latency.
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = match &settings.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(s)) => Stream::from(s),
+                Ok(Err(e)) => {
+                    return Err(UpstreamError::Unavailable(format!(
+                        "TLS handshake failed: {e}"
+                    )));
+                }
+                Err(_) => {
+                    return Err(UpstreamError::Unavailable(format!(
+                        "TLS handshake timed out after {}",
+                        fmt_duration(timeout)
+                    )));
+                }
+            }
+        }
+    };
     let mut commands: Vec<Vec<Bytes>> = Vec::new();
     if let Some(password) = &settings.password {
         let mut auth = vec![Bytes::from_static(b"AUTH")];
@@ -80,15 +101,18 @@ pub async fn connect(settings: &Settings, id: Identity) -> Result<TcpStream, Ups
 
 /// Sends `commands` pipelined and reads one reply frame per command.
 pub async fn roundtrip(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     commands: &[Vec<Bytes>],
 ) -> Result<Vec<Bytes>, UpstreamError> {
     let mut out = BytesMut::new();
     for c in commands {
         encode_command(&mut out, c);
     }
-    stream
-        .write_all(&out)
+    let written = async {
+        stream.write_all(&out).await?;
+        stream.flush().await
+    };
+    written
         .await
         .map_err(|e| UpstreamError::Unavailable(e.to_string()))?;
     let mut buf = BytesMut::with_capacity(4096);

@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use dashmap::DashMap;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 pub use connect::Identity;
@@ -21,6 +20,7 @@ use crate::consistency::retry::RetryTicket;
 use crate::key_lock::Held;
 use crate::metrics::Histogram;
 use crate::resp::reply;
+use crate::stream::Stream;
 
 /// How to reach the upstream and how long to wait for it.
 #[derive(Debug, Clone)]
@@ -36,6 +36,9 @@ pub struct Settings {
     /// Commands run on every new connection after the handshake, whose failure is
     /// not fatal (loading cachet's scripts).
     pub preload: Vec<Vec<Bytes>>,
+    /// TLS for a `rediss://` upstream; every connection (shared, pinned, auxiliary)
+    /// uses it.
+    pub tls: Option<crate::tls::Connector>,
 }
 
 /// Why an upstream request got no reply from Redis. Every variant reaches the client as
@@ -133,7 +136,7 @@ pub struct Upstream {
     /// Round trips of shared-connection requests (a metric).
     pub rtt: Arc<Histogram>,
     pools: DashMap<Identity, Arc<[SharedConn]>>,
-    idle: DashMap<Identity, Vec<TcpStream>>,
+    idle: DashMap<Identity, Vec<Stream>>,
 }
 
 impl Upstream {
@@ -191,26 +194,21 @@ impl Upstream {
 
     /// A dedicated connection set up for `id`: an idle one if there is one, a new one
     /// otherwise.
-    pub async fn pin(&self, id: Identity) -> Result<TcpStream, UpstreamError> {
+    pub async fn pin(&self, id: Identity) -> Result<Stream, UpstreamError> {
         loop {
             let idle = self.idle.get_mut(&id).and_then(|mut v| v.pop());
             match idle {
                 // A connection that the upstream closed while idle is readable (EOF);
                 // skip it rather than hand the session a dead socket.
-                Some(conn) => {
-                    let mut probe = [0u8; 1];
-                    match conn.try_read(&mut probe) {
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(conn),
-                        _ => continue,
-                    }
-                }
+                Some(conn) if conn.idle_and_open() => return Ok(conn),
+                Some(_) => continue,
                 None => return connect::connect(&self.settings, id).await,
             }
         }
     }
 
     /// Takes back a dedicated connection whose state is again what `pin` hands out.
-    pub fn unpin(&self, id: Identity, conn: TcpStream) {
+    pub fn unpin(&self, id: Identity, conn: Stream) {
         let mut idle = self.idle.entry(id).or_default();
         if idle.len() < IDLE_PINNED_PER_IDENTITY {
             idle.push(conn);

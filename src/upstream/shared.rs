@@ -13,9 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -23,6 +21,7 @@ use super::connect::{Identity, connect};
 use super::{Job, Settings, UpstreamError};
 use crate::metrics::Histogram;
 use crate::resp::Scanner;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 
 /// Largest batch written in one go; beyond it the writer yields to let replies flow.
 const MAX_BATCH_BYTES: usize = 256 * 1024;
@@ -137,12 +136,12 @@ struct Pending {
 
 /// Serves jobs on one open socket until it breaks (`Err`) or every handle is gone (`Ok`).
 async fn serve(
-    stream: TcpStream,
+    stream: Stream,
     settings: &Settings,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut current = None;
     let result = tokio::select! {
@@ -166,7 +165,7 @@ async fn serve(
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     pending: mpsc::UnboundedSender<Pending>,
 ) -> Result<(), UpstreamError> {
@@ -193,7 +192,7 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        wr.write_all(&buf)
+        wr.write_all_flushed(&buf)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
         if buf.capacity() > 4 * MAX_BATCH_BYTES {
@@ -204,7 +203,7 @@ async fn write_loop(
 }
 
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     pending: &mut mpsc::UnboundedReceiver<Pending>,
     current: &mut Option<Pending>,
     timeout: Duration,

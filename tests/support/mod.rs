@@ -8,6 +8,7 @@
 )]
 
 pub mod cachet;
+pub mod certs;
 pub mod compare;
 pub mod http;
 pub mod raw;

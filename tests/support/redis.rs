@@ -11,6 +11,8 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Listens with TLS only (`--port 0 --tls-port`); `extra` carries the TLS files.
+    tls: bool,
 }
 
 /// A port that was free a moment ago (the OS picks it).
@@ -23,6 +25,33 @@ impl RedisServer {
     /// Starts a server with no persistence; `extra` are more `redis-server` arguments
     /// such as `["--requirepass", "secret"]`.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::start_inner(extra, false)
+    }
+
+    /// A server that speaks TLS only, with `pki`'s server certificate. Clients must
+    /// present a certificate signed by `pki`'s CA when `auth_clients` is set.
+    pub fn start_tls(pki: &super::certs::Pki, auth_clients: bool, extra: &[&str]) -> RedisServer {
+        let (cert, key, ca) = (
+            pki.server_cert.to_string_lossy(),
+            pki.server_key.to_string_lossy(),
+            pki.ca.to_string_lossy(),
+        );
+        let auth = if auth_clients { "yes" } else { "no" };
+        let mut args = vec![
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth,
+        ];
+        args.extend_from_slice(extra);
+        RedisServer::start_inner(&args, true)
+    }
+
+    fn start_inner(extra: &[&str], tls: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!(
             "cachet-test-redis-{}-{}",
             std::process::id(),
@@ -34,6 +63,7 @@ impl RedisServer {
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         server.spawn_on(free_port());
         server
@@ -47,7 +77,7 @@ impl RedisServer {
         for attempt in 0..5 {
             let port = if attempt == 0 { port } else { free_port() };
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
+                .args(self.port_args(port))
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--enable-debug-command", "yes"])
@@ -65,6 +95,16 @@ impl RedisServer {
             self.kill();
         }
         panic!("redis-server did not start");
+    }
+
+    /// `--port P`, or for TLS `--port 0 --tls-port P`.
+    fn port_args(&self, port: u16) -> Vec<String> {
+        let port = port.to_string();
+        if self.tls {
+            vec!["--port".into(), "0".into(), "--tls-port".into(), port]
+        } else {
+            vec!["--port".into(), port]
+        }
     }
 
     fn wait_ready(&mut self, within: Duration) -> bool {
@@ -92,7 +132,8 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Stops the server (SIGKILL: nothing is saved) and waits for it to exit.
@@ -110,7 +151,7 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
+                .args(self.port_args(port))
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--enable-debug-command", "yes"])

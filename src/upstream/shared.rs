@@ -7,6 +7,14 @@
 //! bytes. When the socket breaks or a reply is later than `command_timeout`, every
 //! pending job is answered with an error at once and the task reconnects with backoff;
 //! jobs arriving while the upstream is down are answered with an error immediately.
+//!
+//! Replies are also read for what they say about the upstream itself. `-LOADING` and
+//! `-MASTERDOWN` reach the client verbatim, but mark the connection as not serving
+//! (readiness turns false) until a `PING` probe, sent on every new connection and every
+//! [`PROBE_EVERY`] while not serving, answers `+PONG`. `-READONLY` means the address now
+//! reaches a replica (a failover behind a DNS name or virtual IP): the connection stops
+//! taking new jobs, lets the outstanding ones be answered, and is replaced by a fresh
+//! connect, which reaches the new primary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,13 +36,27 @@ use crate::resp::Scanner;
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a connection whose upstream is loading or cut off from its primary probes it.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Handle to one shared connection; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SharedConn {
     tx: mpsc::UnboundedSender<Job>,
-    up: Arc<AtomicBool>,
+    health: Arc<Health>,
     id: u64,
+}
+
+/// What the connection task knows about its upstream, read by readiness and metrics.
+#[derive(Debug, Default)]
+struct Health {
+    /// Connected (the last connection attempt succeeded and the socket is open).
+    up: AtomicBool,
+    /// Connected, but the upstream answers `-LOADING`/`-MASTERDOWN`, or has not yet
+    /// answered the probe of a new connection.
+    not_serving: AtomicBool,
+    /// The upstream answered `-READONLY`: drain, then reconnect.
+    reconnect: AtomicBool,
 }
 
 /// Distinguishes connections as owners of key ordering tokens.
@@ -50,11 +72,11 @@ impl SharedConn {
     /// handle is dropped.
     pub fn spawn(settings: Arc<Settings>, id: Identity, rtt: Arc<Histogram>) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        let up = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(settings, id, rx, up.clone(), rtt));
+        let health = Arc::new(Health::default());
+        tokio::spawn(run(settings, id, rx, health.clone(), rtt));
         SharedConn {
             tx,
-            up,
+            health,
             id: new_owner_id(),
         }
     }
@@ -73,7 +95,13 @@ impl SharedConn {
 
     /// Whether the last connection attempt succeeded and the socket is open.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection is up and the upstream serves data (not loading its
+    /// dataset, not a replica cut off from its primary).
+    pub fn is_serving(&self) -> bool {
+        self.is_up() && !self.health.not_serving.load(Ordering::Relaxed)
     }
 }
 
@@ -81,7 +109,7 @@ async fn run(
     settings: Arc<Settings>,
     id: Identity,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    up: Arc<AtomicBool>,
+    health: Arc<Health>,
     rtt: Arc<Histogram>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -96,11 +124,17 @@ async fn run(
                     tracing::info!(address = %settings.address, db = id.db, proto = id.proto, "upstream connection restored");
                 }
                 backoff = FIRST_BACKOFF;
-                up.store(true, Ordering::Relaxed);
-                let outcome = serve(stream, &settings, &mut jobs, &rtt).await;
-                up.store(false, Ordering::Relaxed);
+                health.not_serving.store(true, Ordering::Relaxed);
+                health.reconnect.store(false, Ordering::Relaxed);
+                health.up.store(true, Ordering::Relaxed);
+                let outcome = serve(stream, &settings, &mut jobs, &health, &rtt).await;
+                health.up.store(false, Ordering::Relaxed);
                 match outcome {
                     Ok(()) => return,
+                    Err(e) if health.reconnect.load(Ordering::Relaxed) => {
+                        tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now; reconnecting");
+                        was_down = true;
+                    }
                     Err(e) => {
                         tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream connection lost");
                         was_down = true;
@@ -140,14 +174,20 @@ async fn serve(
     stream: TcpStream,
     settings: &Settings,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    health: &Arc<Health>,
     rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
     let (rd, wr) = stream.into_split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut current = None;
+    let reader = Reader {
+        timeout: settings.command_timeout,
+        rtt,
+        health,
+    };
     let result = tokio::select! {
-        r = write_loop(wr, jobs, pending_tx) => r,
-        r = read_loop(rd, &mut pending_rx, &mut current, settings.command_timeout, rtt) => r,
+        r = write_loop(wr, jobs, pending_tx, health) => r,
+        r = reader.run(rd, &mut pending_rx, &mut current) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
     // have run, exactly as when a direct Redis connection breaks.
@@ -169,13 +209,33 @@ async fn write_loop(
     mut wr: OwnedWriteHalf,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     pending: mpsc::UnboundedSender<Pending>,
+    health: &Arc<Health>,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // The first tick is immediate: every new connection is probed once.
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Some(first) = jobs.recv().await else {
-            // Every handle is gone; let the reader finish what is outstanding.
-            drop(pending);
+        if health.reconnect.load(Ordering::Relaxed) {
+            // Draining: the reader ends the connection once everything written is
+            // answered; new jobs wait in the queue for the next connection.
             return std::future::pending().await;
+        }
+        let first = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => {
+                    // Every handle is gone; let the reader finish what is outstanding.
+                    drop(pending);
+                    return std::future::pending().await;
+                }
+            },
+            _ = probe.tick() => {
+                if !health.not_serving.load(Ordering::Relaxed) {
+                    continue;
+                }
+                probe_job(health)
+            }
         };
         let now = Instant::now();
         buf.clear();
@@ -203,79 +263,127 @@ async fn write_loop(
     }
 }
 
-async fn read_loop(
-    mut rd: OwnedReadHalf,
-    pending: &mut mpsc::UnboundedReceiver<Pending>,
-    current: &mut Option<Pending>,
+/// A `PING` whose `+PONG` marks the upstream as serving again.
+fn probe_job(health: &Arc<Health>) -> Job {
+    let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
+    let health = health.clone();
+    tokio::spawn(async move {
+        if let Some(Ok(reply)) = rx.recv().await {
+            if reply.starts_with(b"+PONG") {
+                health.not_serving.store(false, Ordering::Relaxed);
+            }
+        }
+    });
+    Job {
+        data: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+        frames: 1,
+        reply: Some(tx),
+        held: None,
+        on_fail: None,
+    }
+}
+
+/// What an error reply says about the upstream as a whole.
+fn note_reply(health: &Health, frame: &[u8]) {
+    if frame.first() != Some(&b'-') {
+        return;
+    }
+    if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
+        health.not_serving.store(true, Ordering::Relaxed);
+    } else if frame.starts_with(b"-READONLY") {
+        health.reconnect.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The reading half's settings and what it reports to.
+struct Reader<'a> {
     timeout: Duration,
-    rtt: &Histogram,
-) -> Result<(), UpstreamError> {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut scanner = Scanner::default();
-    // Frames of the current job already scanned, and the bytes they span.
-    let mut frames_seen: u32 = 0;
-    let mut scanned: usize = 0;
-    loop {
-        // Hand out every complete reply in the buffer.
+    rtt: &'a Histogram,
+    health: &'a Health,
+}
+
+impl Reader<'_> {
+    async fn run(
+        &self,
+        mut rd: OwnedReadHalf,
+        pending: &mut mpsc::UnboundedReceiver<Pending>,
+        current: &mut Option<Pending>,
+    ) -> Result<(), UpstreamError> {
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        let mut scanner = Scanner::default();
+        // Frames of the current job already scanned, and the bytes they span.
+        let mut frames_seen: u32 = 0;
+        let mut scanned: usize = 0;
         loop {
-            if current.is_none() {
-                *current = pending.try_recv().ok();
+            // Hand out every complete reply in the buffer.
+            loop {
+                if current.is_none() {
+                    *current = pending.try_recv().ok();
+                }
+                let Some(cur) = current.as_ref() else { break };
+                let Some(rest) = buf.get(scanned..) else {
+                    break;
+                };
+                let frame = match scanner.scan(rest) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+                };
+                if frame.kind == b'>' {
+                    // No shared connection subscribes or tracks; drop a stray push.
+                    if scanned == 0 {
+                        let _ = buf.split_to(frame.len);
+                    } else {
+                        scanned += frame.len;
+                    }
+                    continue;
+                }
+                if frame.kind == b'-' {
+                    note_reply(self.health, rest.get(..frame.len).unwrap_or_default());
+                }
+                scanned += frame.len;
+                frames_seen += 1;
+                if frames_seen >= cur.job.frames.max(1) {
+                    let bytes = buf.split_to(scanned).freeze();
+                    if let Some(done) = current.take() {
+                        self.rtt.observe(done.sent_at.elapsed());
+                        done.job.complete(bytes);
+                    }
+                    scanned = 0;
+                    frames_seen = 0;
+                }
             }
-            let Some(cur) = current.as_ref() else { break };
-            let Some(rest) = buf.get(scanned..) else {
-                break;
+            let read = match current.as_ref() {
+                Some(cur) => {
+                    let deadline = cur.sent_at + self.timeout;
+                    tokio::select! {
+                        r = rd.read_buf(&mut buf) => r,
+                        _ = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout(self.timeout)),
+                    }
+                }
+                None if self.health.reconnect.load(Ordering::Relaxed) => {
+                    // Everything written has been answered and the writer takes no
+                    // more: the connection can be replaced without failing anything.
+                    return Err(UpstreamError::Io("upstream answered READONLY".into()));
+                }
+                None => {
+                    tokio::select! {
+                        r = rd.read_buf(&mut buf) => r,
+                        p = pending.recv() => match p {
+                            Some(p) => { *current = Some(p); continue; }
+                            None => return Ok(()),
+                        },
+                    }
+                }
             };
-            let frame = match scanner.scan(rest) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            };
-            if frame.kind == b'>' {
-                // No shared connection subscribes or tracks; drop a stray push.
-                if scanned == 0 {
-                    let _ = buf.split_to(frame.len);
-                } else {
-                    scanned += frame.len;
-                }
-                continue;
+            match read {
+                Ok(0) => return Err(UpstreamError::Io("connection closed by upstream".into())),
+                Ok(_) => {}
+                Err(e) => return Err(UpstreamError::Io(e.to_string())),
             }
-            scanned += frame.len;
-            frames_seen += 1;
-            if frames_seen >= cur.job.frames.max(1) {
-                let bytes = buf.split_to(scanned).freeze();
-                if let Some(done) = current.take() {
-                    rtt.observe(done.sent_at.elapsed());
-                    done.job.complete(bytes);
-                }
-                scanned = 0;
-                frames_seen = 0;
+            if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
+                buf.reserve(16 * 1024);
             }
-        }
-        let read = match current.as_ref() {
-            Some(cur) => {
-                let deadline = cur.sent_at + timeout;
-                tokio::select! {
-                    r = rd.read_buf(&mut buf) => r,
-                    _ = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout(timeout)),
-                }
-            }
-            None => {
-                tokio::select! {
-                    r = rd.read_buf(&mut buf) => r,
-                    p = pending.recv() => match p {
-                        Some(p) => { *current = Some(p); continue; }
-                        None => return Ok(()),
-                    },
-                }
-            }
-        };
-        match read {
-            Ok(0) => return Err(UpstreamError::Io("connection closed by upstream".into())),
-            Ok(_) => {}
-            Err(e) => return Err(UpstreamError::Io(e.to_string())),
-        }
-        if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
-            buf.reserve(16 * 1024);
         }
     }
 }

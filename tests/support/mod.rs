@@ -12,3 +12,4 @@ pub mod compare;
 pub mod http;
 pub mod raw;
 pub mod redis;
+pub mod shim;

@@ -10,6 +10,7 @@
 pub mod cachet;
 pub mod compare;
 pub mod http;
+pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod shim;

@@ -309,6 +309,21 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
         c.call(&words("GET k")) == b"$12\r\nfrom-primary\r\n"
     });
 
+    // A transaction runs on a dedicated connection; refused the same way.
+    let tx = |c: &mut Raw| {
+        c.send(&[words("MULTI"), words("SET t v"), words("EXEC")].concat());
+        (c.frame(), c.frame(), c.frame())
+    };
+    let (multi, set, exec) = tx(&mut c);
+    assert_eq!(
+        (multi.as_slice(), set.as_slice()),
+        (&b"+OK\r\n"[..], &readonly[..])
+    );
+    assert_eq!(
+        text(&exec),
+        "-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+
     // Failover behind the address: new connections reach the primary. The first write
     // still lands on the old connection and is refused; the connection is replaced.
     shim.retarget(primary.addr());
@@ -320,6 +335,10 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
         Raw::connect(primary.addr()).call(&words("GET k")),
         b"$2\r\nv2\r\n"
     );
+    // The dedicated connection that heard READONLY was not kept for reuse.
+    let (_, set, exec) = tx(&mut c);
+    assert_eq!(set, b"+QUEUED\r\n");
+    assert_eq!(exec, b"*1\r\n+OK\r\n");
 }
 
 #[test]

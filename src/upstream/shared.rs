@@ -180,14 +180,10 @@ async fn serve(
     let (rd, wr) = stream.into_split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut current = None;
-    let reader = Reader {
-        timeout: settings.command_timeout,
-        rtt,
-        health,
-    };
+    let timeout = settings.command_timeout;
     let result = tokio::select! {
         r = write_loop(wr, jobs, pending_tx, health) => r,
-        r = reader.run(rd, &mut pending_rx, &mut current) => r,
+        r = read_loop(rd, &mut pending_rx, &mut current, timeout, rtt, health) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
     // have run, exactly as when a direct Redis connection breaks.
@@ -295,95 +291,88 @@ fn note_reply(health: &Health, frame: &[u8]) {
     }
 }
 
-/// The reading half's settings and what it reports to.
-struct Reader<'a> {
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    pending: &mut mpsc::UnboundedReceiver<Pending>,
+    current: &mut Option<Pending>,
     timeout: Duration,
-    rtt: &'a Histogram,
-    health: &'a Health,
-}
-
-impl Reader<'_> {
-    async fn run(
-        &self,
-        mut rd: OwnedReadHalf,
-        pending: &mut mpsc::UnboundedReceiver<Pending>,
-        current: &mut Option<Pending>,
-    ) -> Result<(), UpstreamError> {
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut scanner = Scanner::default();
-        // Frames of the current job already scanned, and the bytes they span.
-        let mut frames_seen: u32 = 0;
-        let mut scanned: usize = 0;
+    rtt: &Histogram,
+    health: &Health,
+) -> Result<(), UpstreamError> {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut scanner = Scanner::default();
+    // Frames of the current job already scanned, and the bytes they span.
+    let mut frames_seen: u32 = 0;
+    let mut scanned: usize = 0;
+    loop {
+        // Hand out every complete reply in the buffer.
         loop {
-            // Hand out every complete reply in the buffer.
-            loop {
-                if current.is_none() {
-                    *current = pending.try_recv().ok();
-                }
-                let Some(cur) = current.as_ref() else { break };
-                let Some(rest) = buf.get(scanned..) else {
-                    break;
-                };
-                let frame = match scanner.scan(rest) {
-                    Ok(Some(f)) => f,
-                    Ok(None) => break,
-                    Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-                };
-                if frame.kind == b'>' {
-                    // No shared connection subscribes or tracks; drop a stray push.
-                    if scanned == 0 {
-                        let _ = buf.split_to(frame.len);
-                    } else {
-                        scanned += frame.len;
-                    }
-                    continue;
-                }
-                if frame.kind == b'-' {
-                    note_reply(self.health, rest.get(..frame.len).unwrap_or_default());
-                }
-                scanned += frame.len;
-                frames_seen += 1;
-                if frames_seen >= cur.job.frames.max(1) {
-                    let bytes = buf.split_to(scanned).freeze();
-                    if let Some(done) = current.take() {
-                        self.rtt.observe(done.sent_at.elapsed());
-                        done.job.complete(bytes);
-                    }
-                    scanned = 0;
-                    frames_seen = 0;
-                }
+            if current.is_none() {
+                *current = pending.try_recv().ok();
             }
-            let read = match current.as_ref() {
-                Some(cur) => {
-                    let deadline = cur.sent_at + self.timeout;
-                    tokio::select! {
-                        r = rd.read_buf(&mut buf) => r,
-                        _ = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout(self.timeout)),
-                    }
-                }
-                None if self.health.reconnect.load(Ordering::Relaxed) => {
-                    // Everything written has been answered and the writer takes no
-                    // more: the connection can be replaced without failing anything.
-                    return Err(UpstreamError::Io("upstream answered READONLY".into()));
-                }
-                None => {
-                    tokio::select! {
-                        r = rd.read_buf(&mut buf) => r,
-                        p = pending.recv() => match p {
-                            Some(p) => { *current = Some(p); continue; }
-                            None => return Ok(()),
-                        },
-                    }
-                }
+            let Some(cur) = current.as_ref() else { break };
+            let Some(rest) = buf.get(scanned..) else {
+                break;
             };
-            match read {
-                Ok(0) => return Err(UpstreamError::Io("connection closed by upstream".into())),
-                Ok(_) => {}
-                Err(e) => return Err(UpstreamError::Io(e.to_string())),
+            let frame = match scanner.scan(rest) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            };
+            if frame.kind == b'>' {
+                // No shared connection subscribes or tracks; drop a stray push.
+                if scanned == 0 {
+                    let _ = buf.split_to(frame.len);
+                } else {
+                    scanned += frame.len;
+                }
+                continue;
             }
-            if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
-                buf.reserve(16 * 1024);
+            if frame.kind == b'-' {
+                note_reply(health, rest.get(..frame.len).unwrap_or_default());
             }
+            scanned += frame.len;
+            frames_seen += 1;
+            if frames_seen >= cur.job.frames.max(1) {
+                let bytes = buf.split_to(scanned).freeze();
+                if let Some(done) = current.take() {
+                    rtt.observe(done.sent_at.elapsed());
+                    done.job.complete(bytes);
+                }
+                scanned = 0;
+                frames_seen = 0;
+            }
+        }
+        let read = match current.as_ref() {
+            Some(cur) => {
+                let deadline = cur.sent_at + timeout;
+                tokio::select! {
+                    r = rd.read_buf(&mut buf) => r,
+                    _ = tokio::time::sleep_until(deadline) => return Err(UpstreamError::Timeout(timeout)),
+                }
+            }
+            None if health.reconnect.load(Ordering::Relaxed) => {
+                // Everything written has been answered and the writer takes no more:
+                // the connection can be replaced without failing anything.
+                return Err(UpstreamError::Io("upstream answered READONLY".into()));
+            }
+            None => {
+                tokio::select! {
+                    r = rd.read_buf(&mut buf) => r,
+                    p = pending.recv() => match p {
+                        Some(p) => { *current = Some(p); continue; }
+                        None => return Ok(()),
+                    },
+                }
+            }
+        };
+        match read {
+            Ok(0) => return Err(UpstreamError::Io("connection closed by upstream".into())),
+            Ok(_) => {}
+            Err(e) => return Err(UpstreamError::Io(e.to_string())),
+        }
+        if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
+            buf.reserve(16 * 1024);
         }
     }
 }

@@ -510,6 +510,24 @@ fn oversized_requests_are_protocol_errors() {
     c.closed(Duration::from_secs(2));
 }
 
+/// Binary garbage is an inline command as far as Redis is concerned: without a NUL it
+/// is an unknown command; a NUL before the newline hides the newline (Redis 7.0 looks
+/// for it with `strchr`), so nothing is answered until the line passes 64 KiB.
+#[test]
+fn binary_garbage_is_handled_as_redis_does() {
+    let pair = Pair::start();
+    let mut c = pair.twin();
+    c.call(b"\x01\x02\xff\xfe\x80A\r\n");
+    c.call(b"\xff\xfe\"oops\r\n");
+    c.closed(Duration::from_secs(2));
+    let mut c = pair.twin();
+    c.send(b"\x16\x03\x01\x02\x00\x01\r\nPING\r\n");
+    c.quiet(Duration::from_millis(300));
+    c.send(&vec![b'a'; 70_000]);
+    c.frame(b"a NUL, then 70,000 bytes");
+    c.closed(Duration::from_secs(2));
+}
+
 /// `SELECT` honours the upstream's configured number of databases from the first
 /// command on.
 #[test]

@@ -8,29 +8,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::cachet::{Cachet, config_for};
-use support::raw::{Raw, words};
+use support::raw::{Raw, served_again, words};
 use support::redis::RedisServer;
-
-/// Retries `GET` until it succeeds, for at most `within`.
-fn wait_until_served(c: &mut Raw, within: Duration) -> Duration {
-    let start = Instant::now();
-    loop {
-        let r = c.call(&words("PING"));
-        if r == b"+PONG\r\n" {
-            return start.elapsed();
-        }
-        assert!(
-            r.starts_with(b"-ERR cachet: upstream"),
-            "unexpected reply {:?}",
-            String::from_utf8_lossy(&r)
-        );
-        assert!(
-            start.elapsed() < within,
-            "not served again within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn killed_mid_pipeline_answers_every_command_then_recovers() {
@@ -70,7 +49,7 @@ fn killed_mid_pipeline_answers_every_command_then_recovers() {
     assert!(start.elapsed() < Duration::from_secs(5));
 
     redis.restart();
-    let took = wait_until_served(&mut c, Duration::from_secs(5));
+    let took = served_again(&mut c, Duration::from_secs(5));
     assert!(took < Duration::from_secs(5));
     assert_eq!(c.call(&words("SET k again")), b"+OK\r\n");
     assert_eq!(c.call(&words("GET k")), b"$5\r\nagain\r\n");
@@ -94,7 +73,7 @@ fn down_at_start_fails_fast_then_serves() {
         "fails fast, not after a hang"
     );
     redis.restart();
-    wait_until_served(&mut c, Duration::from_secs(5));
+    served_again(&mut c, Duration::from_secs(5));
     assert_eq!(c.call(&words("SET k 1")), b"+OK\r\n");
 }
 
@@ -123,7 +102,7 @@ fn stalled_upstream_times_out_then_recovers() {
         "answered after {waited:?}"
     );
     assert_eq!(sleeper.frame(), b"+OK\r\n");
-    wait_until_served(&mut c, Duration::from_secs(5));
+    served_again(&mut c, Duration::from_secs(5));
     assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
 }
 
@@ -154,7 +133,7 @@ fn blocked_client_gets_an_error_when_upstream_dies() {
         String::from_utf8_lossy(&r)
     );
     redis.restart();
-    wait_until_served(&mut blocked, Duration::from_secs(5));
+    served_again(&mut blocked, Duration::from_secs(5));
 }
 
 #[test]

@@ -720,7 +720,10 @@ fn rename_errors() {
             "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\", SCRIPT = \"a b\" }\nscripts = \"maybe\"\n"
         ),
         [
-            "2: commands.rename: invalid command name \"a b\": command names contain no spaces",
+            "2: commands.rename.CONFIG: GET is already a Redis command",
+            "2: commands.rename.FLUSHDB: X is the new name of another command too",
+            "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
+            "2: commands.rename.SCRIPT: invalid command name \"a b\": command names contain no spaces",
             "3: commands.scripts: unknown variant `maybe`, expected `allow` or `refuse`",
         ]
     );

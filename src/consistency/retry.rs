@@ -4,7 +4,9 @@
 //! the connection breaks after the unit was sent, nobody knows whether it ran. cachet
 //! then assumes it did: the invalidation is re-sent (it is idempotent: voiding a lease,
 //! leaving a tombstone, publishing) until the upstream confirms it, and until then
-//! fills of those keys are refused.
+//! fills of those keys are refused. A re-send answered with an error (`-LOADING` while
+//! the upstream loads its dataset, `-READONLY` from a replica after a failover,
+//! `-MASTERDOWN`) has not landed either and is tried again.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +17,7 @@ use dashmap::DashMap;
 use tokio::sync::mpsc;
 
 use crate::context::Context;
+use crate::resp::Scanner;
 use crate::upstream::{Identity, Job};
 
 /// One invalidation to re-send: encoded commands, their reply count, the database,
@@ -98,7 +101,8 @@ impl RetryQueue {
                     held: None,
                     on_fail: None,
                 });
-                if let Some(Ok(_)) = replies.recv().await {
+                let reply = replies.recv().await;
+                if reply.is_some_and(|r| r.is_ok_and(|b| landed(&b))) {
                     ctx.engine
                         .load()
                         .stats
@@ -111,5 +115,37 @@ impl RetryQueue {
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Whether every reply frame of a re-sent invalidation is a success (none is an error).
+fn landed(reply: &[u8]) -> bool {
+    let mut scanner = Scanner::default();
+    let mut rest = reply;
+    while !rest.is_empty() {
+        match scanner.scan(rest) {
+            Ok(Some(frame)) if frame.kind != b'-' => {
+                rest = rest.get(frame.len..).unwrap_or_default();
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::landed;
+
+    #[test]
+    fn an_error_among_the_replies_means_not_landed() {
+        assert!(landed(b":1\r\n+OK\r\n:0\r\n"));
+        assert!(!landed(
+            b"-READONLY You can't write against a read only replica.\r\n+OK\r\n:0\r\n"
+        ));
+        assert!(!landed(
+            b":1\r\n-LOADING Redis is loading the dataset in memory\r\n"
+        ));
+        assert!(!landed(b":1\r\n:"));
     }
 }

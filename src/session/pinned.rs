@@ -383,6 +383,11 @@ impl Pinned {
             Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
         };
         let bytes = self.buf.split_to(frame.len).freeze();
+        if frame.kind == b'-' && bytes.starts_with(b"-READONLY") {
+            // The address reaches a replica now (a failover): the connection is not
+            // given back to the idle pool, so the next session connects afresh.
+            self.dirty = true;
+        }
         if self.monitor {
             return Ok(Some(Incoming::Push(bytes)));
         }

@@ -176,12 +176,17 @@ impl Upstream {
         }
     }
 
-    /// Whether the shared connections of database `db` (RESP2) are up.
+    /// Whether a shared connection of database `db` (RESP2) is up and none that is up
+    /// has heard that the upstream does not serve data (loading, a replica cut off from
+    /// its primary).
     pub fn is_up_db(&self, db: u32) -> bool {
         let id = Identity { db, proto: 2 };
         self.pools
             .get(&id)
-            .map(|p| p.iter().any(SharedConn::is_up))
+            .map(|p| {
+                p.iter().any(SharedConn::is_up)
+                    && p.iter().filter(|c| c.is_up()).all(SharedConn::is_serving)
+            })
             .unwrap_or(false)
     }
 

@@ -7,6 +7,14 @@
 //! bytes. When the socket breaks or a reply is later than `command_timeout`, every
 //! pending job is answered with an error at once and the task reconnects with backoff;
 //! jobs arriving while the upstream is down are answered with an error immediately.
+//!
+//! Replies are also read for what they say about the upstream itself. `-LOADING` and
+//! `-MASTERDOWN` reach the client verbatim, but mark the connection as not serving
+//! (readiness turns false) until a `PING` probe, sent on every new connection and every
+//! [`PROBE_EVERY`] while not serving, answers `+PONG`. `-READONLY` means the address now
+//! reaches a replica (a failover behind a DNS name or virtual IP): the connection stops
+//! taking new jobs, lets the outstanding ones be answered, and is replaced by a fresh
+//! connect, which reaches the new primary.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,13 +35,27 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 const MAX_BATCH_BYTES: usize = 256 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// How often a connection whose upstream is loading or cut off from its primary probes it.
+const PROBE_EVERY: Duration = Duration::from_millis(250);
 
 /// Handle to one shared connection; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SharedConn {
     tx: mpsc::UnboundedSender<Job>,
-    up: Arc<AtomicBool>,
+    health: Arc<Health>,
     id: u64,
+}
+
+/// What the connection task knows about its upstream, read by readiness and metrics.
+#[derive(Debug, Default)]
+struct Health {
+    /// Connected (the last connection attempt succeeded and the socket is open).
+    up: AtomicBool,
+    /// Connected, but the upstream answers `-LOADING`/`-MASTERDOWN`, or has not yet
+    /// answered the probe of a new connection.
+    not_serving: AtomicBool,
+    /// The upstream answered `-READONLY`: drain, then reconnect.
+    reconnect: AtomicBool,
 }
 
 /// Distinguishes connections as owners of key ordering tokens.
@@ -49,11 +71,11 @@ impl SharedConn {
     /// handle is dropped.
     pub fn spawn(settings: Arc<Settings>, id: Identity, rtt: Arc<Histogram>) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
-        let up = Arc::new(AtomicBool::new(false));
-        tokio::spawn(run(settings, id, rx, up.clone(), rtt));
+        let health = Arc::new(Health::default());
+        tokio::spawn(run(settings, id, rx, health.clone(), rtt));
         SharedConn {
             tx,
-            up,
+            health,
             id: new_owner_id(),
         }
     }
@@ -72,7 +94,13 @@ impl SharedConn {
 
     /// Whether the last connection attempt succeeded and the socket is open.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.up.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection is up and the upstream serves data (not loading its
+    /// dataset, not a replica cut off from its primary).
+    pub fn is_serving(&self) -> bool {
+        self.is_up() && !self.health.not_serving.load(Ordering::Relaxed)
     }
 }
 
@@ -80,7 +108,7 @@ async fn run(
     settings: Arc<Settings>,
     id: Identity,
     mut jobs: mpsc::UnboundedReceiver<Job>,
-    up: Arc<AtomicBool>,
+    health: Arc<Health>,
     rtt: Arc<Histogram>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -95,11 +123,17 @@ async fn run(
                     tracing::info!(address = %settings.address, db = id.db, proto = id.proto, "upstream connection restored");
                 }
                 backoff = FIRST_BACKOFF;
-                up.store(true, Ordering::Relaxed);
-                let outcome = serve(stream, &settings, &mut jobs, &rtt).await;
-                up.store(false, Ordering::Relaxed);
+                health.not_serving.store(true, Ordering::Relaxed);
+                health.reconnect.store(false, Ordering::Relaxed);
+                health.up.store(true, Ordering::Relaxed);
+                let outcome = serve(stream, &settings, &mut jobs, &health, &rtt).await;
+                health.up.store(false, Ordering::Relaxed);
                 match outcome {
                     Ok(()) => return,
+                    Err(e) if health.reconnect.load(Ordering::Relaxed) => {
+                        tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now; reconnecting");
+                        was_down = true;
+                    }
                     Err(e) => {
                         tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream connection lost");
                         was_down = true;
@@ -139,14 +173,16 @@ async fn serve(
     stream: Stream,
     settings: &Settings,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    health: &Arc<Health>,
     rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
     let (rd, wr) = stream.split();
     let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
     let mut current = None;
+    let timeout = settings.command_timeout;
     let result = tokio::select! {
-        r = write_loop(wr, jobs, pending_tx) => r,
-        r = read_loop(rd, &mut pending_rx, &mut current, settings.command_timeout, rtt) => r,
+        r = write_loop(wr, jobs, pending_tx, health) => r,
+        r = read_loop(rd, &mut pending_rx, &mut current, timeout, rtt, health) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
     // have run, exactly as when a direct Redis connection breaks.
@@ -168,13 +204,33 @@ async fn write_loop(
     mut wr: WriteHalf,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     pending: mpsc::UnboundedSender<Pending>,
+    health: &Arc<Health>,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    // The first tick is immediate: every new connection is probed once.
+    let mut probe = tokio::time::interval(PROBE_EVERY);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let Some(first) = jobs.recv().await else {
-            // Every handle is gone; let the reader finish what is outstanding.
-            drop(pending);
+        if health.reconnect.load(Ordering::Relaxed) {
+            // Draining: the reader ends the connection once everything written is
+            // answered; new jobs wait in the queue for the next connection.
             return std::future::pending().await;
+        }
+        let first = tokio::select! {
+            job = jobs.recv() => match job {
+                Some(job) => job,
+                None => {
+                    // Every handle is gone; let the reader finish what is outstanding.
+                    drop(pending);
+                    return std::future::pending().await;
+                }
+            },
+            _ = probe.tick() => {
+                if !health.not_serving.load(Ordering::Relaxed) {
+                    continue;
+                }
+                probe_job(health)
+            }
         };
         let now = Instant::now();
         buf.clear();
@@ -202,12 +258,45 @@ async fn write_loop(
     }
 }
 
+/// A `PING` whose `+PONG` marks the upstream as serving again.
+fn probe_job(health: &Arc<Health>) -> Job {
+    let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
+    let health = health.clone();
+    tokio::spawn(async move {
+        if let Some(Ok(reply)) = rx.recv().await {
+            if reply.starts_with(b"+PONG") {
+                health.not_serving.store(false, Ordering::Relaxed);
+            }
+        }
+    });
+    Job {
+        data: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+        frames: 1,
+        reply: Some(tx),
+        held: None,
+        on_fail: None,
+    }
+}
+
+/// What an error reply says about the upstream as a whole.
+fn note_reply(health: &Health, frame: &[u8]) {
+    if frame.first() != Some(&b'-') {
+        return;
+    }
+    if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
+        health.not_serving.store(true, Ordering::Relaxed);
+    } else if frame.starts_with(b"-READONLY") {
+        health.reconnect.store(true, Ordering::Relaxed);
+    }
+}
+
 async fn read_loop(
     mut rd: ReadHalf,
     pending: &mut mpsc::UnboundedReceiver<Pending>,
     current: &mut Option<Pending>,
     timeout: Duration,
     rtt: &Histogram,
+    health: &Health,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut scanner = Scanner::default();
@@ -243,6 +332,9 @@ async fn read_loop(
                 }
                 continue;
             }
+            if frame.kind == b'-' {
+                note_reply(health, rest.get(..frame.len).unwrap_or_default());
+            }
             scanned += frame.len;
             frames_seen += 1;
             if frames_seen >= cur.job.frames.max(1) {
@@ -268,6 +360,11 @@ async fn read_loop(
                         continue;
                     }
                 }
+            }
+            None if health.reconnect.load(Ordering::Relaxed) => {
+                // Everything written has been answered and the writer takes no more:
+                // the connection can be replaced without failing anything.
+                return Err(UpstreamError::Io("upstream answered READONLY".into()));
             }
             None => {
                 tokio::select! {

@@ -11,5 +11,7 @@ pub mod cachet;
 pub mod certs;
 pub mod compare;
 pub mod http;
+pub mod process;
 pub mod raw;
 pub mod redis;
+pub mod shim;

@@ -108,3 +108,25 @@ impl Raw {
         &self.buf
     }
 }
+
+/// Calls `PING` until it is answered `+PONG`, for at most `within`; every other answer
+/// must be one of cachet's upstream errors. Returns how long that took.
+pub fn served_again(c: &mut Raw, within: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let r = c.call(&words("PING"));
+        if r == b"+PONG\r\n" {
+            return start.elapsed();
+        }
+        assert!(
+            r.starts_with(b"-ERR cachet: upstream"),
+            "unexpected reply {:?}",
+            String::from_utf8_lossy(&r)
+        );
+        assert!(
+            start.elapsed() < within,
+            "not served again within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

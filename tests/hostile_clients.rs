@@ -1,0 +1,310 @@
+//! 5,000 hostile connections to one cachet process: each sends a malformed request (a
+//! bad bulk or multibulk length, a huge declared length, a truncated frame, binary
+//! garbage, an over-long inline line) or nothing at all. Those Redis rejects get
+//! Redis's exact error text and are closed; the rest are held without memory being
+//! reserved for what they announce. Meanwhile a well-behaved client is answered at once,
+//! and once the connections close, cachet's memory and descriptors go back to where
+//! they were.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::process::{CachetProcess, ensure_nofile};
+use support::raw::{Raw, words};
+use support::redis::RedisServer;
+
+const CONNECTIONS: usize = 5000;
+
+/// One kind of bad client: what it sends, and Redis's answer (`None`: Redis waits for
+/// more and keeps the connection).
+struct Kind {
+    name: &'static str,
+    sends: Vec<u8>,
+    answer: Option<&'static str>,
+}
+
+fn kinds() -> Vec<Kind> {
+    let kind = |name, sends: &[u8], answer| Kind {
+        name,
+        sends: sends.to_vec(),
+        answer,
+    };
+    vec![
+        kind(
+            "bad bulk length",
+            b"*1\r\n$x\r\n",
+            Some("-ERR Protocol error: invalid bulk length\r\n"),
+        ),
+        kind(
+            "bad multibulk length",
+            b"*x\r\n",
+            Some("-ERR Protocol error: invalid multibulk length\r\n"),
+        ),
+        kind(
+            "bulk length over 512 MiB",
+            b"*1\r\n$999999999999\r\n",
+            Some("-ERR Protocol error: invalid bulk length\r\n"),
+        ),
+        kind(
+            "multibulk length over the limit",
+            b"*99999999999\r\n",
+            Some("-ERR Protocol error: invalid multibulk length\r\n"),
+        ),
+        kind(
+            "not a bulk",
+            b"*1\r\n+foo\r\n",
+            Some("-ERR Protocol error: expected '$', got '+'\r\n"),
+        ),
+        kind(
+            "unbalanced quotes",
+            b"\xff\xfe\"oops\r\n",
+            Some("-ERR Protocol error: unbalanced quotes in request\r\n"),
+        ),
+        kind(
+            "inline line too long",
+            &[b'a'; 70_000],
+            Some("-ERR Protocol error: too big inline request\r\n"),
+        ),
+        kind(
+            "header line too long",
+            &[&b"*1\r\n$"[..], &[b'1'; 70_000]].concat(),
+            Some("-ERR Protocol error: too big bulk count string\r\n"),
+        ),
+        // Announces 512 MiB (the largest allowed) and sends 3 bytes of it.
+        kind(
+            "huge declared length",
+            b"*2\r\n$3\r\nSET\r\n$536870912\r\nabc",
+            None,
+        ),
+        kind("truncated frame", b"*3\r\n$3\r\nSET\r\n$1\r\nk", None),
+        kind(
+            "binary garbage with a NUL",
+            b"\x16\x03\x01\x02\x00\x01\xfc\x03\r\n",
+            None,
+        ),
+        kind("nothing at all", b"", None),
+    ]
+}
+
+/// Reads what the server sends until it closes (or `within` passes); whether it closed.
+fn read_to_close(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            return (got, false);
+        };
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match s.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+/// The round-trip time of one `PING`.
+fn ping(c: &mut Raw) -> Duration {
+    let start = Instant::now();
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+    start.elapsed()
+}
+
+/// Opens [`CONNECTIONS`] hostile connections, checks a normal client meanwhile and every
+/// answer, closes them all, and waits for cachet's descriptors to return to `fds_before`.
+/// Returns cachet's resident memory with the connections open.
+fn flood(cachet: &CachetProcess, fds_before: usize) -> u64 {
+    let kinds = kinds();
+    let mut normal = Raw::connect(cachet.addr);
+    ping(&mut normal);
+    let start = Instant::now();
+    let mut conns = Vec::with_capacity(CONNECTIONS);
+    let mut retried = 0;
+    for i in 0..CONNECTIONS {
+        if i % 100 == 99 {
+            // Let cachet accept: a full listen backlog drops SYNs.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let kind = i % kinds.len();
+        let mut s = connect(cachet, &mut retried);
+        s.write_all(&kinds[kind].sends).expect("send");
+        conns.push((kind, s));
+    }
+    let opened = start.elapsed();
+
+    // A well-behaved client connected before the flood is answered at once while all of
+    // them are connected: right away (behind what the flood sent), and once cachet has
+    // dealt with what the flood sent.
+    let first = ping(&mut normal);
+    let waiting = conns
+        .iter()
+        .filter(|(k, _)| kinds[*k].answer.is_none())
+        .count();
+    wait_for_fds(cachet, fds_before + 1 + waiting);
+    let rtts: Vec<Duration> = (0..20).map(|_| ping(&mut normal)).collect();
+    let worst = rtts.iter().max().unwrap();
+    let (rss_open, fds_open) = (cachet.rss_kib(), cachet.open_fds());
+    println!(
+        "{CONNECTIONS} hostile connections opened in {opened:?} ({retried} connects \
+         retried); first PING {first:?}, then worst of 20 {worst:?}; RSS {rss_open} KiB, \
+         fds {fds_open}"
+    );
+    assert!(
+        first < Duration::from_millis(500),
+        "first PING took {first:?}"
+    );
+    assert!(*worst < Duration::from_millis(50), "PING took {rtts:?}");
+
+    // Each kind Redis rejects got Redis's text and was closed; the others are held.
+    let mut held = Vec::new();
+    for (kind, mut s) in conns {
+        let k = &kinds[kind];
+        match k.answer {
+            Some(answer) => {
+                let (got, closed) = read_to_close(&mut s, Duration::from_secs(5));
+                assert_eq!(String::from_utf8_lossy(&got), answer, "{}", k.name);
+                assert!(closed, "{}: connection closed", k.name);
+            }
+            None => held.push((kind, s)),
+        }
+    }
+    for (kind, s) in held.iter_mut().take(kinds.len()) {
+        let (got, closed) = read_to_close(s, Duration::from_millis(100));
+        assert!(
+            got.is_empty() && !closed,
+            "{}: held open, unanswered",
+            kinds[*kind].name
+        );
+    }
+    drop(held);
+    drop(normal);
+    wait_for_fds(cachet, fds_before);
+    rss_open
+}
+
+/// Connects, retrying after 250 ms rather than the kernel's 1 s when a flood has filled
+/// the listen queue and the SYN was dropped.
+fn connect(cachet: &CachetProcess, retried: &mut usize) -> TcpStream {
+    for _ in 0..20 {
+        match TcpStream::connect_timeout(&cachet.addr, Duration::from_millis(250)) {
+            Ok(s) => return s,
+            Err(_) => *retried += 1,
+        }
+    }
+    panic!("cannot connect to cachet");
+}
+
+fn wait_for_fds(cachet: &CachetProcess, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cachet.open_fds() != want {
+        assert!(
+            Instant::now() < deadline,
+            "cachet has {} fds open, expected {want}",
+            cachet.open_fds()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn five_thousand_malformed_connections_leave_cachet_serving_and_lean() {
+    let start = Instant::now();
+    ensure_nofile(CONNECTIONS as u64 + 1024);
+    let redis = RedisServer::start();
+    let cachet = CachetProcess::start(&redis.url());
+    assert!(
+        cachet.nofile_limit() >= CONNECTIONS as u64 + 256,
+        "cachet may open only {} files",
+        cachet.nofile_limit()
+    );
+    // Warm up (shared connections, buffers), then take the baseline.
+    let mut warm = Raw::connect(cachet.addr);
+    (0..100).for_each(|_| {
+        ping(&mut warm);
+    });
+    drop(warm);
+    std::thread::sleep(Duration::from_millis(200));
+    let (rss_base, fds_base) = (cachet.rss_kib(), cachet.open_fds());
+
+    let peak1 = flood(&cachet, fds_base);
+    std::thread::sleep(Duration::from_millis(300));
+    let after1 = cachet.rss_kib();
+    let peak2 = flood(&cachet, fds_base);
+    std::thread::sleep(Duration::from_millis(300));
+    let after2 = cachet.rss_kib();
+    println!(
+        "RSS KiB: baseline {rss_base}, flood 1 peak {peak1} after {after1}, \
+         flood 2 peak {peak2} after {after2}; {:?} in all",
+        start.elapsed()
+    );
+    // Nothing is allocated for what a client merely announces (625 clients announce
+    // 512 MiB each): the peak stays within 32 KiB per connection.
+    assert!(
+        peak1 <= rss_base + 32 * CONNECTIONS as u64,
+        "peak {peak1} KiB"
+    );
+    // What the first flood took is reused by the second, not leaked: memory after the
+    // second stays within 8 MiB of memory after the first.
+    assert!(
+        after2 <= after1 + 8 * 1024,
+        "RSS grew from {after1} KiB to {after2} KiB over a second flood"
+    );
+    assert!(ping(&mut Raw::connect(cachet.addr)) < Duration::from_millis(50));
+    assert!(start.elapsed() < Duration::from_secs(60));
+}
+
+/// A client that pipelines requests for 256 MiB of replies and never reads them should
+/// cost bounded memory, and everyone else is served as usual.
+///
+/// Known gap (README): cachet stops *reading* a client that owes 8 MiB, but requests
+/// already read are all forwarded and their replies held, so this client costs the
+/// whole 256 MiB (as it would cost Redis, whose normal clients have no output limit).
+#[test]
+#[ignore = "known gap: replies owed to a client that does not read are not bounded"]
+fn a_client_that_never_reads_costs_bounded_memory() {
+    let redis = RedisServer::start();
+    let cachet = CachetProcess::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    let value = vec![b'x'; 1024 * 1024];
+    assert_eq!(
+        c.call(&support::raw::cmd(&[b"SET", b"big", &value])),
+        b"+OK\r\n"
+    );
+    let rss_before = cachet.rss_kib();
+
+    let mut hog = TcpStream::connect(cachet.addr).unwrap();
+    hog.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let requests: Vec<u8> = (0..256).flat_map(|_| words("GET big")).collect();
+    // The write completes: the requests fit in socket buffers and cachet's read buffer.
+    hog.write_all(&requests).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_hog = cachet.rss_kib();
+    let worst = (0..20).map(|_| ping(&mut c)).max().unwrap();
+    println!(
+        "RSS {rss_before} KiB before, {rss_hog} KiB with 256 MiB of replies owed; PING worst {worst:?}"
+    );
+    assert!(
+        rss_hog <= rss_before + 64 * 1024,
+        "RSS {rss_hog} KiB with a client that does not read (before: {rss_before} KiB)"
+    );
+    assert!(worst < Duration::from_millis(50), "PING took {worst:?}");
+    // Once it reads, it gets every reply.
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    hog.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let want = 256 * (value.len() + "$1048576\r\n\r\n".len());
+    while got < want {
+        let n = hog.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {got} of {want} bytes");
+        got += n;
+    }
+    assert_eq!(got, want);
+}

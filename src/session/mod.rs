@@ -44,8 +44,10 @@ use pinned::{Incoming, Pinned, Rewrite, SessionEffect};
 const MAX_QUEUED: usize = 16 * 1024;
 /// Reply bytes waiting for a slow client before cachet stops reading it.
 const MAX_OUT: usize = 8 * 1024 * 1024;
-/// Read buffer given to a connection when it has something to read.
+/// Read buffer of a connection that sends in bulk.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer of every connection until a read fills it.
+const FIRST_READ: usize = 1024;
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
 /// One command in this many of a pipeline has its handling time measured.
@@ -207,6 +209,8 @@ pub struct Session {
     reply_mode: ReplyMode,
     decoder: Decoder,
     rbuf: BytesMut,
+    /// How much room a read gets: `FIRST_READ` until a read fills it, then `READ_CHUNK`.
+    read_size: usize,
     out: BytesMut,
     slots: VecDeque<Slot>,
     /// `Await` slots in `slots`.
@@ -260,6 +264,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         reply_mode: ReplyMode::On,
         decoder: Decoder::new(**ctx.limits.load()),
         rbuf: BytesMut::new(),
+        read_size: FIRST_READ,
         out: BytesMut::new(),
         slots: VecDeque::new(),
         inflight: 0,
@@ -307,8 +312,14 @@ impl Session {
                 && self.stalled.is_none()
                 && self.slots.len() < MAX_QUEUED
                 && self.out.len() < MAX_OUT;
-            if want_read && self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                let want = self.decoder.wants(&self.rbuf).clamp(READ_CHUNK, 1 << 20);
+            if want_read && self.rbuf.capacity() - self.rbuf.len() < FIRST_READ / 2 {
+                // A connection gets a small buffer until it fills one: a client that
+                // sends a command at a time (or a partial frame, or nothing) never
+                // holds a full read chunk.
+                let want = self
+                    .decoder
+                    .wants(&self.rbuf)
+                    .clamp(self.read_size, 1 << 20);
                 self.rbuf.reserve(want);
             }
             let timeout = self.ctx.upstream.settings().command_timeout;
@@ -348,6 +359,10 @@ impl Session {
                     }
                 }
                 Event::ClientRead(Ok(n)) => {
+                    if self.rbuf.len() == self.rbuf.capacity() {
+                        // The read filled the buffer: this client sends in bulk.
+                        self.read_size = READ_CHUNK;
+                    }
                     self.ctx
                         .metrics
                         .bytes_in

@@ -7,7 +7,11 @@ FROM rust:1.95-slim-trixie AS build
 WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+# (Cargo reads every declared target's path, so each gets a stub.)
+RUN mkdir -p src/bin benches \
+    && for f in src/main.rs src/bin/cachet-check.rs benches/hot_paths.rs benches/paced.rs; do \
+         echo 'fn main() {}' > "$f"; done \
+    && touch src/lib.rs \
     && cargo fetch --locked
 COPY . .
 RUN cargo build --release --locked --bin cachet \

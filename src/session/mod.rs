@@ -42,8 +42,11 @@ use pinned::{Incoming, Pinned, Rewrite, SessionEffect};
 
 /// Commands accepted ahead of their replies before cachet stops reading the client.
 const MAX_QUEUED: usize = 16 * 1024;
-/// Reply bytes waiting for a slow client before cachet stops reading it.
+/// Reply bytes waiting for a slow client before cachet stops reading it, and stops
+/// sending what it already read.
 const MAX_OUT: usize = 8 * 1024 * 1024;
+/// Commands outstanding at once before any reply told how large replies are.
+const FIRST_WINDOW: usize = 16;
 /// Read buffer of a connection that sends in bulk.
 const READ_CHUNK: usize = 16 * 1024;
 /// Read buffer of every connection until a read fills it.
@@ -211,10 +214,18 @@ pub struct Session {
     rbuf: BytesMut,
     /// How much room a read gets: `FIRST_READ` until a read fills it, then `READ_CHUNK`.
     read_size: usize,
+    /// Average reply size per command so far (0: nothing answered yet); sizes how many
+    /// commands may be outstanding (see `may_send_more`).
+    reply_size: usize,
+    /// Decoding (and reading) stopped by `may_send_more`: resumed as replies arrive
+    /// and the client reads them.
+    paused: bool,
     out: BytesMut,
     slots: VecDeque<Slot>,
     /// `Await` slots in `slots`.
     inflight: usize,
+    /// Client commands those slots answer (a batch slot answers several).
+    outstanding: usize,
     route: Option<Route>,
     shared: Option<(Identity, SharedConn)>,
     reply_tx: ReplyTx,
@@ -265,9 +276,12 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         decoder: Decoder::new(**ctx.limits.load()),
         rbuf: BytesMut::new(),
         read_size: FIRST_READ,
+        reply_size: 0,
+        paused: false,
         out: BytesMut::new(),
         slots: VecDeque::new(),
         inflight: 0,
+        outstanding: 0,
         route: None,
         shared: None,
         reply_tx,
@@ -310,6 +324,7 @@ impl Session {
             }
             let want_read = !self.closing
                 && self.stalled.is_none()
+                && !self.paused
                 && self.slots.len() < MAX_QUEUED
                 && self.out.len() < MAX_OUT;
             if want_read && self.rbuf.capacity() - self.rbuf.len() < FIRST_READ / 2 {
@@ -378,7 +393,15 @@ impl Session {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
                     break;
                 }
-                Event::Wrote(Ok(n)) => self.wrote(n),
+                Event::Wrote(Ok(n)) => {
+                    self.wrote(n);
+                    // Decoding held back for a client that was not reading goes on
+                    // once it has read half (nothing is read meanwhile, so every
+                    // command already received runs before a hang-up is seen).
+                    if self.paused && self.out.len() < MAX_OUT / 2 {
+                        self.resume().await;
+                    }
+                }
                 Event::Wrote(Err(e)) => {
                     tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
                     break;
@@ -470,6 +493,30 @@ impl Session {
         Ok(())
     }
 
+    /// Whether another command may be decoded and sent. A client that pipelines
+    /// requests for large replies and does not read them would otherwise make cachet
+    /// hold every reply: commands stay undecoded in the read buffer while the client
+    /// owes `MAX_OUT`, and no more are outstanding than `MAX_OUT` of replies at the
+    /// average reply size seen so far (`FIRST_WINDOW` before the first reply).
+    fn may_send_more(&mut self) -> bool {
+        self.paused = !self.window_open();
+        !self.paused
+    }
+
+    fn window_open(&self) -> bool {
+        if self.out.len() >= MAX_OUT {
+            return false;
+        }
+        if self.inflight == 0 {
+            return true;
+        }
+        let window = match self.reply_size {
+            0 => FIRST_WINDOW,
+            size => (MAX_OUT / size).clamp(FIRST_WINDOW / 4, MAX_QUEUED),
+        };
+        self.outstanding < window
+    }
+
     /// When an idle client is disconnected: `idle_timeout` after its last bytes, unless
     /// it waits on something (replies owed, a subscription, a blocking command).
     fn idle_deadline(&self) -> Option<Instant> {
@@ -511,6 +558,7 @@ impl Session {
             // A stalled command comes back as it was routed (renamed already).
             let (req, fresh) = match self.stalled.take() {
                 Some(req) => (req, false),
+                None if !self.may_send_more() => return,
                 None => match self.decoder.decode(&mut self.rbuf) {
                     Ok(Some(req)) => (req, true),
                     Ok(None) => return,
@@ -906,6 +954,7 @@ impl Session {
                     buf.extend_from_slice(data);
                     *n += frames;
                     *count += 1;
+                    self.outstanding += 1;
                     if let Some(t) = self.tally.take() {
                         tallies.push(t);
                     }
@@ -1096,6 +1145,7 @@ impl Session {
             },
         });
         self.inflight += 1;
+        self.outstanding += 1;
         self.route = Some(route);
     }
 
@@ -1405,6 +1455,11 @@ impl Session {
             }
             _ => 1,
         };
+        let size = (bytes.len() / count.max(1) as usize).max(1);
+        self.reply_size = match self.reply_size {
+            0 => size,
+            avg => (avg * 7 + size) / 8,
+        };
         // A batch that failed owes its client one error per command.
         let bytes = if is_error && count > 1 {
             let mut all = BytesMut::with_capacity(bytes.len() * count as usize);
@@ -1428,6 +1483,7 @@ impl Session {
         if let Some(slot) = self.slots.get_mut(idx) {
             *slot = Slot::Ready(if discard { Bytes::new() } else { bytes });
             self.inflight -= 1;
+            self.outstanding = self.outstanding.saturating_sub(count as usize);
         }
         self.last_active = Instant::now();
         while let Some(Slot::Ready(_)) = self.slots.front() {
@@ -1610,6 +1666,7 @@ impl Session {
         self.batch = None;
         self.slots.clear();
         self.inflight = 0;
+        self.outstanding = 0;
         self.stalled = None;
         self.route = None;
     }

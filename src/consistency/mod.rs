@@ -38,7 +38,6 @@ use crate::config::{ConsistencyConfig, KeyspaceMode, KeyspaceRule};
 use crate::key_lock::KeyLocks;
 use crate::keyspace::Keyspaces;
 use crate::resp::Request;
-use crate::resp::reply;
 use crate::resp::request::encode_command;
 pub use scripts::Scripts;
 pub use stats::Stats;
@@ -215,19 +214,23 @@ impl Engine {
         })
     }
 
-    /// Refuses commands naming cachet's reserved keys.
+    /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that
+    /// can expand to them, or as arguments of `DEBUG` (which has no key positions but
+    /// reads keys: `DEBUG OBJECT`, `DEBUG DIGEST-VALUE`).
     pub fn check_reserved(&self, req: &Request, keys: &[KeyRef]) -> Result<(), Bytes> {
-        for k in keys {
-            if req
-                .args
+        let named = keys.iter().any(|k| {
+            req.args
                 .get(k.index)
                 .is_some_and(|a| a.starts_with(&self.prefix))
-            {
-                return Err(reply::error(&format!(
-                    "ERR cachet: keys starting with '{}' are reserved",
-                    String::from_utf8_lossy(&self.prefix)
-                )));
-            }
+        });
+        let name = req.args.first().map_or(&[][..], |n| &n[..]);
+        let patterned = (name.eq_ignore_ascii_case(b"SORT")
+            || name.eq_ignore_ascii_case(b"SORT_RO"))
+            && reserved::sort_patterns_reach(&req.args, &self.prefix);
+        let debugged = name.eq_ignore_ascii_case(b"DEBUG")
+            && req.args.iter().skip(2).any(|a| a.starts_with(&self.prefix));
+        if named || patterned || debugged {
+            return Err(reserved::refusal(&self.prefix));
         }
         Ok(())
     }

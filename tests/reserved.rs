@@ -43,6 +43,110 @@ fn mentions_reserved(frame: &[u8]) -> bool {
 }
 
 #[test]
+fn randomkey_never_answers_a_reserved_key() {
+    let redis = RedisServer::start();
+    let cachet = cachet_for(&redis);
+    let mut direct = Raw::connect(redis.addr());
+    let mut c = Raw::connect(cachet.addr);
+    let mut c3 = resp3(cachet.addr);
+    let mut d3 = resp3(redis.addr());
+
+    // An empty database: Redis's own nulls.
+    assert_eq!(
+        c.call(&words("RANDOMKEY")),
+        direct.call(&words("RANDOMKEY"))
+    );
+    assert_eq!(c3.call(&words("RANDOMKEY")), d3.call(&words("RANDOMKEY")));
+    assert_eq!(c3.call(&words("RANDOMKEY")), b"_\r\n");
+
+    // Only reserved keys: Redis would name one; cachet answers as for an empty database.
+    make_leases(&mut c, 20);
+    assert!(mentions_reserved(&direct.call(&words("RANDOMKEY"))));
+    for _ in 0..20 {
+        assert_eq!(c.call(&words("RANDOMKEY")), b"$-1\r\n");
+        assert_eq!(c3.call(&words("RANDOMKEY")), b"_\r\n");
+    }
+
+    // One visible key among 20 reserved ones is always the answer, also after the
+    // script cache is flushed (NOSCRIPT recovery) and pipelined.
+    direct.call(&words("SET visible 1"));
+    for i in 0..40 {
+        if i == 20 {
+            assert_eq!(direct.call(&words("SCRIPT FLUSH")), b"+OK\r\n");
+        }
+        assert_eq!(c.call(&words("RANDOMKEY")), b"$7\r\nvisible\r\n");
+    }
+    c.send(&[words("RANDOMKEY"), words("RANDOMKEY"), words("RANDOMKEY")].concat());
+    for _ in 0..3 {
+        assert_eq!(c.frame(), b"$7\r\nvisible\r\n");
+    }
+    // Malformed: Redis's own error.
+    assert_eq!(
+        c.call(&words("RANDOMKEY x")),
+        direct.call(&words("RANDOMKEY x"))
+    );
+}
+
+/// Inside `MULTI`, and while `WATCH`ing, the replies of `KEYS`, `SCAN` and
+/// `RANDOMKEY` come from Redis without cachet's translation: they must still hide
+/// reserved keys.
+#[test]
+fn listings_in_transactions_and_watches_hide_reserved_keys() {
+    let redis = RedisServer::start();
+    let cachet = cachet_for(&redis);
+    let mut direct = Raw::connect(redis.addr());
+    let mut c = Raw::connect(cachet.addr);
+    make_leases(&mut c, 5);
+    direct.call(&words("SET visible 1"));
+
+    let listings = [
+        words("RANDOMKEY"),
+        words("KEYS *"),
+        words("SCAN 0 COUNT 1000"),
+        words("SCAN 0 MATCH __cachet:* TYPE string COUNT 1000"),
+    ];
+    let expected: [&[u8]; 4] = [
+        b"$7\r\nvisible\r\n",
+        b"*1\r\n$7\r\nvisible\r\n",
+        b"*2\r\n$1\r\n0\r\n*1\r\n$7\r\nvisible\r\n",
+        b"*2\r\n$1\r\n0\r\n*0\r\n",
+    ];
+    let mut exec = b"*4\r\n".to_vec();
+    exec.extend(expected.concat());
+
+    for resp in [2, 3] {
+        let mut c = if resp == 3 {
+            resp3(cachet.addr)
+        } else {
+            Raw::connect(cachet.addr)
+        };
+        assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
+        for l in &listings {
+            assert_eq!(c.call(l), b"+QUEUED\r\n");
+        }
+        assert_eq!(c.call(&words("EXEC")), exec, "RESP{resp}");
+
+        // Pipelined, on the shared connection.
+        c.send(&listings.concat());
+        for e in expected {
+            assert_eq!(c.frame(), e, "RESP{resp}");
+        }
+
+        // While WATCHing (a dedicated connection, replies not translated).
+        assert_eq!(c.call(&words("WATCH visible")), b"+OK\r\n");
+        for (l, e) in listings.iter().zip(expected) {
+            assert_eq!(c.call(l), e, "RESP{resp}");
+        }
+        assert_eq!(c.call(&words("UNWATCH")), b"+OK\r\n");
+    }
+
+    // Errors are Redis's own, inside the transaction too.
+    assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
+    assert_eq!(c.call(&words("SCAN x")), b"+QUEUED\r\n");
+    assert_eq!(c.call(&words("EXEC")), b"*1\r\n-ERR invalid cursor\r\n");
+}
+
+#[test]
 fn sort_patterns_that_can_reach_reserved_keys_are_refused() {
     let redis = RedisServer::start();
     let cachet = cachet_for(&redis);

@@ -1042,7 +1042,12 @@ impl Session {
             .map_or((false, false), |p| (p.multi, p.watching()));
         if multi || blocking || watching {
             if !info.is_write() {
-                return Ok(Rewrite::default());
+                // A listing inside the transaction answers within the EXEC array.
+                let data = engine.hidden_listing(req, &info);
+                return Ok(Rewrite {
+                    data,
+                    ..Rewrite::default()
+                });
             }
             let inval = engine.invalidations(req, &info, &self.keys);
             engine.stats.invalidations(inval.published);

@@ -320,6 +320,13 @@ fn every_key_position_refuses_reserved_keys() {
         "OBJECT FREQ R",
         "OBJECT IDLETIME R",
         "OBJECT REFCOUNT R",
+        "XINFO STREAM R",
+        "XGROUP CREATE R g $ MKSTREAM",
+        "HGETALL R",
+        "GETRANGE R 0 -1",
+        "SETRANGE R 0 x",
+        "GETEX R PERSIST",
+        "PFADD R a",
         "MEMORY USAGE R",
         "MEMORY USAGE R SAMPLES 0",
         "DEBUG OBJECT R",
@@ -431,4 +438,8 @@ fn every_key_position_refuses_reserved_keys() {
     }
     assert_eq!(c.call(&words("DISCARD")), b"+OK\r\n");
     assert_eq!(direct.call(&words(&format!("GET {r}"))), before);
+    // Every refusal is counted (cachet_reserved_key_refusals_total).
+    let info = String::from_utf8_lossy(&c.call(&words("CACHET INFO"))).to_string();
+    let want = format!("reserved_key_refusals:{}\r\n", 3 * all.len());
+    assert!(info.contains(&want), "{want:?} in {info}");
 }

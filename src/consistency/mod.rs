@@ -243,6 +243,9 @@ impl Engine {
         let debugged = name.eq_ignore_ascii_case(b"DEBUG")
             && req.args.iter().skip(2).any(|a| a.starts_with(&self.prefix));
         if named || patterned || debugged {
+            self.stats
+                .reserved_key_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Err(reserved::refusal(&self.prefix));
         }
         Ok(())

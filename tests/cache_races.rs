@@ -264,3 +264,24 @@ fn a_pinned_client_follows_the_same_lease_rules() {
     }
     assert_eq!(reply, b"$5\r\nfresh\r\n");
 }
+
+/// After `SCRIPT FLUSH` on the upstream, cachet's lease scripts answer `NOSCRIPT`;
+/// cachet re-runs them with their body and the client sees the plain replies.
+#[test]
+fn lease_scripts_recover_from_a_script_flush() {
+    let (redis, cachet) = start(300, 50);
+    let mut c = Raw::connect(cachet.addr);
+    let mut direct = Raw::connect(redis.addr());
+    assert_eq!(direct.call(&words("SCRIPT FLUSH")), OK);
+    assert_eq!(get(&mut c, ":1:f"), NIL, "miss through the lease script");
+    assert_eq!(direct.call(&words("SCRIPT FLUSH")), OK);
+    assert_eq!(c.call(&words("SET :1:f v EX 300")), OK, "fill");
+    assert_eq!(direct.call(&words("GET :1:f")), b"$1\r\nv\r\n");
+    assert_eq!(direct.call(&words("SCRIPT FLUSH")), OK);
+    assert_eq!(get(&mut c, ":1:f"), b"$1\r\nv\r\n", "hit");
+    assert_eq!(direct.call(&words("SCRIPT FLUSH")), OK);
+    assert_eq!(
+        c.call(&words("MGET :1:f :1:g")),
+        b"*2\r\n$1\r\nv\r\n$-1\r\n"
+    );
+}

@@ -401,16 +401,17 @@ impl Engine {
 
     /// The same command with the script's body (`EVAL`), for `NOSCRIPT` recovery.
     pub fn eval_fallback(&self, data: &Bytes) -> Option<Bytes> {
-        let sha = data.get(..60).and_then(|head| {
-            self.scripts
-                .all()
-                .into_iter()
-                .find(|s| head.windows(s.sha.len()).any(|w| w == s.sha.as_ref()))
-        })?;
         let args = crate::resp::Decoder::new(crate::resp::Limits::default())
             .decode(&mut BytesMut::from(&data[..]))
             .ok()??
             .args;
+        // `EVALSHA <sha> …`: the SHA is the second argument (past the first 60 bytes of
+        // the encoded command, so it is matched on the decoded arguments).
+        let sha = self
+            .scripts
+            .all()
+            .into_iter()
+            .find(|s| args.get(1) == Some(&s.sha))?;
         let mut eval = vec![Bytes::from_static(b"EVAL"), sha.body.clone()];
         eval.extend(args.into_iter().skip(2));
         let mut out = BytesMut::new();

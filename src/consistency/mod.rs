@@ -38,11 +38,13 @@ use crate::config::{ConsistencyConfig, KeyspaceMode, KeyspaceRule};
 use crate::key_lock::KeyLocks;
 use crate::keyspace::Keyspaces;
 use crate::resp::Request;
-use crate::resp::reply;
 use crate::resp::request::encode_command;
 pub use scripts::Scripts;
 pub use stats::Stats;
 pub use translate::Translate;
+
+/// How many random keys the `RANDOMKEY` script draws before it scans for a visible one.
+const RANDOM_KEY_DRAWS: &[u8] = b"64";
 
 /// What a command becomes upstream.
 #[derive(Debug)]
@@ -175,6 +177,16 @@ impl Engine {
                     ..Plan::forward(req)
                 });
             }
+            _ if info.name == "randomkey" => {
+                // RANDOMKEY's reply cannot be filtered (a reserved answer has no
+                // visible substitute outside Redis): a script draws again upstream.
+                if let Some((script, argv)) = self.listing_script(req, info) {
+                    return Ok(Plan {
+                        data: cache::evalsha(script, &[], &argv),
+                        ..Plan::forward(req)
+                    });
+                }
+            }
             _ => {}
         }
         if !info.is_write() {
@@ -215,21 +227,73 @@ impl Engine {
         })
     }
 
-    /// Refuses commands naming cachet's reserved keys.
+    /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that
+    /// can expand to them, or as arguments of `DEBUG` (which has no key positions but
+    /// reads keys: `DEBUG OBJECT`, `DEBUG DIGEST-VALUE`).
     pub fn check_reserved(&self, req: &Request, keys: &[KeyRef]) -> Result<(), Bytes> {
-        for k in keys {
-            if req
-                .args
+        let named = keys.iter().any(|k| {
+            req.args
                 .get(k.index)
                 .is_some_and(|a| a.starts_with(&self.prefix))
-            {
-                return Err(reply::error(&format!(
-                    "ERR cachet: keys starting with '{}' are reserved",
-                    String::from_utf8_lossy(&self.prefix)
-                )));
-            }
+        });
+        let name = req.args.first().map_or(&[][..], |n| &n[..]);
+        let patterned = (name.eq_ignore_ascii_case(b"SORT")
+            || name.eq_ignore_ascii_case(b"SORT_RO"))
+            && reserved::sort_patterns_reach(&req.args, &self.prefix);
+        let debugged = name.eq_ignore_ascii_case(b"DEBUG")
+            && req.args.iter().skip(2).any(|a| a.starts_with(&self.prefix));
+        if named || patterned || debugged {
+            self.stats
+                .reserved_key_refusals
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(reserved::refusal(&self.prefix));
         }
         Ok(())
+    }
+
+    /// `KEYS`, `SCAN` or `RANDOMKEY` as a cachet script whose reply needs no
+    /// translation (it already leaves reserved keys out): for a transaction or a
+    /// `WATCH`, where the reply is one element of the `EXEC` array, or follows on a
+    /// connection whose replies cachet does not translate. The body is sent (`EVAL`), so
+    /// that no `NOSCRIPT` can surface inside the client's transaction. `None` for any
+    /// other command, or when no `cache` keyspace keeps reserved keys.
+    pub fn hidden_listing(&self, req: &Request, info: &CommandInfo) -> Option<Bytes> {
+        let (script, argv) = self.listing_script(req, info)?;
+        let mut args = vec![
+            Bytes::from_static(b"EVAL"),
+            script.body.clone(),
+            Bytes::from_static(b"0"),
+        ];
+        args.extend(argv);
+        let mut data = BytesMut::new();
+        encode_command(&mut data, &args);
+        Some(data.freeze())
+    }
+
+    /// The script and arguments that answer `req` without reserved keys.
+    fn listing_script(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+    ) -> Option<(&scripts::Script, Vec<Bytes>)> {
+        if !self.has_cache || !info.arity_ok(req.args.len()) {
+            return None;
+        }
+        let mut argv = vec![self.prefix.clone()];
+        let script = match info.kind {
+            CommandKind::Keys => &self.scripts.listing,
+            CommandKind::Scan => {
+                argv.push(Bytes::from_static(b"scan"));
+                &self.scripts.listing
+            }
+            _ if info.name == "randomkey" => {
+                argv.push(Bytes::from_static(RANDOM_KEY_DRAWS));
+                return Some((&self.scripts.random_key, argv));
+            }
+            _ => return None,
+        };
+        argv.extend(req.args.iter().skip(1).cloned());
+        Some((script, argv))
     }
 
     /// The commands that invalidate what `req` writes, and the written keys.

@@ -118,6 +118,53 @@ end
 return redis.status_reply('OK')
 "#;
 
+/// `RANDOMKEY` that never answers a reserved key. ARGV: reserved prefix, draws. Draws up
+/// to `draws` random keys and answers the first that is not reserved; when every draw
+/// was reserved (visible keys are rare), answers the first visible key of a bounded
+/// `SCAN` (at most 16 calls of `COUNT 64`), else nil: an empty database answers nil as
+/// `RANDOMKEY` does, in RESP2 and RESP3 alike (Lua `false`).
+pub const RANDOM_KEY: &str = r#"
+local p = ARGV[1]
+for _ = 1, tonumber(ARGV[2]) do
+  local k = redis.call('RANDOMKEY')
+  if not k then return false end
+  if string.sub(k, 1, #p) ~= p then return k end
+end
+local cursor = '0'
+for _ = 1, 16 do
+  local r = redis.call('SCAN', cursor, 'COUNT', 64)
+  for _, k in ipairs(r[2]) do
+    if string.sub(k, 1, #p) ~= p then return k end
+  end
+  cursor = r[1]
+  if cursor == '0' then break end
+end
+return false
+"#;
+
+/// `KEYS` (ARGV: prefix, pattern) or `SCAN` (ARGV: prefix, "scan", the `SCAN`
+/// arguments) without reserved keys, in a reply of exactly the plain command's shape;
+/// errors as the plain command gives them. Used where the reply cannot be translated
+/// (inside a transaction, where it is one element of the `EXEC` array).
+pub const LISTING: &str = r#"
+local p = ARGV[1]
+local function visible(keys)
+  local out = {}
+  for _, k in ipairs(keys) do
+    if string.sub(k, 1, #p) ~= p then out[#out + 1] = k end
+  end
+  return out
+end
+if ARGV[2] == 'scan' then
+  local r = redis.pcall('SCAN', unpack(ARGV, 3))
+  if r.err then return r end
+  return {r[1], visible(r[2])}
+end
+local r = redis.pcall('KEYS', ARGV[2])
+if r.err then return r end
+return visible(r)
+"#;
+
 /// All scripts, loaded together.
 #[derive(Debug, Clone)]
 pub struct Scripts {
@@ -126,6 +173,8 @@ pub struct Scripts {
     pub blind_set: Script,
     pub lease_mget: Script,
     pub mset_many: Script,
+    pub random_key: Script,
+    pub listing: Script,
 }
 
 impl Default for Scripts {
@@ -136,18 +185,22 @@ impl Default for Scripts {
             blind_set: Script::new(BLIND_SET),
             lease_mget: Script::new(LEASE_MGET),
             mset_many: Script::new(MSET_MANY),
+            random_key: Script::new(RANDOM_KEY),
+            listing: Script::new(LISTING),
         }
     }
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&Script; 5] {
+    pub fn all(&self) -> [&Script; 7] {
         [
             &self.lease_get,
             &self.fill,
             &self.blind_set,
             &self.lease_mget,
             &self.mset_many,
+            &self.random_key,
+            &self.listing,
         ]
     }
 }

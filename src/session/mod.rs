@@ -1106,7 +1106,12 @@ impl Session {
             .map_or((false, false), |p| (p.multi, p.watching()));
         if multi || blocking || watching {
             if !info.is_write() {
-                return Ok(Rewrite::default());
+                // A listing inside the transaction answers within the EXEC array.
+                let data = engine.hidden_listing(req, &info);
+                return Ok(Rewrite {
+                    data,
+                    ..Rewrite::default()
+                });
             }
             let inval = engine.invalidations(req, &info, &self.keys);
             engine.stats.invalidations(inval.published);
@@ -1591,7 +1596,8 @@ impl Session {
             };
             match p.next_frame() {
                 Ok(Some(Incoming::Push(bytes))) => {
-                    if let Some(b) = hide_reserved_invalidations(bytes, self.engine.prefix()) {
+                    let prefix = self.engine.prefix();
+                    if let Some(b) = crate::consistency::reserved::hide_in_push(bytes, prefix) {
                         self.out.extend_from_slice(&b);
                     }
                 }
@@ -1693,28 +1699,6 @@ fn pin_reason(kind: CommandKind, blocking: bool) -> PinReason {
         K::Monitor => PinReason::Monitor,
         K::ClientTracking => PinReason::Tracking,
         _ => PinReason::Other,
-    }
-}
-
-/// A client-tracking invalidation push without cachet's own keys (the lease scripts
-/// read them on the client's tracked connection); `None` when nothing is left.
-fn hide_reserved_invalidations(push: Bytes, prefix: &[u8]) -> Option<Bytes> {
-    const INVALIDATE: &[u8] = b">2\r\n$10\r\ninvalidate\r\n";
-    if !push.starts_with(INVALIDATE) {
-        return Some(push);
-    }
-    let keys = push.slice(INVALIDATE.len()..);
-    match crate::consistency::reserved::filter_keys_reply(&keys, prefix) {
-        Some(kept) if kept.starts_with(b"*0\r\n") => None,
-        Some(kept) if kept.len() == keys.len() => Some(push),
-        Some(kept) => {
-            let mut out = BytesMut::with_capacity(INVALIDATE.len() + kept.len());
-            out.extend_from_slice(INVALIDATE);
-            out.extend_from_slice(&kept);
-            Some(out.freeze())
-        }
-        // A null key list (FLUSHALL) or anything unexpected passes through.
-        None => Some(push),
     }
 }
 

@@ -214,7 +214,8 @@ impl Pinned {
                 CommandKind::Discard => self.queued_invalidations.clear(),
                 _ => self.queued_invalidations.extend(rewrite.invalidations),
             }
-            out.extend_from_slice(&req.raw);
+            // A rewrite inside a transaction is one command queued in its place.
+            out.extend_from_slice(rewrite.data.as_deref().unwrap_or(&req.raw));
         } else if blocking {
             out.extend_from_slice(&req.raw);
             expect.after = rewrite.invalidations;

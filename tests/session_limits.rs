@@ -136,3 +136,29 @@ fn a_credential_check_does_not_take_the_reply_of_a_pinned_command() {
     );
     assert_eq!(c.frame(), b"$1\r\nv\r\n");
 }
+
+/// cachet holds back commands it has read while a client has many outstanding (the
+/// window that bounds replies owed to a client that does not read): pipelines that
+/// fill the first window exactly, or overrun it, must keep flowing, write after write.
+#[test]
+fn pipelines_at_and_past_the_outstanding_window_keep_flowing() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start_with(config_for(&redis.url()));
+    let mut c = Raw::connect(cachet.addr);
+    for depth in [16usize, 17, 1, 33, 16, 200] {
+        for round in 0..20 {
+            let pipeline: Vec<u8> = (0..depth)
+                .flat_map(|i| words(&format!("SET k{i} {round}")))
+                .collect();
+            c.send(&pipeline);
+            for i in 0..depth {
+                assert_eq!(
+                    c.frame(),
+                    b"+OK\r\n",
+                    "depth {depth}, round {round}, reply {i}"
+                );
+            }
+        }
+    }
+    assert_eq!(c.call(&words("GET k15")), b"$2\r\n19\r\n");
+}

@@ -408,6 +408,10 @@ impl Session {
                 }
                 Event::Upstream(r) => {
                     self.on_upstream(r);
+                    // Replies already queued go out with this one, in one write.
+                    while let Ok(r) = reply_rx.try_recv() {
+                        self.on_upstream(r);
+                    }
                     self.resume().await;
                 }
                 Event::Resolved(seq, bytes, finish) => {
@@ -552,13 +556,14 @@ impl Session {
         // for a client that does not pipeline) and every 16th after it. Reading the
         // clock for every pipelined command cost more than the rest of its decoding.
         let mut n: u32 = 0;
+        self.paused = false;
         while !self.closing {
             let started = (n % HANDLING_SAMPLE == 0).then(Instant::now);
             n = n.wrapping_add(1);
             // A stalled command comes back as it was routed (renamed already).
             let (req, fresh) = match self.stalled.take() {
                 Some(req) => (req, false),
-                None if !self.may_send_more() => return,
+                None if !self.rbuf.is_empty() && !self.may_send_more() => return,
                 None => match self.decoder.decode(&mut self.rbuf) {
                     Ok(Some(req)) => (req, true),
                     Ok(None) => return,
@@ -603,7 +608,7 @@ impl Session {
             if self.pinned.as_ref().is_some_and(Pinned::done) {
                 self.unpin();
             }
-            if self.stalled.is_some() || !self.rbuf.is_empty() {
+            if self.stalled.is_some() || !self.rbuf.is_empty() || self.paused {
                 self.process().await;
             }
         }

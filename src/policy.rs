@@ -42,8 +42,14 @@ pub enum Renamed {
 impl Policy {
     pub fn new(config: &CommandsConfig) -> Policy {
         let mut renamed = HashMap::new();
-        for (from, to) in &config.rename {
+        // Two passes: every original name goes first, then every new name, so a new
+        // name that is itself renamed away (a swap, `GET = "SET"` and `SET = "GET"`,
+        // or a chain, `DEBUG = "FLUSHALL"` and `FLUSHALL = ""`) ends up meaning its
+        // original whatever the order of the keys.
+        for from in config.rename.keys() {
             renamed.insert(from.to_ascii_lowercase().into_bytes(), None);
+        }
+        for (from, to) in &config.rename {
             if !to.is_empty() {
                 let original = Bytes::from(from.to_ascii_uppercase());
                 renamed.insert(to.to_ascii_lowercase().into_bytes(), Some(original));
@@ -191,5 +197,34 @@ mod tests {
         );
         assert!(policy.refusal(b"script", Some("script|exists")).is_none());
         assert!(Policy::default().refusal(b"eval", Some("eval")).is_none());
+    }
+
+    fn run_with(policy: &Policy, s: &str) -> Result<Vec<Bytes>, Bytes> {
+        match policy.rename(Request::from_args(args(s))) {
+            Renamed::Run(r) => Ok(r.args),
+            Renamed::Unknown(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn swapped_and_chained_renames_mean_their_originals() {
+        let mut config = CommandsConfig::default();
+        config.rename.insert("GET".into(), "SET".into());
+        config.rename.insert("SET".into(), "GET".into());
+        let policy = Policy::new(&config);
+        assert_eq!(run_with(&policy, "set k").unwrap(), args("GET k"));
+        assert_eq!(run_with(&policy, "GET k v").unwrap(), args("SET k v"));
+
+        // The renamed command sorts before the one it takes the name of, and after it.
+        for (from, to) in [("DEBUG", "FLUSHALL"), ("ZZZ", "FLUSHALL")] {
+            let mut config = CommandsConfig::default();
+            config.rename.insert(from.into(), to.into());
+            config.rename.insert("FLUSHALL".into(), String::new());
+            let policy = Policy::new(&config);
+            let mut want = args(from);
+            want.push(Bytes::from("x"));
+            assert_eq!(run_with(&policy, "flushall x").unwrap(), want, "{from}");
+            assert!(run_with(&policy, from).is_err(), "{from}");
+        }
     }
 }

@@ -485,6 +485,29 @@ fn renamed_and_disabled_commands_as_redis_rename_command() {
     ));
 }
 
+/// A swap and a chain of renames, which Redis's own `rename-command` (applied one at a
+/// time) cannot express: each new name runs its original, whatever the key order.
+#[test]
+fn swapped_and_chained_renames_run_their_originals() {
+    let (_upstream, cachet) = cachet_with(|config| {
+        let rename = &mut config.commands.rename;
+        rename.insert("GET".into(), "SET".into());
+        rename.insert("SET".into(), "GET".into());
+        // `DBSIZE` sorts before `FLUSHALL`, whose name it takes.
+        rename.insert("DBSIZE".into(), "FLUSHALL".into());
+        rename.insert("FLUSHALL".into(), String::new());
+    });
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("GET k v")), b"+OK\r\n");
+    assert_eq!(c.call(&words("set k")), b"$1\r\nv\r\n");
+    assert_eq!(c.call(&words("FLUSHALL")), b":1\r\n");
+    assert_eq!(c.call(&words("SET k")), b"$1\r\nv\r\n");
+    assert!(
+        c.call(&words("DBSIZE"))
+            .starts_with(b"-ERR unknown command 'DBSIZE'")
+    );
+}
+
 #[test]
 fn scripts_refused_with_an_error_naming_the_command() {
     let (upstream, cachet) = cachet_with(|c| c.commands.scripts = ScriptPolicy::Refuse);

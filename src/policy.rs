@@ -22,6 +22,10 @@ const SCRIPT_COMMANDS: &[&str] = &[
     "function|load",
 ];
 
+/// Command names up to this length are lowercased without allocating (the longest
+/// Redis command name is 20 bytes).
+const NAME_BUF: usize = 32;
+
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     deny: DenyList,
@@ -70,7 +74,17 @@ impl Policy {
         let Some(first) = req.args.first() else {
             return Renamed::Run(req);
         };
-        match self.renamed.get(&first.to_ascii_lowercase()) {
+        // Lowercased on the stack: a rename table is consulted for every command.
+        let mut buf = [0u8; NAME_BUF];
+        let found = match buf.get_mut(..first.len()) {
+            Some(lower) => {
+                lower.copy_from_slice(first);
+                lower.make_ascii_lowercase();
+                self.renamed.get(&*lower)
+            }
+            None => self.renamed.get(&first.to_ascii_lowercase()),
+        };
+        match found {
             None => Renamed::Run(req),
             Some(None) => Renamed::Unknown(unknown_command(&req.args)),
             Some(Some(original)) => {
@@ -226,5 +240,26 @@ mod tests {
             assert_eq!(run_with(&policy, "flushall x").unwrap(), want, "{from}");
             assert!(run_with(&policy, from).is_err(), "{from}");
         }
+    }
+
+    #[test]
+    fn long_and_odd_names_are_looked_up_too() {
+        let long = "X".repeat(NAME_BUF + 5);
+        let mut config = CommandsConfig::default();
+        config.rename.insert("FLUSHALL".into(), long.clone());
+        config.rename.insert("CONFIG".into(), "C\u{e9}".into());
+        let policy = Policy::new(&config);
+        let lower = long.to_ascii_lowercase();
+        assert_eq!(run_with(&policy, &lower).unwrap(), args("FLUSHALL"));
+        assert_eq!(
+            run_with(&policy, "c\u{e9} get x").unwrap(),
+            args("CONFIG get x")
+        );
+        let exact = "Y".repeat(NAME_BUF);
+        assert_eq!(run_with(&policy, &exact).unwrap(), args(&exact));
+        assert!(matches!(
+            policy.rename(Request::from_args(Vec::<Bytes>::new())),
+            Renamed::Run(_)
+        ));
     }
 }

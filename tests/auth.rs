@@ -20,6 +20,7 @@ use support::cachet::{Cachet, config_for};
 use support::compare::{Twin, hello_without_id, lines};
 use support::raw::{Raw, cmd, words};
 use support::redis::{RedisServer, free_port};
+use support::shim::{Fault, Shim};
 
 const PASSWORD: &str = "s3cret-default";
 const APP_PASSWORD: &str = "app-pass";
@@ -360,6 +361,42 @@ fn without_auth_section_auth_is_checked_upstream_as_before() {
     // cachet serves with its own upstream credentials; AUTH is the upstream's answer.
     assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
     assert!(c.call(&words("AUTH wrong")).starts_with(b"-WRONGPASS"));
+    assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
+}
+
+/// Without `[auth]`, `AUTH` is checked on a connection of its own: an upstream that
+/// stops answering gets the usual timeout error after `command_timeout`, not a hang.
+#[test]
+fn upstream_auth_check_is_bounded_by_command_timeout() {
+    let upstream = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let shim = Shim::start(upstream.addr());
+    let url = format!("redis://:{PASSWORD}@{}/", shim.addr());
+    let mut config = config_for(&url);
+    config.upstream.command_timeout = Duration::from_millis(300);
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+    shim.set(Fault::Stall {
+        to_server: false,
+        to_client: true,
+    });
+    let timeout_error: &[u8] = b"-ERR cachet: upstream did not answer within 300ms; \
+        the command may or may not have been applied\r\n";
+    for login in [
+        auth_cmd(&["AUTH", PASSWORD]),
+        auth_cmd(&["HELLO", "3", "AUTH", "default", PASSWORD]),
+    ] {
+        let start = Instant::now();
+        c.send(&login);
+        let reply = c.try_frame(Duration::from_secs(5));
+        assert_eq!(reply.as_deref(), Some(timeout_error));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    shim.set(Fault::Pass);
     assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
 }
 

@@ -1169,7 +1169,13 @@ impl Session {
         tokio::spawn(async move {
             let result = async {
                 let mut conn = connect::connect(&settings, Identity { db: 0, proto: 2 }).await?;
-                let mut replies = connect::roundtrip(&mut conn, &[args]).await?;
+                // `connect` is bounded by `connect_timeout`; the check by
+                // `command_timeout`, as any command is.
+                let limit = settings.command_timeout;
+                let mut replies =
+                    tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[args]))
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(limit))??;
                 replies.pop().ok_or(UpstreamError::Lost)
             }
             .await;

@@ -57,6 +57,9 @@ const MAX_BATCH_HINT: usize = 64 * 1024;
 const HANDLING_SAMPLE: u32 = 16;
 /// Buffers grown past this by a large value are released once empty.
 const KEEP_CAPACITY: usize = 256 * 1024;
+/// How long a closing session waits for its client to take the end of the stream (a
+/// TLS close_notify) before dropping the connection.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A reply still owed to the client, in request order.
 #[derive(Debug)]
@@ -466,7 +469,10 @@ impl Session {
                 self.rbuf = BytesMut::new();
             }
         }
-        let _ = client_wr.shutdown().await;
+        // A TLS client that stopped reading never lets close_notify (or what rustls
+        // still holds) out: waiting for it would keep this task, its descriptor and
+        // its `max_clients` slot, and hold graceful shutdown for the grace period.
+        let _ = tokio::time::timeout(CLOSE_WAIT, client_wr.shutdown()).await;
     }
 
     /// `n` bytes of `out` reached the client.

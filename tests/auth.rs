@@ -8,7 +8,6 @@
 mod support;
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,8 +17,9 @@ use cachet::reload::ConfigSource;
 use sha2::{Digest, Sha256};
 use support::cachet::{Cachet, config_for};
 use support::compare::{Twin, hello_without_id, lines};
+use support::process::{cachet_info, spawn_listening};
 use support::raw::{Raw, cmd, words};
-use support::redis::{RedisServer, free_port};
+use support::redis::RedisServer;
 use support::shim::{Fault, Shim};
 
 const PASSWORD: &str = "s3cret-default";
@@ -649,40 +649,37 @@ fn scripts_see_only_declared_keys() {
     assert_eq!(direct.call(&words("EXISTS __cachet:undeclared")), b":1\r\n");
 }
 
-/// Waits until something accepts connections at `addr`.
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "cachet did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn passwords_never_reach_the_logs() {
     let upstream_password = "upstream-pw-7f3a";
     let upstream = RedisServer::start_with(&["--requirepass", upstream_password]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cachet.toml");
-    let port = free_port();
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[upstream]\nurl = \"redis://:{upstream_password}@{}/\"\n\n[admin]\naddress = \"off\"\n\n[auth]\npassword_sha256 = \"{}\"\n\n[log]\nlevel = \"trace\"\nslow_command = \"1us\"\n",
-            upstream.addr(),
-            sha_hex(PASSWORD)
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cachet"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_port(addr);
+    let upstream_line = format!("upstream_address:{}\r\n", upstream.addr());
+    let (mut child, addr) = spawn_listening(
+        |addr| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[listen]\naddress = \"{addr}\"\n\n[upstream]\nurl = \"redis://:{upstream_password}@{}/\"\n\n[admin]\naddress = \"off\"\n\n[auth]\npassword_sha256 = \"{}\"\n\n[log]\nlevel = \"trace\"\nslow_command = \"1us\"\n",
+                    upstream.addr(),
+                    sha_hex(PASSWORD)
+                ),
+            )
+            .unwrap();
+            Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .arg("--config")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        },
+        |addr| {
+            cachet_info(addr, &auth_cmd(&["AUTH", PASSWORD]))
+                .is_some_and(|info| info.contains(&upstream_line))
+        },
+    );
     let wrong = "wrong-guess-91c2";
     {
         let mut c = Raw::connect(addr);

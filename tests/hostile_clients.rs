@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::process::{CachetProcess, ensure_nofile};
+use support::process::{CachetProcess, cachet_info, ensure_nofile, spawn_listening};
 use support::raw::{Raw, words};
 use support::redis::RedisServer;
 
@@ -329,4 +329,41 @@ fn a_client_that_never_reads_costs_bounded_memory() {
         got += n;
     }
     assert_eq!(got, want);
+}
+
+/// The numbers above are read from the cachet child only if it is the one answering: a
+/// port picked free can be taken by a parallel test's server before the child binds it,
+/// and then another port is tried rather than measuring whoever answers there.
+#[test]
+fn a_cachet_child_whose_port_was_taken_is_started_on_another() {
+    let redis = RedisServer::start();
+    let mut taken = Vec::new();
+    let mut attempts = 0;
+    let (mut child, addr) = spawn_listening(
+        |addr| {
+            attempts += 1;
+            if attempts == 1 {
+                // Another server takes the port first (and never answers cachet's way).
+                taken.push(std::net::TcpListener::bind(addr).unwrap());
+            }
+            std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .args(["--listen", &addr.to_string()])
+                .args(["--upstream", &redis.url()])
+                .args(["--admin", "off", "--log-level", "off"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        |addr| cachet_info(addr, b"").is_some(),
+    );
+    assert_eq!(attempts, 2);
+    assert_ne!(Some(addr), taken.first().map(|l| l.local_addr().unwrap()));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the child answering is alive"
+    );
+    assert!(cachet_info(addr, b"").is_some());
+    let _ = child.kill();
+    let _ = child.wait();
 }

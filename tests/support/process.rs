@@ -104,7 +104,7 @@ pub fn cachet_info(addr: SocketAddr, login: &[u8]) -> Option<String> {
     let mut c = Raw::connect(addr);
     c.send(login);
     c.send(&words("CACHET INFO"));
-    let wait = Duration::from_secs(5);
+    let wait = Duration::from_secs(2);
     let mut reply = c.try_frame(wait)?;
     if !login.is_empty() {
         reply = c.try_frame(wait)?;

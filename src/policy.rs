@@ -22,6 +22,10 @@ const SCRIPT_COMMANDS: &[&str] = &[
     "function|load",
 ];
 
+/// Command names up to this length are lowercased without allocating (the longest
+/// Redis command name is 20 bytes).
+const NAME_BUF: usize = 32;
+
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     deny: DenyList,
@@ -42,8 +46,14 @@ pub enum Renamed {
 impl Policy {
     pub fn new(config: &CommandsConfig) -> Policy {
         let mut renamed = HashMap::new();
-        for (from, to) in &config.rename {
+        // Two passes: every original name goes first, then every new name, so a new
+        // name that is itself renamed away (a swap, `GET = "SET"` and `SET = "GET"`,
+        // or a chain, `DEBUG = "FLUSHALL"` and `FLUSHALL = ""`) ends up meaning its
+        // original whatever the order of the keys.
+        for from in config.rename.keys() {
             renamed.insert(from.to_ascii_lowercase().into_bytes(), None);
+        }
+        for (from, to) in &config.rename {
             if !to.is_empty() {
                 let original = Bytes::from(from.to_ascii_uppercase());
                 renamed.insert(to.to_ascii_lowercase().into_bytes(), Some(original));
@@ -64,7 +74,17 @@ impl Policy {
         let Some(first) = req.args.first() else {
             return Renamed::Run(req);
         };
-        match self.renamed.get(&first.to_ascii_lowercase()) {
+        // Lowercased on the stack: a rename table is consulted for every command.
+        let mut buf = [0u8; NAME_BUF];
+        let found = match buf.get_mut(..first.len()) {
+            Some(lower) => {
+                lower.copy_from_slice(first);
+                lower.make_ascii_lowercase();
+                self.renamed.get(&*lower)
+            }
+            None => self.renamed.get(&first.to_ascii_lowercase()),
+        };
+        match found {
             None => Renamed::Run(req),
             Some(None) => Renamed::Unknown(unknown_command(&req.args)),
             Some(Some(original)) => {
@@ -191,5 +211,55 @@ mod tests {
         );
         assert!(policy.refusal(b"script", Some("script|exists")).is_none());
         assert!(Policy::default().refusal(b"eval", Some("eval")).is_none());
+    }
+
+    fn run_with(policy: &Policy, s: &str) -> Result<Vec<Bytes>, Bytes> {
+        match policy.rename(Request::from_args(args(s))) {
+            Renamed::Run(r) => Ok(r.args),
+            Renamed::Unknown(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn swapped_and_chained_renames_mean_their_originals() {
+        let mut config = CommandsConfig::default();
+        config.rename.insert("GET".into(), "SET".into());
+        config.rename.insert("SET".into(), "GET".into());
+        let policy = Policy::new(&config);
+        assert_eq!(run_with(&policy, "set k").unwrap(), args("GET k"));
+        assert_eq!(run_with(&policy, "GET k v").unwrap(), args("SET k v"));
+
+        // The renamed command sorts before the one it takes the name of, and after it.
+        for (from, to) in [("DEBUG", "FLUSHALL"), ("ZZZ", "FLUSHALL")] {
+            let mut config = CommandsConfig::default();
+            config.rename.insert(from.into(), to.into());
+            config.rename.insert("FLUSHALL".into(), String::new());
+            let policy = Policy::new(&config);
+            let mut want = args(from);
+            want.push(Bytes::from("x"));
+            assert_eq!(run_with(&policy, "flushall x").unwrap(), want, "{from}");
+            assert!(run_with(&policy, from).is_err(), "{from}");
+        }
+    }
+
+    #[test]
+    fn long_and_odd_names_are_looked_up_too() {
+        let long = "X".repeat(NAME_BUF + 5);
+        let mut config = CommandsConfig::default();
+        config.rename.insert("FLUSHALL".into(), long.clone());
+        config.rename.insert("CONFIG".into(), "C\u{e9}".into());
+        let policy = Policy::new(&config);
+        let lower = long.to_ascii_lowercase();
+        assert_eq!(run_with(&policy, &lower).unwrap(), args("FLUSHALL"));
+        assert_eq!(
+            run_with(&policy, "c\u{e9} get x").unwrap(),
+            args("CONFIG get x")
+        );
+        let exact = "Y".repeat(NAME_BUF);
+        assert_eq!(run_with(&policy, &exact).unwrap(), args(&exact));
+        assert!(matches!(
+            policy.rename(Request::from_args(Vec::<Bytes>::new())),
+            Renamed::Run(_)
+        ));
     }
 }

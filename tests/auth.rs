@@ -8,7 +8,6 @@
 mod support;
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,8 +17,10 @@ use cachet::reload::ConfigSource;
 use sha2::{Digest, Sha256};
 use support::cachet::{Cachet, config_for};
 use support::compare::{Twin, hello_without_id, lines};
+use support::process::{cachet_info, spawn_listening};
 use support::raw::{Raw, cmd, words};
-use support::redis::{RedisServer, free_port};
+use support::redis::RedisServer;
+use support::shim::{Fault, Shim};
 
 const PASSWORD: &str = "s3cret-default";
 const APP_PASSWORD: &str = "app-pass";
@@ -363,6 +364,42 @@ fn without_auth_section_auth_is_checked_upstream_as_before() {
     assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
 }
 
+/// Without `[auth]`, `AUTH` is checked on a connection of its own: an upstream that
+/// stops answering gets the usual timeout error after `command_timeout`, not a hang.
+#[test]
+fn upstream_auth_check_is_bounded_by_command_timeout() {
+    let upstream = RedisServer::start_with(&["--requirepass", PASSWORD]);
+    let shim = Shim::start(upstream.addr());
+    let url = format!("redis://:{PASSWORD}@{}/", shim.addr());
+    let mut config = config_for(&url);
+    config.upstream.command_timeout = Duration::from_millis(300);
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+    shim.set(Fault::Stall {
+        to_server: false,
+        to_client: true,
+    });
+    let timeout_error: &[u8] = b"-ERR cachet: upstream did not answer within 300ms; \
+        the command may or may not have been applied\r\n";
+    for login in [
+        auth_cmd(&["AUTH", PASSWORD]),
+        auth_cmd(&["HELLO", "3", "AUTH", "default", PASSWORD]),
+    ] {
+        let start = Instant::now();
+        c.send(&login);
+        let reply = c.try_frame(Duration::from_secs(5));
+        assert_eq!(reply.as_deref(), Some(timeout_error));
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    shim.set(Fault::Pass);
+    assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
+}
+
 fn write_config(path: &Path, upstream: &RedisServer, password: &str) {
     let text = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[upstream]\nurl = \"{}\"\n\n[admin]\naddress = \"off\"\n\n[auth]\npassword_sha256 = \"{}\"\n",
@@ -485,6 +522,29 @@ fn renamed_and_disabled_commands_as_redis_rename_command() {
     ));
 }
 
+/// A swap and a chain of renames, which Redis's own `rename-command` (applied one at a
+/// time) cannot express: each new name runs its original, whatever the key order.
+#[test]
+fn swapped_and_chained_renames_run_their_originals() {
+    let (_upstream, cachet) = cachet_with(|config| {
+        let rename = &mut config.commands.rename;
+        rename.insert("GET".into(), "SET".into());
+        rename.insert("SET".into(), "GET".into());
+        // `DBSIZE` sorts before `FLUSHALL`, whose name it takes.
+        rename.insert("DBSIZE".into(), "FLUSHALL".into());
+        rename.insert("FLUSHALL".into(), String::new());
+    });
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("GET k v")), b"+OK\r\n");
+    assert_eq!(c.call(&words("set k")), b"$1\r\nv\r\n");
+    assert_eq!(c.call(&words("FLUSHALL")), b":1\r\n");
+    assert_eq!(c.call(&words("SET k")), b"$1\r\nv\r\n");
+    assert!(
+        c.call(&words("DBSIZE"))
+            .starts_with(b"-ERR unknown command 'DBSIZE'")
+    );
+}
+
 #[test]
 fn scripts_refused_with_an_error_naming_the_command() {
     let (upstream, cachet) = cachet_with(|c| c.commands.scripts = ScriptPolicy::Refuse);
@@ -589,40 +649,37 @@ fn scripts_see_only_declared_keys() {
     assert_eq!(direct.call(&words("EXISTS __cachet:undeclared")), b":1\r\n");
 }
 
-/// Waits until something accepts connections at `addr`.
-fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "cachet did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn passwords_never_reach_the_logs() {
     let upstream_password = "upstream-pw-7f3a";
     let upstream = RedisServer::start_with(&["--requirepass", upstream_password]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cachet.toml");
-    let port = free_port();
-    std::fs::write(
-        &path,
-        format!(
-            "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[upstream]\nurl = \"redis://:{upstream_password}@{}/\"\n\n[admin]\naddress = \"off\"\n\n[auth]\npassword_sha256 = \"{}\"\n\n[log]\nlevel = \"trace\"\nslow_command = \"1us\"\n",
-            upstream.addr(),
-            sha_hex(PASSWORD)
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cachet"))
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_port(addr);
+    let upstream_line = format!("upstream_address:{}\r\n", upstream.addr());
+    let (mut child, addr) = spawn_listening(
+        |addr| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[listen]\naddress = \"{addr}\"\n\n[upstream]\nurl = \"redis://:{upstream_password}@{}/\"\n\n[admin]\naddress = \"off\"\n\n[auth]\npassword_sha256 = \"{}\"\n\n[log]\nlevel = \"trace\"\nslow_command = \"1us\"\n",
+                    upstream.addr(),
+                    sha_hex(PASSWORD)
+                ),
+            )
+            .unwrap();
+            Command::new(env!("CARGO_BIN_EXE_cachet"))
+                .arg("--config")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        },
+        |addr| {
+            cachet_info(addr, &auth_cmd(&["AUTH", PASSWORD]))
+                .is_some_and(|info| info.contains(&upstream_line))
+        },
+    );
     let wrong = "wrong-guess-91c2";
     {
         let mut c = Raw::connect(addr);

@@ -57,6 +57,9 @@ const MAX_BATCH_HINT: usize = 64 * 1024;
 const HANDLING_SAMPLE: u32 = 16;
 /// Buffers grown past this by a large value are released once empty.
 const KEEP_CAPACITY: usize = 256 * 1024;
+/// How long a closing session waits for its client to take the end of the stream (a
+/// TLS close_notify) before dropping the connection.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A reply still owed to the client, in request order.
 #[derive(Debug)]
@@ -470,7 +473,10 @@ impl Session {
                 self.rbuf = BytesMut::new();
             }
         }
-        let _ = client_wr.shutdown().await;
+        // A TLS client that stopped reading never lets close_notify (or what rustls
+        // still holds) out: waiting for it would keep this task, its descriptor and
+        // its `max_clients` slot, and hold graceful shutdown for the grace period.
+        let _ = tokio::time::timeout(CLOSE_WAIT, client_wr.shutdown()).await;
     }
 
     /// `n` bytes of `out` reached the client.
@@ -1174,7 +1180,13 @@ impl Session {
         tokio::spawn(async move {
             let result = async {
                 let mut conn = connect::connect(&settings, Identity { db: 0, proto: 2 }).await?;
-                let mut replies = connect::roundtrip(&mut conn, &[args]).await?;
+                // `connect` is bounded by `connect_timeout`; the check by
+                // `command_timeout`, as any command is.
+                let limit = settings.command_timeout;
+                let mut replies =
+                    tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[args]))
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(limit))??;
                 replies.pop().ok_or(UpstreamError::Lost)
             }
             .await;

@@ -171,8 +171,7 @@ async fn accept_loop(
         if refuse {
             listener = None;
         } else if listener.is_none() {
-            // Reopen on the same port (SO_REUSEADDR is set by tokio on Unix).
-            listener = Some(TcpListener::bind(addr).await.expect("shim rebind"));
+            listener = Some(rebind(addr).await);
         }
         let Some(l) = listener.as_ref() else {
             let _ = rx.changed().await;
@@ -200,6 +199,27 @@ async fn accept_loop(
         }
     }
     conns.shutdown().await;
+}
+
+/// Reopens the listening socket on its old port. Tokio sets `SO_REUSEADDR`, so sockets
+/// of earlier connections in `TIME_WAIT` do not block it, but while the port was closed
+/// an outgoing connection may have been given it as its ephemeral port: wait for that
+/// one to end rather than fail the test.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tries < 250 => {
+                tries += 1;
+                if tries == 1 {
+                    eprintln!("shim: rebinding {addr}: {e}; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("shim: {addr} still taken after 5 s: {e}"),
+        }
+    }
 }
 
 /// Forwards one connection until either side closes or the test ends it.

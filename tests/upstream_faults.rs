@@ -70,13 +70,17 @@ fn refused_connections_fail_fast_and_cachet_reconnects() {
             text(&r),
             "-ERR cachet: upstream unavailable: Connection refused (os error 111)\r\n"
         );
-        assert!(start.elapsed() < Duration::from_millis(200));
+        // Well under the default command_timeout (what a request queued for a down
+        // upstream would wait), with room for a loaded machine.
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(500), "answered after {took:?}");
     }
 
     shim.refuse(false);
     let took = served_again(&mut other, Duration::from_secs(3));
+    // The backoff caps at 1 s; an uncapped doubling would wait 1.6 s, then 3.2 s.
     assert!(
-        took < Duration::from_millis(1500),
+        took < Duration::from_millis(2500),
         "backoff caps at 1s: {took:?}"
     );
     assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
@@ -170,8 +174,10 @@ fn a_stall_past_command_timeout_answers_promptly_and_replaces_the_connection() {
         );
     }
     let waited = start.elapsed();
+    // Both answered at (about) the 300 ms timeout, not one timeout after the other and
+    // not at some later reconnect; generous for a loaded machine.
     assert!(
-        waited < Duration::from_millis(800),
+        waited < Duration::from_millis(1500),
         "answered after {waited:?}"
     );
     // The stalled connection is closed and a new one opened.
@@ -274,9 +280,11 @@ fn loading_is_passed_through_and_readiness_is_false_meanwhile() {
                 break;
             }
         }
-        // A write is refused as a whole (its invalidation did not run either).
+        // A write is refused as a whole (its invalidation did not run either), unless
+        // loading ended since the GET.
         if seen == 1 {
-            assert_eq!(c.call(&words("SET k v")), loading);
+            let r = c.call(&words("SET k v"));
+            assert!(r == loading || r == b"+OK\r\n", "{}", text(&r));
         }
         assert!(
             Instant::now() < deadline,
@@ -352,6 +360,9 @@ fn an_invalidation_refused_as_readonly_is_retried_until_it_lands() {
     let cachet = Cachet::start_with(config);
     let mut c = Raw::connect(cachet.addr);
     assert_eq!(c.call(&words("GET :1:k")), b"$-1\r\n");
+    // Subscribed before anything is re-sent, so the message cannot pass unseen.
+    let mut sub = Raw::connect(primary.addr());
+    sub.call(&words("SUBSCRIBE cachet:invalidate"));
 
     // A write whose fate is unknown (its reply stalled), then the address reaches the
     // replica: the re-sent invalidation is answered READONLY, which is not a success.
@@ -365,12 +376,13 @@ fn an_invalidation_refused_as_readonly_is_retried_until_it_lands() {
         "{}",
         text(&r)
     );
+    // Reset before passing again: bytes queued on the stalled link to the primary are
+    // dropped, not forwarded.
     shim.retarget(replica.addr());
-    shim.set(Fault::Pass);
     shim.reset_all();
-    let mut sub = Raw::connect(primary.addr());
-    sub.call(&words("SUBSCRIBE cachet:invalidate"));
+    shim.set(Fault::Pass);
     std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sub.try_frame(Duration::from_millis(10)), None);
     // Once the address reaches a primary again, the invalidation lands there.
     shim.retarget(primary.addr());
     shim.reset_all();

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use cachet::config::Config;
 use support::cachet::{Cachet, config_for};
 use support::http::get;
-use support::raw::{Raw, served_again, words};
+use support::raw::{Raw, cmd, served_again, words};
 use support::redis::RedisServer;
 use support::shim::{Fault, Shim};
 
@@ -312,6 +312,15 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
     let readonly = b"-READONLY You can't write against a read only replica.\r\n";
     // The address reaches a replica: writes are refused verbatim, reads served.
     assert_eq!(c.call(&words("SET k v")), readonly);
+    // Pointed straight at a replica, the connection is not replaced on every refused
+    // write: at most once a second.
+    let (start, before) = (Instant::now(), shim.accepted());
+    for _ in 0..30 {
+        assert_eq!(c.call(&words("SET k v")), readonly);
+    }
+    let replaced = shim.accepted() - before;
+    let allowed = start.elapsed().as_secs() as usize + 1;
+    assert!(replaced <= allowed, "{replaced} reconnects for 30 writes");
     Raw::connect(primary.addr()).call(&words("SET k from-primary"));
     eventually("replicated", Duration::from_secs(5), || {
         c.call(&words("GET k")) == b"$12\r\nfrom-primary\r\n"
@@ -334,10 +343,21 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
 
     // Failover behind the address: new connections reach the primary. The first write
     // still lands on the old connection and is refused; the connection is replaced.
+    // The -READONLY reply is only a hint (a client's script could forge it): cachet
+    // asks ROLE, which names a replica, and replaces the connection. It reached a
+    // replica from the start, so that happens at most once a second.
     shim.retarget(primary.addr());
     let before = shim.accepted();
     assert_eq!(c.call(&words("SET k v2")), readonly);
-    assert_eq!(c.call(&words("SET k v2")), b"+OK\r\n");
+    eventually(
+        "a write reaches the new primary",
+        Duration::from_secs(5),
+        || {
+            let r = c.call(&words("SET k v2"));
+            assert!(r == readonly || r == b"+OK\r\n", "{}", text(&r));
+            r == b"+OK\r\n"
+        },
+    );
     assert!(shim.accepted() > before);
     assert_eq!(
         Raw::connect(primary.addr()).call(&words("GET k")),
@@ -393,6 +413,65 @@ fn an_invalidation_refused_as_readonly_is_retried_until_it_lands() {
 }
 
 #[test]
+fn errors_a_client_forges_with_a_script_neither_reconnect_nor_flap_readiness() {
+    let redis = RedisServer::start();
+    let shim = Shim::start(redis.addr());
+    let mut config = with_admin(config_for(&shim.url()));
+    config.upstream.shared_connections = 1;
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    eventually("ready", Duration::from_secs(5), || ready(&cachet) == 200);
+    let before = shim.accepted();
+
+    for err in [
+        "READONLY You can't write against a read only replica.",
+        "LOADING Redis is loading the dataset in memory",
+        "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+    ] {
+        let script = format!("return redis.error_reply(\"{err}\")");
+        for _ in 0..10 {
+            let r = c.call(&cmd(&[b"EVAL", script.as_bytes(), b"0"]));
+            assert_eq!(text(&r), format!("-{err}\r\n"));
+            assert_eq!(ready(&cachet), 200, "after a forged -{err}");
+            assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+        }
+    }
+    // cachet checked with ROLE and PING of its own, and kept its one connection.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ready(&cachet), 200);
+    assert_eq!(
+        shim.accepted(),
+        before,
+        "the shared connection was replaced"
+    );
+    assert_eq!(shim.open(), 1);
+}
+
+#[test]
+fn readiness_does_not_need_ping_to_be_allowed() {
+    // PING renamed away upstream.
+    let renamed = RedisServer::start_with(&["--rename-command", "PING", ""]);
+    // PING denied to cachet's user.
+    let denied = RedisServer::start();
+    Raw::connect(denied.addr()).call(&words("ACL SETUSER cachet on >pw ~* &* +@all -ping"));
+    let urls = [
+        renamed.url(),
+        format!("redis://cachet:pw@{}/0", denied.addr()),
+    ];
+    for url in urls {
+        let cachet = Cachet::start_with(with_admin(config_for(&url)));
+        let mut c = Raw::connect(cachet.addr);
+        assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+        assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
+        eventually("ready", Duration::from_secs(3), || ready(&cachet) == 200);
+        // And it stays so: the probe's error is no reason to stop serving.
+        std::thread::sleep(Duration::from_millis(600));
+        assert_eq!(ready(&cachet), 200, "{url}");
+    }
+}
+
+#[test]
 fn masterdown_is_passed_through_and_readiness_follows_the_replica() {
     let mut primary = RedisServer::start();
     primary.kill();
@@ -409,10 +488,11 @@ fn masterdown_is_passed_through_and_readiness_follows_the_replica() {
         text(&c.call(&words("GET k"))),
         "-MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.\r\n"
     );
-    assert_eq!(
-        ready(&cachet),
-        503,
-        "not ready while the replica serves nothing"
+    // The probe sent on connect hears -MASTERDOWN too.
+    eventually(
+        "not ready while the replica serves nothing",
+        Duration::from_secs(3),
+        || ready(&cachet) == 503,
     );
     // cachet itself keeps answering: local commands and other clients.
     let mut other = Raw::connect(cachet.addr);

@@ -307,7 +307,9 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
     let replica =
         RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
     let shim = Shim::start(replica.addr());
-    let cachet = Cachet::start(&shim.url());
+    let mut config = config_for(&shim.url());
+    config.upstream.shared_connections = 1;
+    let cachet = Cachet::start_with(config);
     let mut c = Raw::connect(cachet.addr);
     let readonly = b"-READONLY You can't write against a read only replica.\r\n";
     // The address reaches a replica: writes are refused verbatim, reads served.
@@ -319,7 +321,8 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
         assert_eq!(c.call(&words("SET k v")), readonly);
     }
     let replaced = shim.accepted() - before;
-    let allowed = start.elapsed().as_secs() as usize + 1;
+    // One a second, and the one the first write may have started meanwhile.
+    let allowed = start.elapsed().as_secs() as usize + 2;
     assert!(replaced <= allowed, "{replaced} reconnects for 30 writes");
     Raw::connect(primary.addr()).call(&words("SET k from-primary"));
     eventually("replicated", Duration::from_secs(5), || {

@@ -372,47 +372,103 @@ fn readonly_after_a_failover_reconnects_to_the_new_primary() {
     assert_eq!(exec, b"*1\r\n+OK\r\n");
 }
 
+/// A primary, its replica, and cachet reaching the primary through a shim, with a short
+/// `command_timeout`.
+struct Failover {
+    primary: RedisServer,
+    replica: RedisServer,
+    shim: Shim,
+    cachet: Cachet,
+}
+
+impl Failover {
+    fn start() -> Failover {
+        let primary = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+        let shim = Shim::start(primary.addr());
+        let mut config = config_for(&shim.url());
+        config.upstream.command_timeout = Duration::from_millis(300);
+        let cachet = Cachet::start_with(config);
+        Failover {
+            primary,
+            replica,
+            shim,
+            cachet,
+        }
+    }
+
+    /// Sends `write` through a stalled link, so that its fate is unknown and its
+    /// invalidation is re-sent, then points the address at the replica.
+    fn unknown_fate_then_replica(&self, c: &mut Raw, write: &str) {
+        self.shim.set(Fault::Stall {
+            to_server: true,
+            to_client: true,
+        });
+        let r = c.call(&words(write));
+        assert!(
+            r.starts_with(b"-ERR cachet: upstream did not answer"),
+            "{}",
+            text(&r)
+        );
+        // Reset before passing again: bytes queued on the stalled link to the primary
+        // are dropped, not forwarded.
+        self.shim.retarget(self.replica.addr());
+        self.shim.reset_all();
+        self.shim.set(Fault::Pass);
+    }
+
+    /// Points the address at the primary again.
+    fn back_to_the_primary(&self) {
+        self.shim.retarget(self.primary.addr());
+        self.shim.reset_all();
+    }
+}
+
 #[test]
 fn an_invalidation_refused_as_readonly_is_retried_until_it_lands() {
-    let primary = RedisServer::start();
-    let replica =
-        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
-    let shim = Shim::start(primary.addr());
-    let mut config = config_for(&shim.url());
-    config.upstream.command_timeout = Duration::from_millis(300);
-    let cachet = Cachet::start_with(config);
-    let mut c = Raw::connect(cachet.addr);
+    let f = Failover::start();
+    let mut c = Raw::connect(f.cachet.addr);
     assert_eq!(c.call(&words("GET :1:k")), b"$-1\r\n");
     // Subscribed before anything is re-sent, so the message cannot pass unseen.
-    let mut sub = Raw::connect(primary.addr());
+    let mut sub = Raw::connect(f.primary.addr());
     sub.call(&words("SUBSCRIBE cachet:invalidate"));
 
-    // A write whose fate is unknown (its reply stalled), then the address reaches the
-    // replica: the re-sent invalidation is answered READONLY, which is not a success.
-    shim.set(Fault::Stall {
-        to_server: true,
-        to_client: true,
-    });
-    let r = c.call(&words("DEL :1:k"));
-    assert!(
-        r.starts_with(b"-ERR cachet: upstream did not answer"),
-        "{}",
-        text(&r)
-    );
-    // Reset before passing again: bytes queued on the stalled link to the primary are
-    // dropped, not forwarded.
-    shim.retarget(replica.addr());
-    shim.reset_all();
-    shim.set(Fault::Pass);
+    // The re-sent invalidation is answered READONLY, which is not a success.
+    f.unknown_fate_then_replica(&mut c, "DEL :1:k");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sub.try_frame(Duration::from_millis(10)), None);
     // Once the address reaches a primary again, the invalidation lands there.
-    shim.retarget(primary.addr());
-    shim.reset_all();
+    f.back_to_the_primary();
     let msg = sub
         .try_frame(Duration::from_secs(5))
         .expect("the invalidation is re-sent to the primary");
     assert!(msg.ends_with(b"$4\r\n:1:k\r\n"), "{}", text(&msg));
+}
+
+#[test]
+fn a_strict_invalidation_a_replica_accepted_is_re_sent_until_a_primary_has_it() {
+    let f = Failover::start();
+    let mut c = Raw::connect(f.cachet.addr);
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    let mut on_primary = Raw::connect(f.primary.addr());
+    on_primary.call(&words("SUBSCRIBE cachet:invalidate"));
+    let mut on_replica = Raw::connect(f.replica.addr());
+    on_replica.call(&words("SUBSCRIBE cachet:invalidate"));
+
+    // `k` is strict: its invalidation is re-sent as a bare PUBLISH, which a replica
+    // accepts (and tells nobody but its own subscribers).
+    f.unknown_fate_then_replica(&mut c, "DEL k");
+    let msg = on_replica
+        .try_frame(Duration::from_secs(5))
+        .expect("the invalidation is re-sent to the replica");
+    assert!(msg.ends_with(b"$1\r\nk\r\n"), "{}", text(&msg));
+    // The replica's `:1` did not count: it is sent again once a primary is reached.
+    f.back_to_the_primary();
+    let msg = on_primary
+        .try_frame(Duration::from_secs(5))
+        .expect("the invalidation is re-sent to the primary");
+    assert!(msg.ends_with(b"$1\r\nk\r\n"), "{}", text(&msg));
 }
 
 #[test]

@@ -257,7 +257,12 @@ async fn pump(
             Fault::Delay(d) => Some(d),
             _ => None,
         };
+        // A fault set before the test sends its next bytes must apply to them: look at
+        // the state first, so bytes already readable when it changed are not forwarded
+        // under the old one.
         tokio::select! {
+            biased;
+            _ = rx.changed() => {}
             r = client.read(&mut up), if !stall_up => {
                 let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
                 if let Some(d) = delay {
@@ -282,7 +287,6 @@ async fn pump(
                     return;
                 }
             }
-            _ = rx.changed() => {}
         }
     }
 }

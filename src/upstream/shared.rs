@@ -450,8 +450,9 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
     }
 }
 
-const PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
-const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
+// Statics, not consts: `is_check` compares addresses, and only a static has one.
+static PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+static ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
 
 /// Whether `job` is one of cachet's own checks, whose replies are read by the check and
 /// are no hint (a probe answered `-LOADING` must not ask for another at once). Checks
@@ -567,5 +568,36 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Role, role};
+
+    #[test]
+    fn role_reads_the_first_element_and_nothing_else() {
+        assert_eq!(
+            role(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"),
+            Some(Role::Primary)
+        );
+        assert_eq!(
+            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
+            Some(Role::Replica)
+        );
+        assert_eq!(role(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));
+        // Errors, truncations and garbage are not a role, and never panic.
+        for bad in [
+            &b"-NOPERM no ROLE for you\r\n"[..],
+            b"*",
+            b"*3\r",
+            b"",
+            b"+master\r\n",
+            b"$6\r\nmaster\r\n",
+        ] {
+            assert_eq!(role(bad), None, "{bad:?}");
+        }
+        // Only the exact names count.
+        assert_eq!(role(b"*1\r\n$6\r\nmastex\r\n"), Some(Role::Other));
     }
 }

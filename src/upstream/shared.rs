@@ -325,8 +325,9 @@ async fn write_loop(
     health: &Arc<Health>,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // Every new connection is checked once: which role it reaches, and whether it serves.
-    let mut checks = vec![role_job(health, true), probe_job(health)];
+    // Jobs to write next, in order. Every new connection is checked first: which role
+    // it reaches, and whether it serves.
+    let mut batch = vec![role_job(health, true), probe_job(health)];
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -335,10 +336,10 @@ async fn write_loop(
             // answered; new jobs wait in the queue for the next connection.
             return std::future::pending().await;
         }
-        if checks.is_empty() {
+        if batch.is_empty() {
             tokio::select! {
                 job = jobs.recv() => match job {
-                    Some(job) => checks.push(job),
+                    Some(job) => batch.push(job),
                     None => {
                         // Every handle is gone; let the reader finish what is outstanding.
                         drop(pending);
@@ -353,18 +354,18 @@ async fn write_loop(
                 _ = health.wake_writer.notified() => {}
             }
             if health.want_role.swap(false, Ordering::Relaxed) {
-                checks.push(role_job(health, false));
+                batch.push(role_job(health, false));
             }
             if health.want_ping.swap(false, Ordering::Relaxed) {
-                checks.push(probe_job(health));
+                batch.push(probe_job(health));
             }
-            if checks.is_empty() {
+            if batch.is_empty() {
                 continue;
             }
         }
         let now = Instant::now();
         buf.clear();
-        for job in checks.drain(..) {
+        for job in batch.drain(..) {
             buf.extend_from_slice(&job.data);
             let _ = pending.send(Pending { job, sent_at: now });
         }

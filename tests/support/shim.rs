@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ struct State {
 struct Counts {
     accepted: AtomicUsize,
     open: AtomicUsize,
+    /// Whether the listening socket is open now.
+    listening: AtomicBool,
 }
 
 pub struct Shim {
@@ -120,8 +122,19 @@ impl Shim {
     }
 
     /// Refuses new connections (the listening socket is closed) or accepts them again.
+    /// Returns once the listening socket is closed or open, so that a connection made
+    /// after this call is refused (or accepted) for certain.
     pub fn refuse(&self, refuse: bool) {
         self.state.send_modify(|s| s.refuse = refuse);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.counts.listening.load(Ordering::SeqCst) == refuse {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shim: listener never {}",
+                if refuse { "closed" } else { "reopened" }
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// New connections go to `upstream` from now on; open ones stay where they are.
@@ -173,11 +186,15 @@ async fn accept_loop(
         } else if listener.is_none() {
             listener = Some(rebind(addr).await);
         }
+        counts.listening.store(listener.is_some(), Ordering::SeqCst);
         let Some(l) = listener.as_ref() else {
             let _ = rx.changed().await;
             continue;
         };
+        // A refusal takes effect before anything more is accepted.
         tokio::select! {
+            biased;
+            _ = rx.changed() => {}
             accepted = l.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 counts.accepted.fetch_add(1, Ordering::SeqCst);
@@ -195,7 +212,6 @@ async fn accept_loop(
                     counts.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
-            _ = rx.changed() => {}
         }
     }
     conns.shutdown().await;

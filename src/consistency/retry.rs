@@ -6,7 +6,10 @@
 //! leaving a tombstone, publishing) until the upstream confirms it, and until then
 //! fills of those keys are refused. A re-send answered with an error (`-LOADING` while
 //! the upstream loads its dataset, `-READONLY` from a replica after a failover,
-//! `-MASTERDOWN`) has not landed either and is tried again.
+//! `-MASTERDOWN`) has not landed either and is tried again. Neither has one that a
+//! replica accepted: for a strict key the re-send is a bare `PUBLISH`, which a replica
+//! answers `:0` without telling anyone, so every re-send is followed by `ROLE` on the
+//! same connection and counts only if the upstream answers that it is the primary.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::context::Context;
 use crate::resp::Scanner;
+use crate::upstream::shared::{Role, role};
 use crate::upstream::{Identity, Job};
 
 /// One invalidation to re-send: encoded commands, their reply count, the database,
@@ -95,14 +99,20 @@ impl RetryQueue {
                 );
                 let (tx, mut replies) = mpsc::unbounded_channel();
                 conn.send(Job {
-                    data: retry.data.clone(),
-                    frames: retry.frames,
+                    data: [&retry.data[..], ROLE].concat().into(),
+                    frames: retry.frames.saturating_add(1),
                     reply: Some(tx),
                     held: None,
                     on_fail: None,
                 });
-                let reply = replies.recv().await;
-                if reply.is_some_and(|r| r.is_ok_and(|b| landed(&b))) {
+                let outcome = match replies.recv().await {
+                    Some(Ok(reply)) => landed(&reply),
+                    _ => Outcome::Failed,
+                };
+                if outcome == Outcome::OnReplica {
+                    conn.suspect_replica();
+                }
+                if outcome == Outcome::Landed {
                     ctx.engine
                         .load()
                         .stats
@@ -118,34 +128,94 @@ impl RetryQueue {
     }
 }
 
-/// Whether every reply frame of a re-sent invalidation is a success (none is an error).
-fn landed(reply: &[u8]) -> bool {
+const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
+
+/// What the replies to a re-sent invalidation followed by `ROLE` say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// Every reply is a success and `ROLE` named the primary (or was refused, so the
+    /// role cannot be known: counted as landed rather than refusing fills forever).
+    Landed,
+    /// Every reply is a success, but on a replica, which tells nobody.
+    OnReplica,
+    /// An error, or a reply cut short.
+    Failed,
+}
+
+fn landed(reply: &[u8]) -> Outcome {
     let mut scanner = Scanner::default();
     let mut rest = reply;
+    let mut last: &[u8] = &[];
+    let mut errors = false;
     while !rest.is_empty() {
-        match scanner.scan(rest) {
-            Ok(Some(frame)) if frame.kind != b'-' => {
-                rest = rest.get(frame.len..).unwrap_or_default();
-            }
-            _ => return false,
-        }
+        let Ok(Some(frame)) = scanner.scan(rest) else {
+            return Outcome::Failed;
+        };
+        errors |= last.first() == Some(&b'-');
+        last = rest.get(..frame.len).unwrap_or_default();
+        rest = rest.get(frame.len..).unwrap_or_default();
     }
-    true
+    if errors || last.is_empty() {
+        return Outcome::Failed;
+    }
+    match role(last) {
+        Some(Role::Primary) => Outcome::Landed,
+        Some(_) => Outcome::OnReplica,
+        // `ROLE` itself answered an error: one that says the upstream does not take
+        // writes is a failure, any other (`-NOPERM`, renamed) leaves the role unknown.
+        None if [&b"-LOADING"[..], b"-MASTERDOWN", b"-READONLY", b"-BUSY "]
+            .iter()
+            .any(|e| last.starts_with(e)) =>
+        {
+            Outcome::Failed
+        }
+        None => Outcome::Landed,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::landed;
+    use super::{Outcome, landed};
+
+    const MASTER: &[u8] = b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n";
+    const SLAVE: &[u8] =
+        b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6380\r\n$9\r\nconnected\r\n:14\r\n";
 
     #[test]
     fn an_error_among_the_replies_means_not_landed() {
-        assert!(landed(b":1\r\n+OK\r\n:0\r\n"));
-        assert!(!landed(
-            b"-READONLY You can't write against a read only replica.\r\n+OK\r\n:0\r\n"
-        ));
-        assert!(!landed(
-            b":1\r\n-LOADING Redis is loading the dataset in memory\r\n"
-        ));
-        assert!(!landed(b":1\r\n:"));
+        let ok = [&b":1\r\n+OK\r\n:0\r\n"[..], MASTER].concat();
+        assert_eq!(landed(&ok), Outcome::Landed);
+        let readonly = [
+            &b"-READONLY You can't write against a read only replica.\r\n+OK\r\n:0\r\n"[..],
+            MASTER,
+        ]
+        .concat();
+        assert_eq!(landed(&readonly), Outcome::Failed);
+        let loading = [
+            &b":1\r\n-LOADING Redis is loading the dataset in memory\r\n"[..],
+            MASTER,
+        ]
+        .concat();
+        assert_eq!(landed(&loading), Outcome::Failed);
+        assert_eq!(landed(b":1\r\n:"), Outcome::Failed);
+        assert_eq!(landed(b""), Outcome::Failed);
+    }
+
+    #[test]
+    fn a_publish_a_replica_accepted_has_not_landed() {
+        assert_eq!(landed(&[b":0\r\n", SLAVE].concat()), Outcome::OnReplica);
+        assert_eq!(
+            landed(b":0\r\n*2\r\n$8\r\nsentinel\r\n*0\r\n"),
+            Outcome::OnReplica
+        );
+        // ROLE refused by the ACL: the role cannot be known.
+        assert_eq!(
+            landed(b":1\r\n-NOPERM User cachet has no permissions to run the 'role' command\r\n"),
+            Outcome::Landed
+        );
+        assert_eq!(
+            landed(b":1\r\n-LOADING Redis is loading the dataset in memory\r\n"),
+            Outcome::Failed
+        );
     }
 }

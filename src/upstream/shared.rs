@@ -8,13 +8,19 @@
 //! pending job is answered with an error at once and the task reconnects with backoff;
 //! jobs arriving while the upstream is down are answered with an error immediately.
 //!
-//! Replies are also read for what they say about the upstream itself. `-LOADING` and
-//! `-MASTERDOWN` reach the client verbatim, but mark the connection as not serving
-//! (readiness turns false) until a `PING` probe, sent on every new connection and every
-//! [`PROBE_EVERY`] while not serving, answers `+PONG`. `-READONLY` means the address now
-//! reaches a replica (a failover behind a DNS name or virtual IP): the connection stops
-//! taking new jobs, lets the outstanding ones be answered, and is replaced by a fresh
-//! connect, which reaches the new primary.
+//! Replies are also read for what they say about the upstream itself, but only as
+//! hints: a client's script can return any error it likes (`redis.error_reply`), so an
+//! error reply never changes the connection by itself. It makes cachet ask the upstream
+//! with a command of its own. `-LOADING` and `-MASTERDOWN` send a `PING` probe, and
+//! only the probe's reply decides readiness: `-LOADING`, `-MASTERDOWN` or `-BUSY` mark
+//! the connection as not serving (probed again every [`PROBE_EVERY`]), anything else,
+//! even an error such as `-NOPERM` for a user without `+ping`, as serving. `-READONLY`
+//! sends `ROLE`; only if the upstream says it is a replica (a failover behind a DNS name
+//! or virtual IP) does the connection stop taking new jobs, let the outstanding ones be
+//! answered, and get replaced by a fresh connect, which reaches the new primary. Every
+//! new connection asks `ROLE` and `PING` first; one that already reached a replica
+//! (cachet pointed straight at one) is replaced at most once per
+//! [`REPLICA_RECONNECT_EVERY`], however many writes it refuses.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,7 +28,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::connect::{Identity, connect};
@@ -37,6 +43,11 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a connection whose upstream is loading or cut off from its primary probes it.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
+/// How often a connection that reached a replica from the start may be replaced because
+/// writes are refused `-READONLY` (cachet configured with a replica's address).
+const REPLICA_RECONNECT_EVERY: Duration = Duration::from_secs(1);
+/// `last_replica_reconnect` before the first one.
+const NEVER: u64 = u64::MAX;
 
 /// Handle to one shared connection; cheap to clone.
 #[derive(Clone, Debug)]
@@ -47,15 +58,109 @@ pub struct SharedConn {
 }
 
 /// What the connection task knows about its upstream, read by readiness and metrics.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Health {
     /// Connected (the last connection attempt succeeded and the socket is open).
     up: AtomicBool,
-    /// Connected, but the upstream answers `-LOADING`/`-MASTERDOWN`, or has not yet
-    /// answered the probe of a new connection.
+    /// Connected, but the `PING` probe was answered `-LOADING`, `-MASTERDOWN` or `-BUSY`.
     not_serving: AtomicBool,
-    /// The upstream answered `-READONLY`: drain, then reconnect.
+    /// `ROLE` confirmed a replica after a `-READONLY`: drain, then reconnect.
     reconnect: AtomicBool,
+    /// The last `ROLE` on this connection answered `master`.
+    primary: AtomicBool,
+    /// The `ROLE` sent on connect answered that this connection reaches a replica.
+    replica_at_connect: AtomicBool,
+    /// Checks asked for by a hint, sent by the writer when it wakes.
+    want_ping: AtomicBool,
+    want_role: AtomicBool,
+    /// Wakes the writer (a check is wanted, or it must stop) and the reader (it must
+    /// end the connection once nothing is outstanding).
+    wake_writer: Notify,
+    wake_reader: Notify,
+    /// Milliseconds after `born` of the last reconnect of a connection that reached a
+    /// replica from the start, or [`NEVER`].
+    born: Instant,
+    last_replica_reconnect: AtomicU64,
+    /// Warnings given once per shared connection rather than once per write.
+    warned_replica: AtomicBool,
+    warned_no_role: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            up: AtomicBool::new(false),
+            not_serving: AtomicBool::new(false),
+            reconnect: AtomicBool::new(false),
+            primary: AtomicBool::new(false),
+            replica_at_connect: AtomicBool::new(false),
+            want_ping: AtomicBool::new(false),
+            want_role: AtomicBool::new(false),
+            wake_writer: Notify::new(),
+            wake_reader: Notify::new(),
+            born: Instant::now(),
+            last_replica_reconnect: AtomicU64::new(NEVER),
+            warned_replica: AtomicBool::new(false),
+            warned_no_role: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Health {
+    /// Asks the writer to check with `ROLE` (`role`) or `PING` soon; repeated hints
+    /// before it does cost one check.
+    fn hint(&self, role: bool) {
+        let want = if role {
+            &self.want_role
+        } else {
+            &self.want_ping
+        };
+        if !want.swap(true, Ordering::Relaxed) {
+            self.wake_writer.notify_one();
+        }
+    }
+
+    /// `ROLE` confirmed a replica after a hint: replace the connection, unless it has
+    /// reached a replica since it was opened and was replaced less than
+    /// [`REPLICA_RECONNECT_EVERY`] ago.
+    fn confirmed_replica(&self) {
+        if self.replica_at_connect.load(Ordering::Relaxed) {
+            let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(NEVER - 1);
+            let last = self.last_replica_reconnect.load(Ordering::Relaxed);
+            let every = u64::try_from(REPLICA_RECONNECT_EVERY.as_millis()).unwrap_or(0);
+            if last != NEVER && now.saturating_sub(last) < every {
+                return;
+            }
+            self.last_replica_reconnect.store(now, Ordering::Relaxed);
+        }
+        self.reconnect.store(true, Ordering::Relaxed);
+        self.wake_writer.notify_one();
+        self.wake_reader.notify_one();
+    }
+}
+
+/// What `ROLE` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    /// A sentinel, or a role this version does not know.
+    Other,
+}
+
+/// The role in a `ROLE` reply (RESP2 or RESP3: an array whose first element is the
+/// role's name), or `None` if the reply is not one (an error such as `-NOPERM`).
+pub fn role(reply: &[u8]) -> Option<Role> {
+    let rest = reply.strip_prefix(b"*")?;
+    let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+    let first = rest.get(eol + 2..)?;
+    Some(if first.starts_with(b"$6\r\nmaster\r\n") {
+        Role::Primary
+    } else if first.starts_with(b"$5\r\nslave\r\n") {
+        Role::Replica
+    } else {
+        Role::Other
+    })
 }
 
 /// Distinguishes connections as owners of key ordering tokens.
@@ -102,6 +207,12 @@ impl SharedConn {
     pub fn is_serving(&self) -> bool {
         self.is_up() && !self.health.not_serving.load(Ordering::Relaxed)
     }
+
+    /// Something cachet sent on this connection found a replica where a primary was
+    /// expected: check with `ROLE`, and reconnect as a `-READONLY` would.
+    pub fn suspect_replica(&self) {
+        self.health.hint(true);
+    }
 }
 
 async fn run(
@@ -123,16 +234,23 @@ async fn run(
                     tracing::info!(address = %settings.address, db = id.db, proto = id.proto, "upstream connection restored");
                 }
                 backoff = FIRST_BACKOFF;
-                health.not_serving.store(true, Ordering::Relaxed);
+                health.not_serving.store(false, Ordering::Relaxed);
                 health.reconnect.store(false, Ordering::Relaxed);
+                health.primary.store(false, Ordering::Relaxed);
+                health.replica_at_connect.store(false, Ordering::Relaxed);
                 health.up.store(true, Ordering::Relaxed);
                 let outcome = serve(stream, &settings, &mut jobs, &health, &rtt).await;
                 health.up.store(false, Ordering::Relaxed);
                 match outcome {
                     Ok(()) => return,
                     Err(e) if health.reconnect.load(Ordering::Relaxed) => {
-                        tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now; reconnecting");
-                        was_down = true;
+                        if health.replica_at_connect.load(Ordering::Relaxed) {
+                            // Pointed at a replica: warned once on connect already.
+                            tracing::debug!(address = %settings.address, db = id.db, "upstream is still a replica; reconnecting");
+                        } else {
+                            tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now; reconnecting");
+                            was_down = true;
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream connection lost");
@@ -207,8 +325,10 @@ async fn write_loop(
     health: &Arc<Health>,
 ) -> Result<(), UpstreamError> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    // The first tick is immediate: every new connection is probed once.
-    let mut probe = tokio::time::interval(PROBE_EVERY);
+    // Jobs to write next, in order. Every new connection is checked first: which role
+    // it reaches, and whether it serves.
+    let mut batch = vec![role_job(health, true), probe_job(health)];
+    let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if health.reconnect.load(Ordering::Relaxed) {
@@ -216,29 +336,39 @@ async fn write_loop(
             // answered; new jobs wait in the queue for the next connection.
             return std::future::pending().await;
         }
-        let first = tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => job,
-                None => {
-                    // Every handle is gone; let the reader finish what is outstanding.
-                    drop(pending);
-                    return std::future::pending().await;
+        if batch.is_empty() {
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => batch.push(job),
+                    None => {
+                        // Every handle is gone; let the reader finish what is outstanding.
+                        drop(pending);
+                        return std::future::pending().await;
+                    }
+                },
+                _ = probe.tick() => {
+                    if health.not_serving.load(Ordering::Relaxed) {
+                        health.want_ping.store(true, Ordering::Relaxed);
+                    }
                 }
-            },
-            _ = probe.tick() => {
-                if !health.not_serving.load(Ordering::Relaxed) {
-                    continue;
-                }
-                probe_job(health)
+                _ = health.wake_writer.notified() => {}
             }
-        };
+            if health.want_role.swap(false, Ordering::Relaxed) {
+                batch.push(role_job(health, false));
+            }
+            if health.want_ping.swap(false, Ordering::Relaxed) {
+                batch.push(probe_job(health));
+            }
+            if batch.is_empty() {
+                continue;
+            }
+        }
         let now = Instant::now();
         buf.clear();
-        buf.extend_from_slice(&first.data);
-        let _ = pending.send(Pending {
-            job: first,
-            sent_at: now,
-        });
+        for job in batch.drain(..) {
+            buf.extend_from_slice(&job.data);
+            let _ = pending.send(Pending { job, sent_at: now });
+        }
         while buf.len() < MAX_BATCH_BYTES {
             match jobs.try_recv() {
                 Ok(job) => {
@@ -258,19 +388,22 @@ async fn write_loop(
     }
 }
 
-/// A `PING` whose `+PONG` marks the upstream as serving again.
+/// A `PING` whose reply says whether the upstream serves data. Only the states in which
+/// it does not are recognised; any other reply, an error included (a user without
+/// `+ping`, a renamed `PING`), means it serves.
 fn probe_job(health: &Arc<Health>) -> Job {
     let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
     let health = health.clone();
     tokio::spawn(async move {
         if let Some(Ok(reply)) = rx.recv().await {
-            if reply.starts_with(b"+PONG") {
-                health.not_serving.store(false, Ordering::Relaxed);
-            }
+            let not_serving = [&b"-LOADING"[..], b"-MASTERDOWN", b"-BUSY "]
+                .iter()
+                .any(|e| reply.starts_with(e));
+            health.not_serving.store(not_serving, Ordering::Relaxed);
         }
     });
     Job {
-        data: bytes::Bytes::from_static(b"*1\r\n$4\r\nPING\r\n"),
+        data: bytes::Bytes::from_static(PING),
         frames: 1,
         reply: Some(tx),
         held: None,
@@ -278,15 +411,66 @@ fn probe_job(health: &Arc<Health>) -> Job {
     }
 }
 
-/// What an error reply says about the upstream as a whole.
-fn note_reply(health: &Health, frame: &[u8]) {
-    if frame.first() != Some(&b'-') {
-        return;
+/// A `ROLE` asked on connect (`on_connect`) or after a `-READONLY` hint.
+fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
+    let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
+    let health = health.clone();
+    tokio::spawn(async move {
+        let Some(Ok(reply)) = rx.recv().await else {
+            return;
+        };
+        let role = role(&reply);
+        health
+            .primary
+            .store(role == Some(Role::Primary), Ordering::Relaxed);
+        match role {
+            Some(Role::Replica) if on_connect => {
+                health.replica_at_connect.store(true, Ordering::Relaxed);
+                if !health.warned_replica.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the upstream is a replica: writes are refused until the address reaches a primary"
+                    );
+                }
+            }
+            Some(Role::Replica) => health.confirmed_replica(),
+            Some(_) => {}
+            None => {
+                if !health.warned_no_role.swap(true, Ordering::Relaxed) {
+                    let reply = String::from_utf8_lossy(reply.get(..120).unwrap_or(&reply));
+                    tracing::warn!(reply = %reply.trim_end(), "the upstream refused ROLE: a failover behind the address is not detected, and re-sent invalidations are not checked to reach a primary");
+                }
+            }
+        }
+    });
+    Job {
+        data: bytes::Bytes::from_static(ROLE),
+        frames: 1,
+        reply: Some(tx),
+        held: None,
+        on_fail: None,
     }
+}
+
+// Statics, not consts: `is_check` compares addresses, and only a static has one.
+static PING: &[u8] = b"*1\r\n$4\r\nPING\r\n";
+static ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
+
+/// Whether `job` is one of cachet's own checks, whose replies are read by the check and
+/// are no hint (a probe answered `-LOADING` must not ask for another at once). Checks
+/// are the only jobs whose bytes are these statics; a client's `PING` is a copy.
+fn is_check(job: &Job) -> bool {
+    [PING, ROLE]
+        .iter()
+        .any(|c| std::ptr::eq(job.data.as_ptr(), c.as_ptr()))
+}
+
+/// What an error reply hints about the upstream as a whole. A client's script can
+/// return any error, so this only asks for a check of cachet's own.
+fn note_reply(health: &Health, frame: &[u8]) {
     if frame.starts_with(b"-LOADING") || frame.starts_with(b"-MASTERDOWN") {
-        health.not_serving.store(true, Ordering::Relaxed);
+        health.hint(false);
     } else if frame.starts_with(b"-READONLY") {
-        health.reconnect.store(true, Ordering::Relaxed);
+        health.hint(true);
     }
 }
 
@@ -332,7 +516,7 @@ async fn read_loop(
                 }
                 continue;
             }
-            if frame.kind == b'-' {
+            if frame.kind == b'-' && !is_check(&cur.job) {
                 note_reply(health, rest.get(..frame.len).unwrap_or_default());
             }
             scanned += frame.len;
@@ -364,7 +548,7 @@ async fn read_loop(
             None if health.reconnect.load(Ordering::Relaxed) => {
                 // Everything written has been answered and the writer takes no more:
                 // the connection can be replaced without failing anything.
-                return Err(UpstreamError::Io("upstream answered READONLY".into()));
+                return Err(UpstreamError::Io("the upstream is a replica now".into()));
             }
             None => {
                 tokio::select! {
@@ -373,6 +557,7 @@ async fn read_loop(
                         Some(p) => { *current = Some(p); continue; }
                         None => return Ok(()),
                     },
+                    _ = health.wake_reader.notified() => continue,
                 }
             }
         };
@@ -384,5 +569,36 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Role, role};
+
+    #[test]
+    fn role_reads_the_first_element_and_nothing_else() {
+        assert_eq!(
+            role(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"),
+            Some(Role::Primary)
+        );
+        assert_eq!(
+            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
+            Some(Role::Replica)
+        );
+        assert_eq!(role(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));
+        // Errors, truncations and garbage are not a role, and never panic.
+        for bad in [
+            &b"-NOPERM no ROLE for you\r\n"[..],
+            b"*",
+            b"*3\r",
+            b"",
+            b"+master\r\n",
+            b"$6\r\nmaster\r\n",
+        ] {
+            assert_eq!(role(bad), None, "{bad:?}");
+        }
+        // Only the exact names count.
+        assert_eq!(role(b"*1\r\n$6\r\nmastex\r\n"), Some(Role::Other));
     }
 }

@@ -15,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -46,6 +46,8 @@ struct State {
 struct Counts {
     accepted: AtomicUsize,
     open: AtomicUsize,
+    /// Whether the listening socket is open now.
+    listening: AtomicBool,
 }
 
 pub struct Shim {
@@ -120,8 +122,19 @@ impl Shim {
     }
 
     /// Refuses new connections (the listening socket is closed) or accepts them again.
+    /// Returns once the listening socket is closed or open, so that a connection made
+    /// after this call is refused (or accepted) for certain.
     pub fn refuse(&self, refuse: bool) {
         self.state.send_modify(|s| s.refuse = refuse);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.counts.listening.load(Ordering::SeqCst) == refuse {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "shim: listener never {}",
+                if refuse { "closed" } else { "reopened" }
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// New connections go to `upstream` from now on; open ones stay where they are.
@@ -171,14 +184,17 @@ async fn accept_loop(
         if refuse {
             listener = None;
         } else if listener.is_none() {
-            // Reopen on the same port (SO_REUSEADDR is set by tokio on Unix).
-            listener = Some(TcpListener::bind(addr).await.expect("shim rebind"));
+            listener = Some(rebind(addr).await);
         }
+        counts.listening.store(listener.is_some(), Ordering::SeqCst);
         let Some(l) = listener.as_ref() else {
             let _ = rx.changed().await;
             continue;
         };
+        // A refusal takes effect before anything more is accepted.
         tokio::select! {
+            biased;
+            _ = rx.changed() => {}
             accepted = l.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 counts.accepted.fetch_add(1, Ordering::SeqCst);
@@ -196,10 +212,30 @@ async fn accept_loop(
                     counts.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
-            _ = rx.changed() => {}
         }
     }
     conns.shutdown().await;
+}
+
+/// Reopens the listening socket on its old port. Tokio sets `SO_REUSEADDR`, so sockets
+/// of earlier connections in `TIME_WAIT` do not block it, but while the port was closed
+/// an outgoing connection may have been given it as its ephemeral port: wait for that
+/// one to end rather than fail the test.
+async fn rebind(addr: SocketAddr) -> TcpListener {
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) if tries < 250 => {
+                tries += 1;
+                if tries == 1 {
+                    eprintln!("shim: rebinding {addr}: {e}; retrying");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("shim: {addr} still taken after 5 s: {e}"),
+        }
+    }
 }
 
 /// Forwards one connection until either side closes or the test ends it.
@@ -237,7 +273,12 @@ async fn pump(
             Fault::Delay(d) => Some(d),
             _ => None,
         };
+        // A fault set before the test sends its next bytes must apply to them: look at
+        // the state first, so bytes already readable when it changed are not forwarded
+        // under the old one.
         tokio::select! {
+            biased;
+            _ = rx.changed() => {}
             r = client.read(&mut up), if !stall_up => {
                 let n = match r { Ok(0) | Err(_) => return, Ok(n) => n };
                 if let Some(d) = delay {
@@ -262,7 +303,6 @@ async fn pump(
                     return;
                 }
             }
-            _ = rx.changed() => {}
         }
     }
 }

@@ -109,14 +109,14 @@ impl Context {
         };
         let old = self.config.load_full();
         let mut report = ReloadReport::default();
-        if let Some(reloader) = self.log_reloader.get() {
-            if new.log.level != old.log.level {
-                // Validation has parsed the directive already; a failure here would be
-                // the subscriber's, and leaves the old filter.
-                if let Err(e) = (reloader.0)(&new.log.level) {
-                    self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(format!("log.level: {e}"));
-                }
+        if let Some(reloader) = self.log_reloader.get()
+            && new.log.level != old.log.level
+        {
+            // Validation has parsed the directive already; a failure here would be
+            // the subscriber's, and leaves the old filter.
+            if let Err(e) = (reloader.0)(&new.log.level) {
+                self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("log.level: {e}"));
             }
         }
         diff(&old, &new, self.log_reloader.get().is_some(), &mut report);

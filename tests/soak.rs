@@ -55,7 +55,7 @@ fn step(kind: usize, worker: usize, i: u64, c: &mut Raw, addr: std::net::SocketA
             } else {
                 assert_eq!(r, b"$1\r\nv\r\n");
             }
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 assert!(c.call(&words(&format!("DEL {key}"))).starts_with(b":"));
             }
         }
@@ -81,7 +81,7 @@ fn step(kind: usize, worker: usize, i: u64, c: &mut Raw, addr: std::net::SocketA
                 fresh.call(&words(&format!("SET soak:churn:{worker} {i}"))),
                 b"+OK\r\n"
             );
-            if i % 2 == 0 {
+            if i.is_multiple_of(2) {
                 fresh.send(&words("QUIT"));
                 assert_eq!(fresh.frame(), b"+OK\r\n");
             }

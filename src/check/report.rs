@@ -202,20 +202,23 @@ pub fn failures(reports: &[ProfileReport]) -> Vec<String> {
                 out.push(format!("{name} {}: run failed: {why}", run.target));
             }
         }
-        if let Some(c) = &p.cachet {
-            if c.failed.is_none() && (c.stale_reads > 0 || c.violations > 0) {
-                out.push(format!(
-                    "{name}: {} stale reads and {} violating keys through cachet",
-                    c.stale_reads, c.violations
-                ));
-            }
+        if let Some(c) = &p.cachet
+            && c.failed.is_none()
+            && (c.stale_reads > 0 || c.violations > 0)
+        {
+            out.push(format!(
+                "{name}: {} stale reads and {} violating keys through cachet",
+                c.stale_reads, c.violations
+            ));
         }
-        if let Some(d) = &p.direct {
-            if p.profile.racy() && d.failed.is_none() && d.stale_reads == 0 {
-                out.push(format!(
-                    "{name}: no stale read directly against Redis: the checker lost its teeth"
-                ));
-            }
+        if let Some(d) = &p.direct
+            && p.profile.racy()
+            && d.failed.is_none()
+            && d.stale_reads == 0
+        {
+            out.push(format!(
+                "{name}: no stale read directly against Redis: the checker lost its teeth"
+            ));
         }
     }
     out

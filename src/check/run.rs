@@ -93,7 +93,7 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250).min(deadline - Instant::now())).await;
         ticks += 1;
-        if spec.progress && (tty || ticks % 4 == 0) {
+        if spec.progress && (tty || ticks.is_multiple_of(4)) {
             eprint!(
                 "{}[{} {}] {:5.1}s ops {} stale {} errors {}   {}",
                 if tty { "\r" } else { "" },

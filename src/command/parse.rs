@@ -194,13 +194,12 @@ fn parse_entry(frame: &OwnedFrame, container: Option<&str>) -> Result<Parsed, Ta
         }
     }
     let mut subcommands = Vec::new();
-    if let Some(frame) = rest.get(3) {
-        if container.is_none() {
-            for (n, sub) in array(frame).at(|| here("subcommands"))?.iter().enumerate() {
-                let parsed =
-                    parse_entry(sub, Some(&name)).at(|| here(&format!("subcommand {n}")))?;
-                subcommands.push(parsed.info);
-            }
+    if let Some(frame) = rest.get(3)
+        && container.is_none()
+    {
+        for (n, sub) in array(frame).at(|| here("subcommands"))?.iter().enumerate() {
+            let parsed = parse_entry(sub, Some(&name)).at(|| here(&format!("subcommand {n}")))?;
+            subcommands.push(parsed.info);
         }
     }
     let kind = CommandKind::classify(&name);

@@ -238,7 +238,7 @@ fn xread(args: &[Bytes], flags: KeyFlags, out: &mut Vec<KeyRef>) {
         return;
     };
     let rest = args.len() - pos - 1;
-    if rest == 0 || rest % 2 != 0 {
+    if rest == 0 || !rest.is_multiple_of(2) {
         return;
     }
     for index in pos + 1..args.len() - rest / 2 {

@@ -145,12 +145,11 @@ impl CommandTable {
             return None;
         }
         let entry = self.find(&[name])?;
-        if entry.has_subcommands {
-            if let Some(sub) = args.get(1) {
-                if let Some(sub) = self.find(&[name, b"|", sub]) {
-                    return Some(&sub.info);
-                }
-            }
+        if entry.has_subcommands
+            && let Some(sub) = args.get(1)
+            && let Some(sub) = self.find(&[name, b"|", sub])
+        {
+            return Some(&sub.info);
         }
         Some(&entry.info)
     }

@@ -48,10 +48,10 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
         for name in &missing {
             fail(format!("listen.tls.{name}"), "missing required key".into());
         }
-        if missing.is_empty() {
-            if let Err(e) = crate::tls::acceptor(tls) {
-                fail(format!("listen.tls.{}", e.key), e.message);
-            }
+        if missing.is_empty()
+            && let Err(e) = crate::tls::acceptor(tls)
+        {
+            fail(format!("listen.tls.{}", e.key), e.message);
         }
     }
 
@@ -218,10 +218,10 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
                     .into(),
             );
         }
-        if let Some(digest) = &auth.password_sha256 {
-            if let Err(message) = check_sha256(digest) {
-                fail("auth.password_sha256".into(), message);
-            }
+        if let Some(digest) = &auth.password_sha256
+            && let Err(message) = check_sha256(digest)
+        {
+            fail("auth.password_sha256".into(), message);
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in auth.users.iter().enumerate() {

@@ -159,10 +159,10 @@ impl Engine {
         keys.clear();
         info.keys(&req.args, keys);
         self.check_reserved(req, keys)?;
-        if let Some((leases, session, proto)) = cache {
-            if let Some(plan) = self.cache_plan(req, info, leases, session, proto) {
-                return Ok(plan);
-            }
+        if let Some((leases, session, proto)) = cache
+            && let Some(plan) = self.cache_plan(req, info, leases, session, proto)
+        {
+            return Ok(plan);
         }
         match info.kind {
             CommandKind::Keys if self.has_cache => {

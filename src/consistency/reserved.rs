@@ -52,10 +52,10 @@ pub fn sort_patterns_reach(args: &[bytes::Bytes], prefix: &[u8]) -> bool {
 pub fn hash_tag(key: &[u8]) -> &[u8] {
     if let Some(open) = key.iter().position(|&b| b == b'{') {
         let rest = key.get(open + 1..).unwrap_or_default();
-        if let Some(close) = rest.iter().position(|&b| b == b'}') {
-            if close > 0 {
-                return rest.get(..close).unwrap_or(key);
-            }
+        if let Some(close) = rest.iter().position(|&b| b == b'}')
+            && close > 0
+        {
+            return rest.get(..close).unwrap_or(key);
         }
     }
     key

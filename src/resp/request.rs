@@ -438,10 +438,10 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         });
                     }
                     Some(b'"') => {
-                        if let Some(n) = at(i + 1) {
-                            if !n.is_ascii_whitespace() {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            }
+                        if let Some(n) = at(i + 1)
+                            && !n.is_ascii_whitespace()
+                        {
+                            return Err(ProtocolError::UnbalancedQuotes);
                         }
                         i += 1;
                         break;
@@ -456,10 +456,10 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         cur.push(b'\'');
                     }
                     Some(b'\'') => {
-                        if let Some(n) = at(i + 1) {
-                            if !n.is_ascii_whitespace() {
-                                return Err(ProtocolError::UnbalancedQuotes);
-                            }
+                        if let Some(n) = at(i + 1)
+                            && !n.is_ascii_whitespace()
+                        {
+                            return Err(ProtocolError::UnbalancedQuotes);
                         }
                         i += 1;
                         break;

@@ -564,7 +564,7 @@ impl Session {
         let mut n: u32 = 0;
         self.paused = false;
         while !self.closing {
-            let started = (n % HANDLING_SAMPLE == 0).then(Instant::now);
+            let started = n.is_multiple_of(HANDLING_SAMPLE).then(Instant::now);
             n = n.wrapping_add(1);
             // A stalled command comes back as it was routed (renamed already).
             let (req, fresh) = match self.stalled.take() {
@@ -654,13 +654,12 @@ impl Session {
         });
         let kind = info.as_ref().map_or(K::Plain, |i| i.kind);
         let arity_ok = info.as_ref().is_none_or(|i| i.arity_ok(req.args.len()));
-        if !self.authed {
-            if let Some(refusal) =
+        if !self.authed
+            && let Some(refusal) =
                 crate::auth::before_login(&self.table, info.as_deref(), &req.args)
-            {
-                self.reply(refusal);
-                return None;
-            }
+        {
+            self.reply(refusal);
+            return None;
         }
         if let Some(err) = self
             .policy
@@ -953,25 +952,23 @@ impl Session {
     /// Adds a plain command to the batch for the shared connection, extending the last
     /// slot when it is the batch's.
     fn batch_plain(&mut self, route: Route, data: &[u8], frames: u32) {
-        if let Some((seq, buf, n)) = self.batch.as_mut() {
-            if let Some(Slot::Await {
+        if let Some((seq, buf, n)) = self.batch.as_mut()
+            && let Some(Slot::Await {
                 seq: last,
                 count,
                 tallies,
                 ..
             }) = self.slots.back_mut()
-            {
-                if *last == *seq {
-                    buf.extend_from_slice(data);
-                    *n += frames;
-                    *count += 1;
-                    self.outstanding += 1;
-                    if let Some(t) = self.tally.take() {
-                        tallies.push(t);
-                    }
-                    return;
-                }
+            && *last == *seq
+        {
+            buf.extend_from_slice(data);
+            *n += frames;
+            *count += 1;
+            self.outstanding += 1;
+            if let Some(t) = self.tally.take() {
+                tallies.push(t);
             }
+            return;
         }
         self.flush_batch();
         self.await_reply(route, Post::Nothing);
@@ -1390,16 +1387,16 @@ impl Session {
             self.settle(idx, bytes, post, true);
             return;
         }
-        if bytes.starts_with(b"-NOSCRIPT") {
-            if let Some(fallback) = sent.take().and_then(|s| self.engine.eval_fallback(&s)) {
-                *parked = true;
-                self.engine
-                    .stats
-                    .noscript_recoveries
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.spawn_retry(seq, fallback);
-                return;
-            }
+        if bytes.starts_with(b"-NOSCRIPT")
+            && let Some(fallback) = sent.take().and_then(|s| self.engine.eval_fallback(&s))
+        {
+            *parked = true;
+            self.engine
+                .stats
+                .noscript_recoveries
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.spawn_retry(seq, fallback);
+            return;
         }
         let t = std::mem::take(translate);
         let post = std::mem::replace(post, Post::Nothing);

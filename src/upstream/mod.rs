@@ -115,10 +115,10 @@ impl Job {
     }
 
     pub fn fail(mut self, err: &UpstreamError) {
-        if let Some(ticket) = self.on_fail.take() {
-            if err.maybe_applied() {
-                ticket.queue.submit(ticket.retry);
-            }
+        if let Some(ticket) = self.on_fail.take()
+            && err.maybe_applied()
+        {
+            ticket.queue.submit(ticket.retry);
         }
         if let Some(tx) = &self.reply {
             let _ = tx.send(Err(err.clone()));

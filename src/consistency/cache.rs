@@ -187,12 +187,17 @@ impl Engine {
                 retry_frames: 0,
             });
         }
-        if self.recently_leased(key) {
-            // Another connection is filling (or just was voided): this SET is a fill
-            // without a lease. The cache drops it and says it stored it.
-            return Some(self.reject_fill(key, nx, proto));
+        // Another connection is filling (or just was voided): this SET is a fill
+        // without a lease, and it is not stored. It may as well be a write-through of
+        // a newer value than the lease holder read, so it still runs as a write (G2):
+        // it voids the lease, deletes the key and leaves a tombstone, so the holder's
+        // older fill is refused too and the next reader reads the database.
+        let rejected = self.recently_leased(key);
+        if rejected {
+            self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
         }
         let mode = match write_through {
+            _ if rejected => "invalidate",
             WriteThrough::Set => "set",
             WriteThrough::Invalidate => "invalidate",
         };

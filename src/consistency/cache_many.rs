@@ -105,11 +105,15 @@ impl Engine {
             } else if let Some(token) = leases.take(k) {
                 self.leased.remove(k);
                 argv.extend([Bytes::from_static(b"f"), token, v.clone()]);
-            } else if self.recently_leased(k) {
-                self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
-                argv.extend([Bytes::from_static(b"r"), Bytes::new(), v.clone()]);
             } else {
-                self.lease_voided(k);
+                // Without a lease while another connection fills (or just was voided):
+                // not stored, but still a write that voids the lease (see `cache_plan`).
+                let rejected = self.recently_leased(k);
+                if rejected {
+                    self.stats.fills_rejected.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.lease_voided(k);
+                }
                 self.stats.invalidations(1);
                 if let Some(state) = state_keys(self.prefix(), k) {
                     encode_command(&mut retry, &[Bytes::from_static(b"DEL"), state.lease]);
@@ -134,7 +138,8 @@ impl Engine {
                     ],
                 );
                 retry_frames += 1;
-                argv.extend([Bytes::from_static(b"b"), Bytes::new(), v.clone()]);
+                let kind: &'static [u8] = if rejected { b"v" } else { b"b" };
+                argv.extend([Bytes::from_static(kind), Bytes::new(), v.clone()]);
             }
         }
         let mut script_keys: Vec<Bytes> = keys.iter().map(|(k, _)| k.clone()).collect();

@@ -94,7 +94,9 @@ return {vals, st}
 
 /// `MSET` of `cache` keys. KEYS: the n keys, their lease keys, their tombstone keys.
 /// ARGV: channel, hold-off (ms), "set" or "invalidate", then per key: "f" (a fill under
-/// the given token), "b" (a write-through) or "r" (a dropped fill), the token, the value.
+/// the given token), "b" (a write-through), "v" (a SET without a lease while another
+/// connection fills: not stored, but it voids the lease like any write) or "r" (a
+/// dropped fill), the token, the value.
 pub const MSET_MANY: &str = r#"
 local n = #KEYS / 3
 for i = 1, n do
@@ -104,9 +106,9 @@ for i = 1, n do
     local mine = redis.call('GET', l) == token
     if mine then redis.call('DEL', l) end
     if mine and redis.call('EXISTS', t) == 0 then redis.call('SET', k, val) end
-  elseif kind == 'b' then
+  elseif kind == 'b' or kind == 'v' then
     redis.call('DEL', l)
-    if ARGV[3] == 'set' and redis.call('EXISTS', t) == 0 then
+    if kind == 'b' and ARGV[3] == 'set' and redis.call('EXISTS', t) == 0 then
       redis.call('SET', k, val)
     else
       redis.call('DEL', k)

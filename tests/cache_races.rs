@@ -106,6 +106,10 @@ fn a_set_from_another_connection_during_a_lease_is_rejected_and_voids_the_lease(
         NIL,
         "the lease holder's fill, possibly older than b's write, is refused"
     );
+    // Every rejection is counted (G4): b's two SETs and a's fill.
+    let info = b.call(&words("CACHET INFO"));
+    let info = String::from_utf8_lossy(&info);
+    assert!(info.contains("fills_rejected:3\r\n"), "{info}");
     // Once hold_off has passed, a new miss gets a lease and its fill is stored.
     std::thread::sleep(Duration::from_millis(350));
     assert_eq!(get(&mut a, ":1:k"), NIL);

@@ -51,6 +51,9 @@ const FIRST_WINDOW: usize = 16;
 const READ_CHUNK: usize = 16 * 1024;
 /// Read buffer of every connection until a read fills it.
 const FIRST_READ: usize = 1024;
+/// Batch replies up to this size are checked for errors with two byte searches; larger
+/// ones are scanned frame by frame, which skips over bulk payloads.
+const FAST_TALLY_BYTES: usize = 4096;
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
 /// One command in this many of a pipeline has its handling time measured.
@@ -123,6 +126,7 @@ impl Tallies {
             // without scanning the replies frame by frame.
             Tallies::Many(v)
                 if !is_error
+                    && bytes.len() <= FAST_TALLY_BYTES
                     && !matches!(bytes.first(), Some(b'-' | b'!'))
                     && memchr::memmem::find(bytes, b"\r\n-").is_none()
                     && memchr::memmem::find(bytes, b"\r\n!").is_none() =>
@@ -896,8 +900,7 @@ impl Session {
         };
         // cachet's own script calls are kept for NOSCRIPT recovery (a client's own
         // command is forwarded as it came, and its NOSCRIPT is the client's).
-        let script = plan.data.as_ptr() != req.raw.as_ptr()
-            && crate::resp::request::command_name(&plan.data) == Some(&b"EVALSHA"[..]);
+        let script = plan.data.as_ptr() != req.raw.as_ptr() && is_script_call(&plan.data);
         if plan.translate.is_none()
             && plan.written.is_empty()
             && plan.retry.is_none()
@@ -1065,14 +1068,7 @@ impl Session {
         // shared connection; the pinned connection hands over the reply's frames.
         let mut rewrite = rewrite;
         let translate = std::mem::take(&mut rewrite.translate);
-        let sent = rewrite
-            .data
-            .as_ref()
-            .filter(|d| {
-                d.get(..24)
-                    .is_some_and(|h| h.windows(7).any(|w| w == b"EVALSHA"))
-            })
-            .cloned();
+        let sent = rewrite.data.as_ref().filter(|d| is_script_call(d)).cloned();
         let p = self.pinned.as_mut()?;
         match p.send(&req, kind, blocking, rewrite).await {
             Ok(0) => {}
@@ -1721,6 +1717,12 @@ async fn read_pinned(pinned: &mut Option<Pinned>) -> std::io::Result<usize> {
         Some(p) => p.read().await,
         None => std::future::pending().await,
     }
+}
+
+/// Whether encoded command `data` calls a script by SHA (kept for `NOSCRIPT` recovery
+/// when cachet rewrote the command into it).
+fn is_script_call(data: &[u8]) -> bool {
+    crate::resp::request::command_name(data) == Some(&b"EVALSHA"[..])
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

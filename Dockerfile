@@ -4,6 +4,10 @@
 #   docker run --rm -p 6380:6380 cachet --listen 0.0.0.0:6380 --upstream redis://host.docker.internal:6379/0
 
 FROM rust:1.95-slim-trixie AS build
+# jemalloc, cachet's allocator, builds with make (the image has the C compiler).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so that source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./

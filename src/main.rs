@@ -9,6 +9,13 @@ use clap::Parser;
 use cachet::config::{Config, LogFormat, Overrides};
 use cachet::reload::{ConfigSource, LogReloader};
 
+/// jemalloc, whose background thread hands pages freed after a burst (thousands of
+/// connections, a flood of large replies) back to the system within its decay time
+/// (10 s), where the C library's allocator keeps them in the heap for reuse.
+#[cfg(all(target_os = "linux", not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A sidecar consistency proxy for Redis.
 #[derive(Debug, Parser)]
 #[command(name = "cachet", version, about)]

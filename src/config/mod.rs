@@ -174,7 +174,7 @@ impl Default for UpstreamConfig {
             password: None,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(5),
-            shared_connections: 2,
+            shared_connections: 1,
             tls: None,
         }
     }

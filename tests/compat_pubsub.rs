@@ -259,10 +259,9 @@ fn monitor_sees_commands_of_other_clients() {
     assert_eq!(monitor.call(&words("MONITOR")), b"+OK\r\n");
     assert_eq!(other.call(&words("SET mk 1")), b"+OK\r\n");
     // cachet runs a write together with its invalidation (DESIGN G2), so the monitor
-    // also shows the MULTI around it; shared connections opening meanwhile (one per
-    // worker, in any order) ask ROLE and PING and load cachet's scripts. The SET must
-    // come right after the transaction opens, with nothing but connection set-up
-    // before it.
+    // also shows the MULTI around it; upstream connections opening meanwhile (in any
+    // order) ask ROLE and PING and load cachet's scripts. The SET must come right after
+    // the transaction opens, with nothing but connection set-up before it.
     let setup: [&[u8]; 3] = [b"\"ROLE\"", b"\"PING\"", b"\"SCRIPT\""];
     let mut seen = Vec::new();
     loop {

@@ -598,3 +598,60 @@ fn unauthenticated_clients_are_refused_like_redis_refuses_them() {
         "GET k\nSET k v\nAUTH wrong\nGET k\nAUTH secret\nSET k v\nGET k",
     ));
 }
+
+/// With several shared upstream connections, clients are spread over all of them and
+/// each client's pipelined commands still run and answer in its own order.
+#[test]
+fn clients_spread_over_several_shared_connections_keep_their_order() {
+    let redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.upstream.shared_connections = 3;
+    let cachet = Cachet::start_with(config);
+    let addr = cachet.addr;
+    let clients: Vec<_> = (0..6)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut r = Raw::connect(addr);
+                for round in 0..50 {
+                    let mut p = Vec::new();
+                    for line in [
+                        format!("SET seq{c} {round}"),
+                        format!("INCR seq{c}"),
+                        format!("APPEND log{c} {round},"),
+                        format!("GET seq{c}"),
+                    ] {
+                        p.extend_from_slice(&words(&line));
+                    }
+                    r.send(&p);
+                    assert_eq!(r.frame(), b"+OK\r\n");
+                    assert_eq!(r.frame(), format!(":{}\r\n", round + 1).as_bytes());
+                    assert!(r.frame().starts_with(b":"));
+                    let next = (round + 1).to_string();
+                    assert_eq!(
+                        r.frame(),
+                        format!("${}\r\n{next}\r\n", next.len()).as_bytes()
+                    );
+                }
+                let log: String = (0..50).map(|i| format!("{i},")).collect();
+                assert_eq!(
+                    r.call(&words(&format!("GET log{c}"))),
+                    format!("${}\r\n{log}\r\n", log.len()).as_bytes()
+                );
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let info = Raw::connect(cachet.addr).call(&words("CACHET INFO"));
+    let info = String::from_utf8_lossy(&info);
+    assert!(
+        info.contains("upstream_connections_up:3/3"),
+        "three shared connections: {info}"
+    );
+    // Each of them carried clients' commands: its last one was a client's final GET.
+    let list = Raw::connect(redis.addr()).call(&words("CLIENT LIST"));
+    let list = String::from_utf8_lossy(&list);
+    let served = list.lines().filter(|l| l.contains(" cmd=get ")).count();
+    assert_eq!(served, 3, "{list}");
+}

@@ -9,16 +9,22 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so that source edits do not rebuild them.
+# Dependencies first, built against stub sources, so that source edits rebuild only
+# cachet itself.
 COPY Cargo.toml Cargo.lock ./
-# (Cargo reads every declared target's path, so each gets a stub.)
-RUN mkdir -p src/bin benches \
-    && for f in src/main.rs src/bin/cachet-check.rs benches/hot_paths.rs benches/paced.rs; do \
+COPY check/Cargo.toml check/
+COPY .cargo .cargo
+# (Cargo reads every declared target's path in the workspace, so each gets a stub.)
+RUN mkdir -p src benches check/src \
+    && for f in src/main.rs check/src/main.rs benches/hot_paths.rs benches/paced.rs; do \
          echo 'fn main() {}' > "$f"; done \
-    && touch src/lib.rs \
-    && cargo fetch --locked
+    && touch src/lib.rs check/src/lib.rs \
+    && cargo build --release --locked -p cachet --bin cachet
 COPY . .
-RUN cargo build --release --locked --bin cachet \
+# The stubs' build is newer than the copied sources: touch the roots so that Cargo
+# rebuilds cachet itself (and only it).
+RUN touch src/lib.rs src/main.rs \
+    && cargo build --release --locked -p cachet --bin cachet \
     && strip target/release/cachet
 
 FROM debian:trixie-slim

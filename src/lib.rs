@@ -33,11 +33,11 @@
 //! | counters, latency histogram, Prometheus exposition | `metrics.rs` |
 //! | admin HTTP: `/metrics`, `/healthz`, `/readyz` | `admin.rs` |
 //!
-//! The consistency checker (`cachet-check`, a second binary) lives in `check/`.
+//! The consistency checker (`cachet-check`) is a crate of its own in `check/`: the proxy
+//! links neither its database clients nor its Redis client.
 
 pub mod admin;
 pub mod auth;
-pub mod check;
 pub mod command;
 pub mod config;
 pub mod consistency;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 
-use cachet::check::db::Db;
-use cachet::check::report::{failures, table};
-use cachet::check::spawn::Proc;
-use cachet::check::{Options, Profile, Targets, run_suite};
+use cachet_check::db::Db;
+use cachet_check::report::{failures, table};
+use cachet_check::spawn::Proc;
+use cachet_check::{Options, Profile, Targets, run_suite};
 
 /// Runs a cache-aside workload against a real database and Redis, directly and
 /// through cachet, and reports how stale the cache got.

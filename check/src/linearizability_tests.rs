@@ -1,7 +1,7 @@
 //! Hand-written histories, valid and invalid, including the classic races.
 
 use super::*;
-use crate::check::history::{Event, Op};
+use crate::history::{Event, Op};
 
 const R: u32 = 1; // reader
 const W: u32 = 2; // writer

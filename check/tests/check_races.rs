@@ -3,14 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use cachet::check::db::Db;
-use cachet::check::report::failures;
-use cachet::check::{Options, Profile, Targets, run_suite};
+use cachet_check::db::Db;
+use cachet_check::report::failures;
+use cachet_check::{Options, Profile, Targets, run_suite};
 use support::cachet::Cachet;
 use support::redis::RedisServer;
 

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::auth::Auth;
 use crate::command::CommandTable;
 use crate::config::Config;
-use crate::consistency::Engine;
+use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::reload::{ConfigSource, LogReloader};
@@ -191,6 +191,7 @@ impl Context {
         {
             info.databases = n;
         }
+        self.engine.load().set_databases(info.databases);
         info.has_setinfo = self
             .table
             .load()

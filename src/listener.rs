@@ -14,8 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
-use crate::consistency::Engine;
 use crate::context::Context;
+use crate::engine::Engine;
 use crate::reload::{ConfigSource, LogReloader};
 use crate::session;
 use crate::stream::Stream;
@@ -102,6 +102,7 @@ impl Server {
             shared_connections: config.upstream.shared_connections,
             preload: Vec::new(),
             tls: upstream_tls,
+            on_connect: None,
         };
         let limits = crate::reload::limits_of(config);
         let engine = Engine::new(&config.consistency, &config.keyspace);
@@ -122,6 +123,10 @@ impl Server {
                 })
                 .collect();
         }
+        let life = engine.upstream_life();
+        settings.on_connect = Some(crate::upstream::UpstreamObserver(Arc::new(
+            move |run_id: &str, clock: u64| life.observe(run_id, clock),
+        )));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
         ctx.idle_timeout = config.listen.idle_timeout;
@@ -130,7 +135,7 @@ impl Server {
         ctx.max_clients = AtomicUsize::new(config.listen.max_clients);
         ctx.tls_files = crate::tls::files_digest(config);
         let ctx = Arc::new(ctx);
-        tokio::spawn(ctx.engine.load().retries.clone().run(ctx.clone()));
+        spawn_retries(&ctx);
         match ctx.discover().await {
             Ok(()) => {
                 // Open the default shared connections now so the first client does not
@@ -293,6 +298,44 @@ impl Server {
             session::run(ctx, stream, peer).await;
         });
     }
+}
+
+/// Re-sends invalidations of unknown fate (`engine/retry.rs`) on shared connections,
+/// followed by `ROLE`, until each lands on a primary.
+fn spawn_retries(ctx: &Arc<Context>) {
+    let queue = ctx.engine.load().retries.clone();
+    let (send_ctx, landed_ctx, replica_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
+    let send = move |db: u32, data: bytes::Bytes, frames: u32| {
+        let conn = send_ctx
+            .upstream
+            .shared(crate::upstream::Identity { db, proto: 2 }, 0);
+        async move {
+            let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+            conn.send(crate::upstream::Job {
+                data,
+                frames,
+                reply: Some(tx),
+                held: None,
+                on_fail: None,
+            });
+            replies.recv().await.and_then(Result::ok)
+        }
+    };
+    let landed = move || {
+        landed_ctx
+            .engine
+            .load()
+            .stats
+            .invalidations_retried
+            .fetch_add(1, Ordering::Relaxed);
+    };
+    let on_replica = move |db: u32| {
+        replica_ctx
+            .upstream
+            .shared(crate::upstream::Identity { db, proto: 2 }, 0)
+            .suspect_replica();
+    };
+    tokio::spawn(queue.run(send, landed, on_replica));
 }
 
 /// Live client connections, and a way to wait for there to be none.

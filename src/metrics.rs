@@ -3,7 +3,7 @@
 //! The hot path only touches atomics: every command's counters hang off its
 //! [`CommandInfo`](crate::command::CommandInfo) (a [`Tally`], shared by name across
 //! command tables), the latency histogram is a fixed array of atomic buckets, and the
-//! engine's [`Stats`] are read where they already are. Nothing here takes a lock per
+//! engine's [`EngineCounters`] are read where they already are. Nothing here takes a lock per
 //! command; the registry of command tallies is locked only when a command table is
 //! installed and at scrape time. Labels and metric families are assembled per scrape
 //! by a `prometheus-client` [`Collector`].
@@ -21,7 +21,53 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::command::CommandTable;
-use crate::consistency::Stats;
+
+/// Declares a set of counters once: each field's name is its metric's name (with
+/// `cachet_` before and `_total` after) and its `CACHET INFO` line, and its text is the
+/// metric's help. `/metrics` and `CACHET INFO` both read [`each`](EngineCounters::each).
+macro_rules! counters {
+    ($(#[$meta:meta])* pub struct $name:ident { $($field:ident: $help:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $name {
+            $(#[doc = $help] pub $field: AtomicU64,)*
+        }
+
+        impl $name {
+            /// Every counter: its name, its help text, its value now.
+            pub fn each(&self) -> impl Iterator<Item = (&'static str, &'static str, u64)> + '_ {
+                [$((stringify!($field), $help, &self.$field)),*]
+                    .into_iter()
+                    .map(|(name, help, v)| (name, help, v.load(Ordering::Relaxed)))
+            }
+        }
+    };
+}
+
+counters! {
+    /// What the consistency engine decided (`engine/`).
+    pub struct EngineCounters {
+        invalidations_published: "Invalidation messages published with writes.",
+        invalidations_retried: "Invalidations re-sent after their write's fate became unknown, once confirmed.",
+        lock_expiries_added: "Expiries given to lock keys set without one.",
+        key_lock_waits: "Writes that waited for earlier writes of the same key.",
+        key_lock_timeouts: "Writes refused after waiting command_timeout for a key.",
+        reserved_key_refusals: "Commands refused for naming cachet's reserved keys.",
+        cache_hits: "Reads of cache keys (GET, and each key of MGET) that found a value.",
+        cache_misses: "Reads of cache keys answered nil; each miss is recorded upstream so that its fill is judged.",
+        leases_granted: "Misses that took the herd lease (other missers of the key wait for its fill).",
+        fills_stored: "SETs of cache keys that a recorded miss explained and no invalidation can have overtaken: stored.",
+        fills_rejected: "SETs of cache keys that a recorded miss explained but an invalidation may have overtaken: refused (kept, deleted or dropped).",
+        writes_stored: "SETs of cache keys that no recorded miss explained: stored as writes, with their invalidation.",
+        writes_collapsed: "SETs of cache keys turned into an invalidation by the keyspace's write_through setting.",
+        coalesce_waits: "Missers that waited for another client's fill (the herd lease).",
+        coalesce_filled: "Missers that waited and were answered with the value another client filled.",
+        coalesce_timed_out: "Missers that waited coalesce_wait and were answered nil.",
+        held_off_waits: "Missers that waited for a tombstone (hold_off after an invalidation) to end.",
+        noscript_recoveries: "Script calls re-sent with their body after NOSCRIPT.",
+        upstream_restarts: "Times a shared connection found the upstream restarted (a new run id): its fill-protocol state is lost.",
+    }
+}
 
 /// One command's replies, by outcome.
 #[derive(Debug, Default)]
@@ -346,12 +392,12 @@ pub struct Live {
 #[derive(Debug)]
 struct Scrape {
     metrics: Arc<Metrics>,
-    stats: Arc<Stats>,
+    stats: Arc<EngineCounters>,
     live: Live,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything cachet counts.
-pub fn render(metrics: &Arc<Metrics>, stats: &Arc<Stats>, live: Live) -> String {
+pub fn render(metrics: &Arc<Metrics>, stats: &Arc<EngineCounters>, live: Live) -> String {
     let mut registry = Registry::with_prefix("cachet");
     registry.register_collector(Box::new(Scrape {
         metrics: metrics.clone(),
@@ -524,86 +570,8 @@ impl Collector for Scrape {
             "Configuration reloads refused (the running configuration stayed).",
             load(&m.reload_failures),
         )?;
-        let s = &self.stats;
-        for (name, help, v) in [
-            (
-                "invalidations_published",
-                "Invalidation messages published with writes.",
-                &s.invalidations_published,
-            ),
-            (
-                "invalidations_retried",
-                "Invalidations re-sent after their write's fate became unknown.",
-                &s.invalidations_retried,
-            ),
-            (
-                "lock_expiries_added",
-                "Expiries given to lock keys set without one.",
-                &s.lock_expiries_added,
-            ),
-            (
-                "key_lock_waits",
-                "Writes that waited for earlier writes of the same key.",
-                &s.key_lock_waits,
-            ),
-            (
-                "key_lock_timeouts",
-                "Writes refused after waiting command_timeout for a key.",
-                &s.key_lock_timeouts,
-            ),
-            (
-                "reserved_key_refusals",
-                "Commands refused for naming cachet's reserved keys.",
-                &s.reserved_key_refusals,
-            ),
-            (
-                "leases_granted",
-                "Fill leases granted on cache misses.",
-                &s.leases_granted,
-            ),
-            (
-                "leases_voided",
-                "Leases voided by an invalidation.",
-                &s.leases_voided,
-            ),
-            (
-                "fills_stored",
-                "Fills stored under a live lease.",
-                &s.fills_stored,
-            ),
-            (
-                "fills_rejected",
-                "Fills dropped (no live lease, or within hold_off of an invalidation).",
-                &s.fills_rejected,
-            ),
-            (
-                "writes_collapsed",
-                "Write-through SETs collapsed into an invalidation.",
-                &s.writes_collapsed,
-            ),
-            (
-                "noscript_recoveries",
-                "Script calls re-sent with their body after NOSCRIPT.",
-                &s.noscript_recoveries,
-            ),
-        ] {
-            counter(&mut enc, name, help, load(v))?;
-        }
-        {
-            let mut f = enc.encode_descriptor(
-                "coalesced_waiters",
-                "Missers that waited for another client's fill, by how the wait ended (filled, timed_out) and in total (started).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (outcome, v) in [
-                ("started", &s.coalesced),
-                ("filled", &s.coalesce_filled),
-                ("timed_out", &s.coalesce_timed_out),
-            ] {
-                f.encode_family(&[("outcome", outcome)])?
-                    .encode_counter::<NoLabelSet, u64, u64>(&load(v), None)?;
-            }
+        for (name, help, v) in self.stats.each() {
+            counter(&mut enc, name, help, v)?;
         }
         Ok(())
     }
@@ -620,7 +588,11 @@ mod tests {
         metrics.latency.observe(Duration::from_micros(3));
         metrics.latency.observe(Duration::from_micros(7));
         metrics.latency.observe(Duration::from_secs(5));
-        let text = render(&metrics, &Arc::new(Stats::default()), Live::default());
+        let text = render(
+            &metrics,
+            &Arc::new(EngineCounters::default()),
+            Live::default(),
+        );
         assert!(
             text.contains("cachet_command_handling_seconds_bucket{le=\"5e-06\"} 1\n"),
             "{text}"
@@ -644,7 +616,7 @@ mod tests {
         assert_eq!(get.0.get(Outcome::Error), 1);
         let text = render(
             &Arc::new(metrics),
-            &Arc::new(Stats::default()),
+            &Arc::new(EngineCounters::default()),
             Live::default(),
         );
         assert!(

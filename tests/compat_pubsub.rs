@@ -260,9 +260,16 @@ fn monitor_sees_commands_of_other_clients() {
     assert_eq!(other.call(&words("SET mk 1")), b"+OK\r\n");
     // cachet runs a write together with its invalidation (DESIGN G2), so the monitor
     // also shows the MULTI around it; upstream connections opening meanwhile (in any
-    // order) ask ROLE and PING and load cachet's scripts. The SET must come right after
-    // the transaction opens, with nothing but connection set-up before it.
-    let setup: [&[u8]; 3] = [b"\"ROLE\"", b"\"PING\"", b"\"SCRIPT\""];
+    // order) ask ROLE, PING, INFO server and TIME and load cachet's scripts. The SET
+    // must come right after the transaction opens, with nothing but connection set-up
+    // before it.
+    let setup: [&[u8]; 5] = [
+        b"\"ROLE\"",
+        b"\"PING\"",
+        b"\"SCRIPT\"",
+        b"\"INFO\" \"server\"",
+        b"\"TIME\"",
+    ];
     let mut seen = Vec::new();
     loop {
         let line = monitor.frame();

@@ -21,11 +21,12 @@ const QUIET: Duration = Duration::from_millis(300);
 fn cachet_for(redis: &RedisServer) -> Cachet {
     let mut config = config_for(&redis.url());
     config.consistency.lease_ttl = Duration::from_secs(60);
+    config.consistency.fill_window = Duration::from_secs(60);
     config.consistency.hold_off = Duration::from_secs(60);
     Cachet::start_with(config)
 }
 
-/// Misses `n` `cache` keys through cachet: `n` lease keys exist upstream afterwards.
+/// Misses `n` `cache` keys through cachet: `n` state keys exist upstream afterwards.
 fn make_leases(c: &mut Raw, n: usize) {
     for i in 0..n {
         assert_eq!(c.call(&words(&format!("GET :1:miss{i}"))), b"$-1\r\n");
@@ -153,15 +154,14 @@ fn sort_patterns_that_can_reach_reserved_keys_are_refused() {
     let mut direct = Raw::connect(redis.addr());
     let mut c = Raw::connect(cachet.addr);
     make_leases(&mut c, 1);
-    let lease = "{:1:miss0}:lease::1:miss0";
-    assert!(
-        direct
-            .call(&words(&format!("GET __cachet:{lease}")))
-            .starts_with(b"$")
+    let lease = "{:1:miss0}:s::1:miss0";
+    assert_eq!(
+        direct.call(&words(&format!("EXISTS __cachet:{lease}"))),
+        b":1\r\n"
     );
     // A list whose element completes a pattern into a reserved key name.
     c.call(&words(&format!("RPUSH l {lease} x")));
-    c.call(&words("RPUSH m :{:1:miss0}:lease::1:miss0"));
+    c.call(&words("RPUSH m :{:1:miss0}:s::1:miss0"));
     for refused in [
         "SORT l BY nosort GET __cachet:*",
         "SORT l BY __cachet:* ALPHA",
@@ -269,7 +269,7 @@ fn keyspace_notifications_about_reserved_keys_are_not_delivered() {
     all.call(&words("PSUBSCRIBE __key*__:*"));
     let mut exact = Raw::connect(cachet.addr);
     exact.call(&words(
-        "SUBSCRIBE __keyspace@0__:__cachet:{:1:miss0}:lease::1:miss0",
+        "SUBSCRIBE __keyspace@0__:__cachet:{:1:miss0}:s::1:miss0",
     ));
     let mut all3 = resp3(cachet.addr);
     all3.call(&words("PSUBSCRIBE __key*__:*"));
@@ -308,9 +308,9 @@ fn every_key_position_refuses_reserved_keys() {
     let mut direct = Raw::connect(redis.addr());
     let mut c = Raw::connect(cachet.addr);
     make_leases(&mut c, 1);
-    let r = "__cachet:{:1:miss0}:lease::1:miss0";
-    let before = direct.call(&words(&format!("GET {r}")));
-    assert!(before.starts_with(b"$"), "the lease key exists");
+    let r = "__cachet:{:1:miss0}:s::1:miss0";
+    let before = direct.call(&words(&format!("HGETALL {r}")));
+    assert!(before.starts_with(b"*10\r\n"), "the state key exists");
     let dump = direct.call(&words(&format!("DUMP {r}")));
     let payload = dump.split(|&b| b == b'\n').nth(1).unwrap();
     let payload = &payload[..payload.len() - 1];
@@ -437,7 +437,7 @@ fn every_key_position_refuses_reserved_keys() {
         );
     }
     assert_eq!(c.call(&words("DISCARD")), b"+OK\r\n");
-    assert_eq!(direct.call(&words(&format!("GET {r}"))), before);
+    assert_eq!(direct.call(&words(&format!("HGETALL {r}"))), before);
     // Every refusal is counted (cachet_reserved_key_refusals_total).
     let info = String::from_utf8_lossy(&c.call(&words("CACHET INFO"))).to_string();
     let want = format!("reserved_key_refusals:{}\r\n", 3 * all.len());

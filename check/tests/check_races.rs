@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::sync::Arc;
@@ -52,8 +51,10 @@ async fn slow_fill_is_stale_directly_and_never_through_cachet() {
         c.examples
     );
     assert_eq!(c.violations, 0);
+    // (Four keys, each written about once a second: through cachet most reads come
+    // within hold_off of a write and wait for it to end.)
     assert!(
-        c.reads > 100 && c.writes > 10,
+        c.reads > 50 && c.writes > 5,
         "the cachet run did work: {c:?}"
     );
     assert_eq!(c.audit_keys, 4);

@@ -232,10 +232,16 @@ pub struct ConsistencyConfig {
     pub invalidation_channel: String,
     /// Prefix of cachet's own keys upstream; clients can neither see nor touch them.
     pub reserved_prefix: String,
-    /// How long a fill lease granted on a miss stays valid.
+    /// How long the first misser of a key is waited for by the others (herd control).
     #[serde(deserialize_with = "units::duration")]
     pub lease_ttl: Duration,
-    /// Fills are refused this long after an invalidation.
+    /// The slowest fill cachet judges: for this long after a miss a `SET` of the key may
+    /// be that miss's fill (refused if an invalidation may have overtaken it); a `SET`
+    /// later than this after every miss is taken for a write.
+    #[serde(deserialize_with = "units::duration")]
+    pub fill_window: Duration,
+    /// A miss this soon after an invalidation can never be filled (its database read
+    /// may precede the writer's commit); such misses wait for it to pass.
     #[serde(deserialize_with = "units::duration")]
     pub hold_off: Duration,
     /// How long other missers of a leased key wait for the fill.
@@ -249,6 +255,7 @@ impl Default for ConsistencyConfig {
             invalidation_channel: "cachet:invalidate".to_owned(),
             reserved_prefix: "__cachet:".to_owned(),
             lease_ttl: Duration::from_secs(10),
+            fill_window: Duration::from_secs(30),
             hold_off: Duration::from_millis(500),
             coalesce_wait: Duration::from_millis(50),
         }
@@ -291,14 +298,19 @@ impl fmt::Display for KeyspaceMode {
     }
 }
 
-/// What a blind `SET` (no lease) in a `cache` keyspace becomes.
+/// What a `SET` that no recorded miss explains (a write-through) becomes in a `cache`
+/// keyspace (docs/fill-protocol.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WriteThrough {
-    /// Kept as a set, unless within `hold_off` of another write of the key.
+    /// Stored, in arrival order: a client reads its own writes.
     #[default]
     Set,
-    /// Always an invalidation.
+    /// Stored, unless another write-through landed within `fill_window`: then the key
+    /// is deleted, so two racing write-throughs leave nothing rather than the older
+    /// value; every refused fill invalidates too. Loses data for keys used as a store.
+    Collapse,
+    /// Never stored: the key is deleted.
     Invalidate,
 }
 

@@ -73,6 +73,7 @@ client_output_buffer = "1MiB"
 invalidation_channel = "inv"
 reserved_prefix = "_c:"
 lease_ttl = "2s"
+fill_window = "4s"
 hold_off = "0s"
 coalesce_wait = "10ms"
 
@@ -116,6 +117,7 @@ format = "json"
             invalidation_channel: "inv".into(),
             reserved_prefix: "_c:".into(),
             lease_ttl: ms(2000),
+            fill_window: ms(4000),
             hold_off: Duration::ZERO,
             coalesce_wait: ms(10),
         }

@@ -154,6 +154,16 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             "must be at least 1ms".into(),
         );
     }
+    if consistency.fill_window < consistency.lease_ttl {
+        // A fill that outlives its lease must still be judged by its miss.
+        fail(
+            "consistency.fill_window".into(),
+            format!(
+                "must be at least lease_ttl ({})",
+                crate::upstream::connect::fmt_duration(consistency.lease_ttl)
+            ),
+        );
+    }
 
     let matchers: Vec<Matcher> = config
         .keyspace

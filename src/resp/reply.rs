@@ -222,6 +222,30 @@ pub fn int_value(frame: &[u8]) -> Option<i64> {
     }
 }
 
+/// What `ROLE` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+    /// A sentinel, or a role this version does not know.
+    Other,
+}
+
+/// The role in a `ROLE` reply (RESP2 or RESP3: an array whose first element is the
+/// role's name), or `None` if the reply is not one (an error such as `-NOPERM`).
+pub fn role(reply: &[u8]) -> Option<Role> {
+    let rest = reply.strip_prefix(b"*")?;
+    let eol = rest.windows(2).position(|w| w == b"\r\n")?;
+    let first = rest.get(eol + 2..)?;
+    Some(if first.starts_with(b"$6\r\nmaster\r\n") {
+        Role::Primary
+    } else if first.starts_with(b"$5\r\nslave\r\n") {
+        Role::Replica
+    } else {
+        Role::Other
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
@@ -306,5 +330,36 @@ mod tests {
         push_map_header(&mut b, 2, 3);
         assert_eq!(&b[..], b"$2\r\nhi\r\n$-1\r\n_\r\n:-7\r\n*4\r\n%2\r\n");
         assert_eq!(&error("ERR a\r\nb")[..], b"-ERR a  b\r\n");
+    }
+}
+
+#[cfg(test)]
+mod role_tests {
+    use super::{Role, role};
+
+    #[test]
+    fn role_reads_the_first_element_and_nothing_else() {
+        assert_eq!(
+            role(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"),
+            Some(Role::Primary)
+        );
+        assert_eq!(
+            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
+            Some(Role::Replica)
+        );
+        assert_eq!(role(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));
+        // Errors, truncations and garbage are not a role, and never panic.
+        for bad in [
+            &b"-NOPERM no ROLE for you\r\n"[..],
+            b"*",
+            b"*3\r",
+            b"",
+            b"+master\r\n",
+            b"$6\r\nmaster\r\n",
+        ] {
+            assert_eq!(role(bad), None, "{bad:?}");
+        }
+        // Only the exact names count.
+        assert_eq!(role(b"*1\r\n$6\r\nmastex\r\n"), Some(Role::Other));
     }
 }

@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use crate::consistency::Engine;
 use crate::context::Context;
+use crate::engine::Engine;
 use crate::metrics::Outcome;
 use crate::resp::reply;
 
@@ -157,24 +157,8 @@ fn info(ctx: &Context, engine: &Engine) -> String {
     line("client_sent_bytes", &load(&m.bytes_out));
     line("protocol_errors", &load(&m.protocol_errors));
     line("auth_failures", &load(&m.auth_failures));
-    let st = &engine.stats;
-    for (k, v) in [
-        ("invalidations_published", &st.invalidations_published),
-        ("invalidations_retried", &st.invalidations_retried),
-        ("leases_granted", &st.leases_granted),
-        ("leases_voided", &st.leases_voided),
-        ("fills_stored", &st.fills_stored),
-        ("fills_rejected", &st.fills_rejected),
-        ("writes_collapsed", &st.writes_collapsed),
-        ("coalesced", &st.coalesced),
-        ("coalesce_filled", &st.coalesce_filled),
-        ("coalesce_timed_out", &st.coalesce_timed_out),
-        ("key_lock_waits", &st.key_lock_waits),
-        ("key_lock_timeouts", &st.key_lock_timeouts),
-        ("lock_expiries_added", &st.lock_expiries_added),
-        ("reserved_key_refusals", &st.reserved_key_refusals),
-    ] {
-        line(k, &load(v));
+    for (k, _, v) in engine.stats.each() {
+        line(k, &v);
     }
     s
 }

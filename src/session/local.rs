@@ -37,7 +37,7 @@ pub fn answers(kind: CommandKind) -> bool {
 }
 
 /// Validates `SELECT <db>`; the new database or the error reply.
-pub fn select(args: &[Bytes], info: &ServerInfo) -> Result<u32, Bytes> {
+pub fn select(args: &[Bytes], databases: u32) -> Result<u32, Bytes> {
     if args.len() != 2 {
         return Err(reply::wrong_arity("select"));
     }
@@ -45,7 +45,7 @@ pub fn select(args: &[Bytes], info: &ServerInfo) -> Result<u32, Bytes> {
         .get(1)
         .and_then(|a| parse_int(a))
         .ok_or_else(|| reply::error("ERR value is not an integer or out of range"))?;
-    if db < 0 || db >= i64::from(info.databases) || db > i64::from(i32::MAX) {
+    if db < 0 || db >= i64::from(databases) || db > i64::from(i32::MAX) {
         return Err(reply::error("ERR DB index is out of range"));
     }
     Ok(db as u32)
@@ -188,18 +188,18 @@ mod tests {
 
     #[test]
     fn select_checks_like_redis() {
-        let info = ServerInfo::default();
-        assert_eq!(select(&args("SELECT 3"), &info), Ok(3));
+        let info = ServerInfo::default().databases;
+        assert_eq!(select(&args("SELECT 3"), info), Ok(3));
         assert_eq!(
-            select(&args("SELECT 16"), &info).unwrap_err(),
+            select(&args("SELECT 16"), info).unwrap_err(),
             Bytes::from("-ERR DB index is out of range\r\n")
         );
         assert_eq!(
-            select(&args("SELECT x"), &info).unwrap_err(),
+            select(&args("SELECT x"), info).unwrap_err(),
             Bytes::from("-ERR value is not an integer or out of range\r\n")
         );
         assert_eq!(
-            select(&args("SELECT"), &info).unwrap_err(),
+            select(&args("SELECT"), info).unwrap_err(),
             Bytes::from("-ERR wrong number of arguments for 'select' command\r\n")
         );
     }

@@ -18,7 +18,6 @@ use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
 use crate::command::CommandKind;
-use crate::consistency::Translate;
 use crate::resp::reply::{elements, int_value, push_header, string_value};
 use crate::resp::request::encode_command;
 use crate::resp::{Request, Scanner};
@@ -32,6 +31,9 @@ enum OnReply {
     /// A command sent inside `MULTI`: counts it if the upstream queued it, remembering
     /// where a command that changes the connection's mode sits in the transaction.
     Queued(Option<Change>),
+    /// A command sent inside `MULTI` followed by this many of cachet's own, whose places
+    /// in the `EXEC` array are not the client's.
+    QueuedWith(usize),
     /// `EXEC`: the transaction is over; apply the mode changes queued inside it that
     /// succeeded.
     Exec,
@@ -64,23 +66,27 @@ struct Expect {
     on_reply: OnReply,
     /// Leading reply frames of cachet's own commands, not the client's.
     hidden: u32,
-    /// Trailing `EXEC` array elements of cachet's own commands.
-    trim: u32,
+    /// Reply frames to collect for the client; the ones after them are cachet's own.
+    keep: u32,
+    /// Trailing `EXEC` array elements of cachet's own commands (its invalidations).
+    trim_tail: usize,
     /// The reply frames so far (a command may produce several).
     collected: BytesMut,
-    translate: Translate,
     /// Invalidations to send once the reply is in (a blocking write).
     after: Vec<Vec<Bytes>>,
 }
 
-/// How cachet rewrites one command sent on the pinned connection.
+/// How cachet rewrites one command sent on the pinned connection (the engine's
+/// `Queued`, as this connection sends it).
 #[derive(Debug, Default)]
 pub struct Rewrite {
     /// Sent instead of the client's bytes, when set.
     pub data: Option<Bytes>,
-    /// Reply frames of `data` beyond the client's one.
+    /// Reply frames of `data` beyond the client's one (all collected for the client:
+    /// the session settles them).
     pub extra_frames: u32,
-    pub translate: Translate,
+    /// Inside a transaction: cachet's commands queued right after the client's.
+    pub after: Vec<Vec<Bytes>>,
     /// Invalidation commands: queued for `EXEC` inside a transaction, appended after a
     /// write while `WATCH`ing, or sent after a blocking write's reply.
     pub invalidations: Vec<Vec<Bytes>>,
@@ -128,6 +134,8 @@ pub struct Pinned {
     /// Commands the upstream answered `+QUEUED` in the current transaction: the index
     /// of the next one's reply in the `EXEC` array.
     queued: usize,
+    /// Positions in the `EXEC` array of cachet's own commands queued after a client's.
+    hidden_queued: Vec<usize>,
     /// Mode changes queued in the current transaction, with their index in the `EXEC`
     /// array. A `SELECT` that fails inside `EXEC` (an index out of range) leaves the
     /// database as it was, so each one's own reply decides.
@@ -168,6 +176,7 @@ impl Pinned {
             subs: Default::default(),
             confirmed: [0, 0],
             queued: 0,
+            hidden_queued: Vec::new(),
             queued_changes: Vec::new(),
             dirty: false,
             effects: Vec::new(),
@@ -186,16 +195,16 @@ impl Pinned {
         rewrite: Rewrite,
     ) -> Result<u32, UpstreamError> {
         let was_multi = self.multi;
-        let (frames, on_reply) = self.expectation(req, kind);
+        let (frames, on_reply) = self.expectation(req, kind, rewrite.after.len());
         let mut expect = Expect {
             frames,
             blocking: blocking && !was_multi,
             sent_at: Instant::now(),
             on_reply,
             hidden: 0,
-            trim: 0,
+            keep: frames,
+            trim_tail: 0,
             collected: BytesMut::new(),
-            translate: rewrite.translate,
             after: Vec::new(),
         };
         let mut out = BytesMut::new();
@@ -207,21 +216,32 @@ impl Pinned {
                     for c in &inval {
                         encode_command(&mut out, c);
                     }
-                    expect.hidden = inval.len() as u32;
-                    expect.trim = inval.len() as u32;
-                    expect.frames += inval.len() as u32;
+                    let n = inval.len() as u32;
+                    expect.hidden = n;
+                    expect.frames += n;
+                    expect.keep = expect.frames;
+                    expect.trim_tail = inval.len();
                 }
-                CommandKind::Discard => self.queued_invalidations.clear(),
+                CommandKind::Discard => {
+                    self.queued_invalidations.clear();
+                    self.hidden_queued.clear();
+                }
                 _ => self.queued_invalidations.extend(rewrite.invalidations),
             }
-            // A rewrite inside a transaction is one command queued in its place.
+            // A rewrite inside a transaction is one command queued in its place,
+            // followed by cachet's own (whose `+QUEUED` are not the client's).
             out.extend_from_slice(rewrite.data.as_deref().unwrap_or(&req.raw));
+            for c in &rewrite.after {
+                encode_command(&mut out, c);
+            }
+            expect.frames += rewrite.after.len() as u32;
         } else if blocking {
             out.extend_from_slice(&req.raw);
             expect.after = rewrite.invalidations;
         } else if let Some(data) = rewrite.data {
             out.extend_from_slice(&data);
             expect.frames += rewrite.extra_frames;
+            expect.keep = expect.frames;
         } else {
             out.extend_from_slice(&req.raw);
             // While WATCHing, a MULTI of cachet's own would end the client's watch: the
@@ -230,9 +250,6 @@ impl Pinned {
                 encode_command(&mut out, c);
             }
             expect.frames += rewrite.invalidations.len() as u32;
-            if !rewrite.invalidations.is_empty() {
-                expect.translate = Translate::FirstFrame;
-            }
         }
         self.wr
             .write_all_flushed(&out)
@@ -250,7 +267,7 @@ impl Pinned {
         self.watching && !self.multi
     }
 
-    fn expectation(&mut self, req: &Request, kind: CommandKind) -> (u32, OnReply) {
+    fn expectation(&mut self, req: &Request, kind: CommandKind, after: usize) -> (u32, OnReply) {
         use CommandKind as K;
         if self.monitor {
             return (0, OnReply::Nothing);
@@ -301,12 +318,16 @@ impl Pinned {
                 }
                 _ => {}
             }
+            if after > 0 {
+                return (1, OnReply::QueuedWith(after));
+            }
             return (1, OnReply::Queued(None));
         }
         match kind {
             K::Multi => {
                 self.multi = true;
                 self.queued = 0;
+                self.hidden_queued.clear();
                 self.queued_changes.clear();
             }
             K::Watch => self.watching = true,
@@ -410,7 +431,8 @@ impl Pinned {
         front.frames = front.frames.saturating_sub(1);
         if front.hidden > 0 {
             front.hidden -= 1;
-        } else {
+        } else if front.keep > 0 {
+            front.keep -= 1;
             front.collected.extend_from_slice(&bytes);
         }
         if front.frames > 0 {
@@ -420,14 +442,24 @@ impl Pinned {
             return Ok(Some(Incoming::Nothing));
         };
         let mut reply = done.collected.freeze();
-        if done.trim > 0 {
-            reply = trim_exec(reply, done.trim);
-        }
+        // Mode changes queued in a transaction are found by their place in the whole
+        // `EXEC` array: applied before cachet's own elements are taken out.
         self.apply(done.on_reply, &reply);
+        if done.on_reply == OnReply::Exec {
+            // Every `+QUEUED` before this reply has been read: the places of cachet's
+            // own commands in the array are known.
+            let mut positions = std::mem::take(&mut self.hidden_queued);
+            if let Some(len) = elements(&reply).map(|el| el.len()) {
+                positions.extend(len.saturating_sub(done.trim_tail)..len);
+            }
+            if !positions.is_empty() {
+                reply = trim_exec(reply, &positions);
+            }
+        }
         if !done.after.is_empty() {
             self.effects.push(SessionEffect::Invalidate(done.after));
         }
-        Ok(Some(Incoming::Reply(done.translate.apply(reply))))
+        Ok(Some(Incoming::Reply(reply)))
     }
 
     /// Whether `frame` confirms a (un)subscription; records the confirmed count if so.
@@ -504,6 +536,13 @@ impl Pinned {
                         self.queued_changes.push((self.queued, change));
                     }
                     self.queued += 1;
+                }
+            }
+            OnReply::QueuedWith(after) => {
+                if reply.starts_with(b"+QUEUED") {
+                    self.queued += 1;
+                    self.hidden_queued.extend(self.queued..self.queued + after);
+                    self.queued += after;
                 }
             }
             OnReply::Exec => {
@@ -610,20 +649,22 @@ impl Pinned {
     }
 }
 
-/// Drops the last `n` elements of an `EXEC` array (the replies of cachet's own
+/// Drops the elements of an `EXEC` array at `positions` (the replies of cachet's own
 /// commands); anything else (nil for a failed `WATCH`, `EXECABORT`) is the client's.
-fn trim_exec(reply: Bytes, n: u32) -> Bytes {
+fn trim_exec(reply: Bytes, positions: &[usize]) -> Bytes {
     let Some(el) = elements(&reply) else {
         return reply;
     };
-    if reply.first() != Some(&b'*') || el.len() < n as usize {
+    if reply.first() != Some(&b'*') || positions.iter().any(|&p| p >= el.len()) {
         return reply;
     }
-    let keep = el.len() - n as usize;
+    let keep = el.len() - positions.len();
     let mut out = BytesMut::with_capacity(reply.len());
     push_header(&mut out, b'*', keep as i64);
-    for e in el.iter().take(keep) {
-        out.extend_from_slice(e);
+    for (i, e) in el.iter().enumerate() {
+        if !positions.contains(&i) {
+            out.extend_from_slice(e);
+        }
     }
     out.freeze()
 }

@@ -16,8 +16,6 @@ use tokio::sync::mpsc;
 pub use connect::Identity;
 pub use shared::SharedConn;
 
-use crate::consistency::retry::RetryTicket;
-use crate::key_lock::Held;
 use crate::metrics::Histogram;
 use crate::resp::reply;
 use crate::stream::Stream;
@@ -39,6 +37,22 @@ pub struct Settings {
     /// TLS for a `rediss://` upstream; every connection (shared, pinned, auxiliary)
     /// uses it.
     pub tls: Option<crate::tls::Connector>,
+    /// Told the upstream's run id and clock (milliseconds) by every new shared
+    /// connection.
+    pub on_connect: Option<UpstreamObserver>,
+}
+
+/// Told an upstream's run id and its clock (milliseconds).
+pub type ObserveFn = dyn Fn(&str, u64) + Send + Sync;
+
+/// A callback told what a new shared connection found out about its upstream.
+#[derive(Clone)]
+pub struct UpstreamObserver(pub Arc<ObserveFn>);
+
+impl std::fmt::Debug for UpstreamObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamObserver")
+    }
 }
 
 /// Why an upstream request got no reply from Redis. Every variant reaches the client as
@@ -91,20 +105,34 @@ pub type Reply = Result<Bytes, UpstreamError>;
 pub type ReplyTx = mpsc::UnboundedSender<Reply>;
 pub type ReplyRx = mpsc::UnboundedReceiver<Reply>;
 
+/// What a job's owner does when the job fails (with the error).
+pub type OnFail = Box<dyn FnOnce(&UpstreamError) + Send + Sync>;
+
 /// One request for a shared connection: encoded command bytes and how many reply frames
 /// they produce (1 for a plain command; more for a rewritten block such as
 /// `MULTI … EXEC`). The reply is the contiguous bytes of all those frames.
-#[derive(Debug)]
 pub struct Job {
     pub data: Bytes,
     pub frames: u32,
     /// Where the reply goes; `None` for requests nobody waits for (an invalidation
     /// that follows a blocking write).
     pub reply: Option<ReplyTx>,
-    /// Ordering tokens of the keys this job writes, released with its reply.
-    pub held: Option<Held>,
-    /// The write's invalidation, re-sent if the job fails after it may have run.
-    pub on_fail: Option<RetryTicket>,
+    /// Held until the job is answered or fails, then dropped (the owner's guard: key
+    /// ordering tokens of the keys it writes).
+    pub held: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// Called if the job fails (the owner decides what an unknown fate means).
+    pub on_fail: Option<OnFail>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("bytes", &self.data.len())
+            .field("frames", &self.frames)
+            .field("held", &self.held.is_some())
+            .field("on_fail", &self.on_fail.is_some())
+            .finish()
+    }
 }
 
 impl Job {
@@ -115,10 +143,8 @@ impl Job {
     }
 
     pub fn fail(mut self, err: &UpstreamError) {
-        if let Some(ticket) = self.on_fail.take()
-            && err.maybe_applied()
-        {
-            ticket.queue.submit(ticket.retry);
+        if let Some(on_fail) = self.on_fail.take() {
+            on_fail(err);
         }
         if let Some(tx) = &self.reply {
             let _ = tx.send(Err(err.clone()));

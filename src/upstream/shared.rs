@@ -35,6 +35,7 @@ use super::connect::{Identity, connect};
 use super::{Job, Settings, UpstreamError};
 use crate::metrics::Histogram;
 use crate::resp::Scanner;
+use crate::resp::reply::{Role, role};
 use crate::stream::{ReadHalf, Stream, WriteHalf};
 
 /// Largest batch written in one go; beyond it the writer yields to let replies flow.
@@ -137,30 +138,6 @@ impl Health {
         self.wake_writer.notify_one();
         self.wake_reader.notify_one();
     }
-}
-
-/// What `ROLE` said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Primary,
-    Replica,
-    /// A sentinel, or a role this version does not know.
-    Other,
-}
-
-/// The role in a `ROLE` reply (RESP2 or RESP3: an array whose first element is the
-/// role's name), or `None` if the reply is not one (an error such as `-NOPERM`).
-pub fn role(reply: &[u8]) -> Option<Role> {
-    let rest = reply.strip_prefix(b"*")?;
-    let eol = rest.windows(2).position(|w| w == b"\r\n")?;
-    let first = rest.get(eol + 2..)?;
-    Some(if first.starts_with(b"$6\r\nmaster\r\n") {
-        Role::Primary
-    } else if first.starts_with(b"$5\r\nslave\r\n") {
-        Role::Replica
-    } else {
-        Role::Other
-    })
 }
 
 /// Distinguishes connections as owners of key ordering tokens.
@@ -299,7 +276,7 @@ async fn serve(
     let mut current = None;
     let timeout = settings.command_timeout;
     let result = tokio::select! {
-        r = write_loop(wr, jobs, pending_tx, health) => r,
+        r = write_loop(settings, wr, jobs, pending_tx, health) => r,
         r = read_loop(rd, &mut pending_rx, &mut current, timeout, rtt, health) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
@@ -319,6 +296,7 @@ async fn serve(
 }
 
 async fn write_loop(
+    settings: &Settings,
     mut wr: WriteHalf,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
     pending: mpsc::UnboundedSender<Pending>,
@@ -328,6 +306,9 @@ async fn write_loop(
     // Jobs to write next, in order. Every new connection is checked first: which role
     // it reaches, and whether it serves.
     let mut batch = vec![role_job(health, true), probe_job(health)];
+    if let Some(observer) = &settings.on_connect {
+        batch.push(identity_job(observer.clone()));
+    }
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -445,6 +426,47 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
     Job {
         data: bytes::Bytes::from_static(ROLE),
         frames: 1,
+        reply: Some(tx),
+        held: None,
+        on_fail: None,
+    }
+}
+
+/// `INFO server` and `TIME` on a new connection: the upstream's run id (it changes when
+/// the upstream restarts) and clock, for the observer.
+fn identity_job(observer: super::UpstreamObserver) -> Job {
+    let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
+    tokio::spawn(async move {
+        let Some(Ok(reply)) = rx.recv().await else {
+            return;
+        };
+        let mut scanner = Scanner::default();
+        let Ok(Some(info)) = scanner.scan(&reply) else {
+            return;
+        };
+        let (info, time) = reply.split_at(info.len.min(reply.len()));
+        let run_id = crate::resp::reply::string_value(info)
+            .and_then(|text| {
+                text.split(|&b| b == b'\n')
+                    .find_map(|line| line.strip_prefix(b"run_id:"))
+            })
+            .map(|id| String::from_utf8_lossy(id).trim().to_owned());
+        let clock = crate::resp::reply::elements(time).and_then(|el| {
+            let secs = crate::resp::reply::string_value(el.first()?)?;
+            let micros = crate::resp::reply::string_value(el.get(1)?)?;
+            let secs: u64 = std::str::from_utf8(secs).ok()?.parse().ok()?;
+            let micros: u64 = std::str::from_utf8(micros).ok()?.parse().ok()?;
+            Some(secs * 1000 + micros / 1000)
+        });
+        if let (Some(run_id), Some(clock)) = (run_id, clock) {
+            (observer.0)(&run_id, clock);
+        }
+    });
+    Job {
+        data: bytes::Bytes::from_static(
+            b"*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n*1\r\n$4\r\nTIME\r\n",
+        ),
+        frames: 2,
         reply: Some(tx),
         held: None,
         on_fail: None,
@@ -569,36 +591,5 @@ async fn read_loop(
         if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Role, role};
-
-    #[test]
-    fn role_reads_the_first_element_and_nothing_else() {
-        assert_eq!(
-            role(b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n"),
-            Some(Role::Primary)
-        );
-        assert_eq!(
-            role(b"*5\r\n$5\r\nslave\r\n$9\r\n127.0.0.1\r\n:6379\r\n$9\r\nconnected\r\n:1\r\n"),
-            Some(Role::Replica)
-        );
-        assert_eq!(role(b"*2\r\n$8\r\nsentinel\r\n*0\r\n"), Some(Role::Other));
-        // Errors, truncations and garbage are not a role, and never panic.
-        for bad in [
-            &b"-NOPERM no ROLE for you\r\n"[..],
-            b"*",
-            b"*3\r",
-            b"",
-            b"+master\r\n",
-            b"$6\r\nmaster\r\n",
-        ] {
-            assert_eq!(role(bad), None, "{bad:?}");
-        }
-        // Only the exact names count.
-        assert_eq!(role(b"*1\r\n$6\r\nmastex\r\n"), Some(Role::Other));
     }
 }

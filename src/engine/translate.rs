@@ -22,17 +22,6 @@ pub enum Translate {
     FirstFrame,
     /// `SETNX` sent as `SET … NX PX …`: `+OK` becomes `:1`, nil becomes `:0`.
     SetNxAsInt,
-    /// `cache` `GET` through the lease script (see `cache.rs`); finished by the engine.
-    LeaseGet { key: Bytes, token: Bytes, proto: u8 },
-    /// `cache` `MGET` through the lease script; finished by the engine.
-    LeaseMget { keys: Vec<Bytes>, token: Bytes },
-    /// A fill under a lease; finished by the engine.
-    Fill { key: Bytes, nx: bool, proto: u8 },
-    /// A write-through `SET`; finished by the engine.
-    Blind { nx: bool, proto: u8 },
-    /// A fill without a lease, dropped: the reply (`EXISTS`) becomes `+OK`, or nil for
-    /// `SET NX` of an existing key.
-    Rejected { nx: bool, proto: u8 },
     /// `KEYS`: drop reserved keys.
     HideKeys(Bytes),
     /// `SCAN`: drop reserved keys.
@@ -69,22 +58,6 @@ impl Translate {
                     reply
                 }
             }
-            Translate::Rejected { nx, proto } => {
-                if *nx && reply.starts_with(b":1") {
-                    if *proto >= 3 {
-                        Bytes::from_static(b"_\r\n")
-                    } else {
-                        Bytes::from_static(b"$-1\r\n")
-                    }
-                } else {
-                    Bytes::from_static(b"+OK\r\n")
-                }
-            }
-            // Finished by the engine, which also records leases and counts.
-            Translate::LeaseGet { .. }
-            | Translate::LeaseMget { .. }
-            | Translate::Fill { .. }
-            | Translate::Blind { .. } => reply,
             Translate::HideKeys(prefix) => {
                 reserved::filter_keys_reply(&reply, prefix).unwrap_or(reply)
             }

@@ -11,18 +11,17 @@
 //! answers `:0` without telling anyone, so every re-send is followed by `ROLE` on the
 //! same connection and counts only if the upstream answers that it is the primary.
 
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use tokio::sync::mpsc;
 
-use crate::context::Context;
 use crate::resp::Scanner;
-use crate::upstream::shared::{Role, role};
-use crate::upstream::{Identity, Job};
+use crate::resp::reply::{Role, role};
+use crate::resp::request::encode_command;
 
 /// One invalidation to re-send: encoded commands, their reply count, the database,
 /// and the keys it protects.
@@ -32,6 +31,26 @@ pub struct Retry {
     pub frames: u32,
     pub db: u32,
     pub keys: Vec<Bytes>,
+}
+
+impl Retry {
+    /// `commands` as one retry for `keys` (the database is the session's, set when the
+    /// write is sent); `None` when there is nothing to re-send.
+    pub fn of(commands: &[Vec<Bytes>], keys: Vec<Bytes>) -> Option<Retry> {
+        if commands.is_empty() {
+            return None;
+        }
+        let mut data = BytesMut::new();
+        for c in commands {
+            encode_command(&mut data, c);
+        }
+        Some(Retry {
+            data: data.freeze(),
+            frames: commands.len() as u32,
+            db: 0,
+            keys,
+        })
+    }
 }
 
 /// Invalidations waiting to be re-sent, and the keys whose fills are refused meanwhile.
@@ -53,11 +72,16 @@ impl Default for RetryQueue {
     }
 }
 
-/// Handed to a job that carries a write: what to re-send if its fate is unknown.
-#[derive(Debug)]
-pub struct RetryTicket {
-    pub retry: Retry,
-    pub queue: Arc<RetryQueue>,
+/// What a re-send came to, as [`RetryQueue::run`]'s transport reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every reply is a success and `ROLE` named the primary (or was refused, so the
+    /// role cannot be known: counted as landed rather than refusing fills forever).
+    Landed,
+    /// Every reply is a success, but on a replica, which tells nobody.
+    OnReplica,
+    /// An error, or a reply cut short, or no reply at all.
+    Failed,
 }
 
 impl RetryQueue {
@@ -83,41 +107,34 @@ impl RetryQueue {
         }
     }
 
-    /// Re-sends queued invalidations until each succeeds; runs for the process's life.
-    pub async fn run(self: Arc<Self>, ctx: Arc<Context>) {
+    /// Re-sends queued invalidations until each lands; runs for the process's life.
+    /// `send(db, data, frames)` sends them (followed by `ROLE`) on a connection of
+    /// database `db` and returns the replies, or `None`; `landed` is told of each
+    /// confirmed one; `on_replica` of a re-send a replica took.
+    pub async fn run<S, F>(
+        self: Arc<Self>,
+        send: S,
+        landed_one: impl Fn(),
+        on_replica: impl Fn(u32),
+    ) where
+        S: Fn(u32, Bytes, u32) -> F,
+        F: Future<Output = Option<Bytes>>,
+    {
         let rx = self.rx.lock().ok().and_then(|mut r| r.take());
         let Some(mut rx) = rx else { return };
         while let Some(retry) = rx.recv().await {
             let mut wait = Duration::from_millis(50);
             loop {
-                let conn = ctx.upstream.shared(
-                    Identity {
-                        db: retry.db,
-                        proto: 2,
-                    },
-                    0,
-                );
-                let (tx, mut replies) = mpsc::unbounded_channel();
-                conn.send(Job {
-                    data: [&retry.data[..], ROLE].concat().into(),
-                    frames: retry.frames.saturating_add(1),
-                    reply: Some(tx),
-                    held: None,
-                    on_fail: None,
-                });
-                let outcome = match replies.recv().await {
-                    Some(Ok(reply)) => landed(&reply),
-                    _ => Outcome::Failed,
+                let data: Bytes = [&retry.data[..], ROLE].concat().into();
+                let outcome = match send(retry.db, data, retry.frames.saturating_add(1)).await {
+                    Some(reply) => landed(&reply),
+                    None => Outcome::Failed,
                 };
                 if outcome == Outcome::OnReplica {
-                    conn.suspect_replica();
+                    on_replica(retry.db);
                 }
                 if outcome == Outcome::Landed {
-                    ctx.engine
-                        .load()
-                        .stats
-                        .invalidations_retried
-                        .fetch_add(1, Ordering::Relaxed);
+                    landed_one();
                     self.done(&retry);
                     break;
                 }
@@ -129,18 +146,6 @@ impl RetryQueue {
 }
 
 const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
-
-/// What the replies to a re-sent invalidation followed by `ROLE` say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
-    /// Every reply is a success and `ROLE` named the primary (or was refused, so the
-    /// role cannot be known: counted as landed rather than refusing fills forever).
-    Landed,
-    /// Every reply is a success, but on a replica, which tells nobody.
-    OnReplica,
-    /// An error, or a reply cut short.
-    Failed,
-}
 
 fn landed(reply: &[u8]) -> Outcome {
     let mut scanner = Scanner::default();

@@ -4,10 +4,44 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::Translate;
-use crate::resp::request::parse_int;
+use super::settle::Settle;
+use super::{Engine, Plan, Translate};
+use crate::command::{CommandInfo, KeyRef};
+use crate::config::KeyspaceMode;
+use crate::resp::Request;
+use crate::resp::request::{encode_command, parse_int};
+
+impl Engine {
+    /// The `lock` rewrite of a write whose first key is in a `lock` keyspace, if it
+    /// needs one.
+    pub(super) fn lock_rewrite(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+    ) -> Option<Plan> {
+        let key = keys.first().and_then(|k| req.args.get(k.index))?;
+        let rule = self.keyspaces().lookup(key);
+        if rule.mode != KeyspaceMode::Lock {
+            return None;
+        }
+        let max_ttl = rule
+            .rule
+            .and_then(|(_, r)| r.max_ttl)
+            .unwrap_or(crate::config::DEFAULT_LOCK_MAX_TTL);
+        let (args, translate) = rewrite(&info.name, &req.args, max_ttl)?;
+        self.stats.lock_expiry_added();
+        let mut data = BytesMut::new();
+        encode_command(&mut data, &args);
+        Some(Plan {
+            data: data.freeze(),
+            settle: Settle::Translate(translate),
+            ..Plan::forward(req)
+        })
+    }
+}
 
 /// The rewritten arguments and the reply translation, or `None` to send the command as
 /// it is (it already has an acceptable expiry, or it is malformed and Redis should say

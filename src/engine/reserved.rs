@@ -61,36 +61,36 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
     key
 }
 
-/// Names of the reserved keys that describe one data key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateKeys {
-    pub lease: Bytes,
-    pub tomb: Bytes,
-}
-
-/// The lease and tombstone keys of `key`, in the same hash slot: `<prefix>{<tag>}:lease:<key>`.
-/// `None` when the key's braces make colocation impossible (an unterminated or empty
-/// tag that a wrapping `{…}` would change); such a key is handled as `strict`.
-pub fn state_keys(prefix: &[u8], key: &[u8]) -> Option<StateKeys> {
+/// The name of the hash that keeps `key`'s fill-protocol state (`fill.rs`), in the
+/// same hash slot: `<prefix>{<tag>}:s:<key>`. `None` when the key's braces make
+/// colocation impossible (an unterminated or empty tag that a wrapping `{…}` would
+/// change); such a key is handled as `strict`.
+pub fn state_key(prefix: &[u8], key: &[u8]) -> Option<Bytes> {
     let tag = hash_tag(key);
     // Wrapping `tag` in braces must make exactly `tag` the new key's hash tag.
     if tag.is_empty() || tag.contains(&b'}') {
         return None;
     }
-    let make = |kind: &[u8]| {
-        let mut out = BytesMut::with_capacity(prefix.len() + tag.len() + key.len() + 10);
-        out.extend_from_slice(prefix);
-        out.put_u8(b'{');
-        out.extend_from_slice(tag);
-        out.put_u8(b'}');
-        out.extend_from_slice(kind);
-        out.extend_from_slice(key);
-        out.freeze()
-    };
-    Some(StateKeys {
-        lease: make(b":lease:"),
-        tomb: make(b":tomb:"),
-    })
+    let mut out = BytesMut::with_capacity(prefix.len() + tag.len() + key.len() + 5);
+    out.extend_from_slice(prefix);
+    out.put_u8(b'{');
+    out.extend_from_slice(tag);
+    out.extend_from_slice(b"}:s:");
+    out.extend_from_slice(key);
+    Some(out.freeze())
+}
+
+/// `prefix` as a `KEYS`/`SCAN MATCH` pattern that matches every reserved key.
+pub fn pattern(prefix: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(prefix.len() * 2 + 1);
+    for &b in prefix {
+        if matches!(b, b'*' | b'?' | b'[' | b']' | b'\\') {
+            out.put_u8(b'\\');
+        }
+        out.put_u8(b);
+    }
+    out.put_u8(b'*');
+    out.freeze()
 }
 
 /// Removes reserved keys from a `KEYS` reply (an array of bulk strings). Returns
@@ -207,15 +207,16 @@ mod tests {
 
     #[test]
     fn state_keys_share_the_data_keys_tag() {
-        let s = state_keys(b"__cachet:", b":1:user").unwrap();
-        assert_eq!(&s.lease[..], b"__cachet:{:1:user}:lease::1:user");
-        assert_eq!(hash_tag(&s.lease), hash_tag(b":1:user"));
-        let s = state_keys(b"__cachet:", b"{u1}:profile").unwrap();
-        assert_eq!(hash_tag(&s.tomb), b"u1");
-        assert!(state_keys(b"__cachet:", b"a}b").is_none());
-        assert!(state_keys(b"__cachet:", b"{}x}").is_none());
-        let s = state_keys(b"__cachet:", b"a{b").unwrap();
-        assert_eq!(hash_tag(&s.lease), b"a{b");
+        let s = state_key(b"__cachet:", b":1:user").unwrap();
+        assert_eq!(&s[..], b"__cachet:{:1:user}:s::1:user");
+        assert_eq!(hash_tag(&s), hash_tag(b":1:user"));
+        let s = state_key(b"__cachet:", b"{u1}:profile").unwrap();
+        assert_eq!(hash_tag(&s), b"u1");
+        assert!(state_key(b"__cachet:", b"a}b").is_none());
+        assert!(state_key(b"__cachet:", b"{}x}").is_none());
+        let s = state_key(b"__cachet:", b"a{b").unwrap();
+        assert_eq!(hash_tag(&s), b"a{b");
+        assert_eq!(&pattern(b"__c*a:")[..], b"__c\\*a:*");
     }
 
     #[test]

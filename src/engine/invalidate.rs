@@ -1,0 +1,244 @@
+//! Invalidate-plus-set for every write that is not a judged `SET`: the write goes
+//! upstream as `MULTI`, the write, its invalidation, `EXEC`, written contiguously on one
+//! connection, so that no observer sees the new value without the invalidation. For a
+//! `strict` key the invalidation is a `PUBLISH`; for a `cache` key the `INVALIDATE`
+//! script (queued as `EVAL`, so that no `NOSCRIPT` can split it from the write), which
+//! also publishes. Which keys a command writes comes from the command table's key
+//! specifications; a write into another database (`MOVE`, `COPY … DB`) is invalidated
+//! there too. `FLUSHDB`, `FLUSHALL` and `SWAPDB` run inside the `DATABASES` script.
+
+use bytes::{Bytes, BytesMut};
+
+use super::settle::Settle;
+use super::{CacheKey, Engine, Plan, Retry, Translate, eval_args, evalsha, ms, ms_bytes};
+use crate::command::{CommandFlags, CommandInfo, CommandKind, KeyFlags, KeyRef};
+use crate::config::KeyspaceMode;
+use crate::resp::Request;
+use crate::resp::request::{encode_command, parse_int};
+
+/// What invalidating one write takes.
+#[derive(Debug, Default)]
+pub struct Invalidation {
+    /// Commands to run in the write's atomic unit.
+    pub commands: Vec<Vec<Bytes>>,
+    /// The same invalidation alone, deleting `cache` keys, for a write of unknown fate.
+    pub retry: Vec<Vec<Bytes>>,
+    /// Keys written in `strict` or `cache` keyspaces (the current database's).
+    pub written: Vec<Bytes>,
+    /// `PUBLISH` messages the commands send.
+    pub published: u64,
+}
+
+/// Keys of one database to invalidate.
+#[derive(Default)]
+struct Written {
+    strict: Vec<Bytes>,
+    cache: Vec<(Bytes, CacheKey)>,
+}
+
+impl Written {
+    fn is_empty(&self) -> bool {
+        self.strict.is_empty() && self.cache.is_empty()
+    }
+
+    fn contains(&self, key: &[u8]) -> bool {
+        self.strict.iter().any(|k| k == key) || self.cache.iter().any(|(k, _)| k == key)
+    }
+}
+
+impl Engine {
+    /// The plan of a write: the command (or its `lock` rewrite) and its invalidation in
+    /// one transaction.
+    pub(super) fn write_plan(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+        db: u32,
+    ) -> Plan {
+        let inval = self.invalidation(req, info, keys, db);
+        let base = self
+            .lock_rewrite(req, info, keys)
+            .unwrap_or_else(|| Plan::forward(req));
+        if inval.commands.is_empty() || info.flags.contains(CommandFlags::NO_MULTI) {
+            return Plan {
+                written: inval.written,
+                ..base
+            };
+        }
+        let inner = match base.settle {
+            Settle::Translate(t) => t,
+            _ => Translate::None,
+        };
+        let mut data = BytesMut::with_capacity(base.data.len() + 128 * inval.commands.len() + 32);
+        data.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        data.extend_from_slice(&base.data);
+        for c in &inval.commands {
+            encode_command(&mut data, c);
+        }
+        data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        self.stats.invalidations(inval.published);
+        Plan {
+            data: data.freeze(),
+            frames: 3 + inval.commands.len() as u32,
+            settle: Settle::Translate(Translate::ExecFirst(Box::new(inner))),
+            retry: Retry::of(&inval.retry, inval.written.clone()),
+            written: inval.written,
+            script: false,
+        }
+    }
+
+    /// The commands that invalidate what `req` writes, in the database `db`.
+    pub fn invalidation(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+        db: u32,
+    ) -> Invalidation {
+        let mut here = Written::default();
+        let written_flags = KeyFlags::RW | KeyFlags::OW | KeyFlags::RM;
+        for k in keys {
+            let Some(key) = req.args.get(k.index) else {
+                continue;
+            };
+            if !(k.flags.intersects(written_flags) || k.flags.is_empty()) || here.contains(key) {
+                continue;
+            }
+            self.classify(key, &mut here);
+        }
+        let mut out = Invalidation {
+            written: here
+                .strict
+                .iter()
+                .cloned()
+                .chain(here.cache.iter().map(|(k, _)| k.clone()))
+                .collect(),
+            ..Invalidation::default()
+        };
+        self.push_invalidation(&here, &mut out);
+        if let Some((target, key)) = other_database(req, info)
+            && target != i64::from(db)
+        {
+            let mut there = Written::default();
+            self.classify(key, &mut there);
+            if !there.is_empty() {
+                let select =
+                    |n: i64| vec![Bytes::from_static(b"SELECT"), Bytes::from(n.to_string())];
+                out.commands.push(select(target));
+                out.retry.push(select(target));
+                self.push_invalidation(&there, &mut out);
+                out.commands.push(select(i64::from(db)));
+                out.retry.push(select(i64::from(db)));
+            }
+        }
+        out
+    }
+
+    fn classify(&self, key: &Bytes, into: &mut Written) {
+        match self.keyspaces().lookup(key).mode {
+            KeyspaceMode::Passthrough | KeyspaceMode::Lock => {}
+            KeyspaceMode::Cache => match self.cache_key(key) {
+                Some(c) => into.cache.push((key.clone(), c)),
+                // Braces that make colocated state impossible: handled as `strict`.
+                None => into.strict.push(key.clone()),
+            },
+            KeyspaceMode::Strict => into.strict.push(key.clone()),
+        }
+    }
+
+    /// Appends the invalidation of `w` (and its retry form) to `out`.
+    fn push_invalidation(&self, w: &Written, out: &mut Invalidation) {
+        for k in &w.strict {
+            let publish = vec![
+                Bytes::from_static(b"PUBLISH"),
+                self.channel.clone(),
+                k.clone(),
+            ];
+            out.commands.push(publish.clone());
+            out.retry.push(publish);
+            out.published += 1;
+        }
+        if !w.cache.is_empty() {
+            out.commands.push(self.invalidate_command(&w.cache, false));
+            out.retry.push(self.invalidate_command(&w.cache, true));
+            out.published += w.cache.len() as u64;
+        }
+    }
+
+    /// The `INVALIDATE` script's call (as `EVAL`) for `keys`; `del`: delete them too.
+    pub(crate) fn invalidate_command(&self, keys: &[(Bytes, CacheKey)], del: bool) -> Vec<Bytes> {
+        let mut script_keys: Vec<Bytes> = keys.iter().map(|(k, _)| k.clone()).collect();
+        script_keys.extend(keys.iter().map(|(_, c)| c.state.clone()));
+        let mut argv = vec![
+            Bytes::from_static(if del { b"del" } else { b"keep" }),
+            self.channel.clone(),
+        ];
+        argv.extend(keys.iter().map(|(_, c)| ms_bytes(c.hold_off)));
+        eval_args(&self.scripts.invalidate, &script_keys, &argv)
+    }
+
+    /// `FLUSHDB`, `FLUSHALL` or `SWAPDB` inside the `DATABASES` script, which keeps every
+    /// miss that may still be filled refused after the command.
+    pub(super) fn databases_plan(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        db: u32,
+    ) -> Option<Plan> {
+        let dbs = match info.kind {
+            CommandKind::FlushDb => db.to_string(),
+            CommandKind::FlushAll => format!("*{}", self.databases()),
+            CommandKind::SwapDb => {
+                let a = parse_int(req.args.get(1)?)?;
+                let b = parse_int(req.args.get(2)?)?;
+                if a < 0
+                    || b < 0
+                    || a >= i64::from(self.databases())
+                    || b >= i64::from(self.databases())
+                {
+                    // Out of range: Redis's own error, from the plain command.
+                    return None;
+                }
+                format!("{a},{b}")
+            }
+            _ => return None,
+        };
+        let hold = self
+            .keyspaces()
+            .rules()
+            .filter_map(|r| r.hold_off)
+            .fold(self.hold_off, std::cmp::Ord::max);
+        let mut argv = vec![
+            super::reserved::pattern(&self.prefix),
+            Bytes::from(ms(hold).to_string()),
+            self.channel.clone(),
+            Bytes::from(dbs),
+        ];
+        argv.extend(req.args.iter().cloned());
+        self.stats.invalidations(1);
+        Some(Plan {
+            data: evalsha(&self.scripts.databases, &[], &argv),
+            script: true,
+            ..Plan::forward(req)
+        })
+    }
+}
+
+/// The database and key a command writes outside the current database: `MOVE key db`,
+/// `COPY source destination DB db`.
+fn other_database<'a>(req: &'a Request, info: &CommandInfo) -> Option<(i64, &'a Bytes)> {
+    match info.kind {
+        CommandKind::Move => Some((parse_int(req.args.get(2)?)?, req.args.get(1)?)),
+        CommandKind::Copy => {
+            let mut rest = req.args.iter().skip(3);
+            while let Some(a) = rest.next() {
+                if a.eq_ignore_ascii_case(b"DB") {
+                    return Some((parse_int(rest.next()?)?, req.args.get(2)?));
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}

@@ -1,0 +1,436 @@
+//! The consistency engine: what a classified command becomes upstream (its plan) and
+//! what its reply becomes for the client (its settlement), so that the guarantees of
+//! docs/design.md hold. It decides; it never touches a connection: plans and
+//! settlements are values, and the session moves the bytes.
+//!
+//! | file | owns |
+//! |---|---|
+//! | `mod.rs` | [`Engine`]: settings, keyspace modes of a command's keys, [`Engine::plan`] for a shared connection |
+//! | `fill.rs` | the fill protocol of `cache` keyspaces, as pure functions (the scripts' twin) |
+//! | `scripts.rs` | the Lua scripts that take those decisions upstream |
+//! | `reads.rs` | `GET`/`MGET` of `cache` keys: a plain read, then the miss recorded (or waited for) |
+//! | `stores.rs` | `SET` and its relatives on `cache` keys: judged by the `SET` scripts |
+//! | `invalidate.rs` | invalidate-plus-set for every other write; `FLUSHDB`/`FLUSHALL`/`SWAPDB` |
+//! | `queued.rs` | the same decisions for a pinned connection: inside the client's `MULTI`, while `WATCH`ing, after a blocking write |
+//! | `settle.rs` | [`Settle`]: turning replies into the client's reply, or into a follow-up request |
+//! | `translate.rs` | replies of rewritten commands back into the plain command's reply |
+//! | `lock_mode.rs` | `lock` keyspaces: expiries for `SET`/`SETNX` |
+//! | `reserved.rs` | cachet's own keys: names, hash-slot colocation, hiding them |
+//! | `retry.rs` | invalidations of unknown fate, re-sent until they land |
+//! | `stats.rs` | counters of what the engine decided |
+
+pub mod fill;
+mod invalidate;
+pub mod lock_mode;
+mod queued;
+mod reads;
+pub mod reserved;
+pub mod retry;
+pub mod scripts;
+pub mod settle;
+pub mod stats;
+mod stores;
+pub mod translate;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::command::{CommandInfo, CommandKind, KeyRef};
+use crate::config::{ConsistencyConfig, KeyspaceMode, KeyspaceRule, WriteThrough};
+use crate::key_lock::KeyLocks;
+use crate::keyspace::Keyspaces;
+use crate::resp::Request;
+use crate::resp::request::encode_command;
+pub use queued::{Queued, Situation};
+pub use retry::Retry;
+pub use scripts::Scripts;
+pub use settle::{FollowUp, Settle, Settled};
+pub use stats::Stats;
+pub use translate::Translate;
+
+/// How many random keys the `RANDOMKEY` script draws before it scans for a visible one.
+const RANDOM_KEY_DRAWS: &[u8] = b"64";
+
+/// What a command becomes upstream.
+#[derive(Debug)]
+pub struct Plan {
+    /// Bytes to send (the client's own bytes when nothing is rewritten).
+    pub data: Bytes,
+    /// Reply frames `data` produces.
+    pub frames: u32,
+    /// How the reply becomes the client's.
+    pub settle: Settle,
+    /// Keys whose ordering token the write needs (empty for reads).
+    pub written: Vec<Bytes>,
+    /// The write's invalidation alone, re-sent if the write's fate becomes unknown.
+    pub retry: Option<Retry>,
+    /// `data` calls one of cachet's scripts by SHA (kept for `NOSCRIPT` recovery).
+    pub script: bool,
+}
+
+impl Plan {
+    /// The client's own bytes, its reply as Redis gives it.
+    pub fn forward(req: &Request) -> Plan {
+        Plan {
+            data: req.raw.clone(),
+            frames: 1,
+            settle: Settle::Forward,
+            written: Vec::new(),
+            retry: None,
+            script: false,
+        }
+    }
+
+    /// Whether the plan sends the client's bytes and answers with Redis's reply, so
+    /// that it can share one upstream request with its neighbours.
+    pub fn is_plain(&self) -> bool {
+        matches!(self.settle, Settle::Forward)
+            && self.written.is_empty()
+            && self.retry.is_none()
+            && !self.script
+    }
+}
+
+/// A key of a `cache` keyspace, as the fill protocol needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct CacheKey {
+    /// The hash that keeps its state (`reserved::state_key`).
+    pub state: Bytes,
+    pub hold_off: Duration,
+    pub policy: fill::Policy,
+}
+
+/// The engine of one cachet.
+#[derive(Debug)]
+pub struct Engine {
+    keyspaces: Keyspaces,
+    channel: Bytes,
+    prefix: Bytes,
+    hold_off: Duration,
+    lease_ttl: Duration,
+    fill_window: Duration,
+    pub coalesce_wait: Duration,
+    /// Whether any keyspace is `cache` (only then does cachet keep state upstream).
+    has_cache: bool,
+    pub locks: Arc<KeyLocks>,
+    pub stats: Arc<Stats>,
+    pub scripts: Scripts,
+    pub retries: Arc<retry::RetryQueue>,
+    /// What cachet knows of the upstream's life.
+    upstream: Arc<UpstreamLife>,
+}
+
+/// What the engine knows of the upstream's life: its identity as last seen, and until
+/// when (upstream milliseconds) its state is known to be lost. Shared by every
+/// generation of the engine (reloads), and told by new connections.
+#[derive(Debug)]
+pub struct UpstreamLife {
+    run_id: std::sync::Mutex<Option<String>>,
+    amnesia_until: AtomicU64,
+    /// Its number of databases (`CONFIG GET databases`), for `FLUSHALL`.
+    databases: AtomicU32,
+    /// The current `fill_window` (ms): how long a lost state stays a reason to refuse.
+    fill_window: AtomicU64,
+    stats: Arc<Stats>,
+}
+
+impl UpstreamLife {
+    /// What a new connection found: the upstream's run id (which changes when it
+    /// restarts) and its clock. A new run id means the upstream lost the fill-protocol
+    /// state it kept (or rolled it back), so for `fill_window` a `SET` of a key without
+    /// state may be the fill of a miss it forgot: such a `SET` is dropped, never stored.
+    pub fn observe(&self, run_id: &str, upstream_ms: u64) {
+        let Ok(mut seen) = self.run_id.lock() else {
+            return;
+        };
+        if seen.as_deref().is_some_and(|s| s != run_id) {
+            let until = upstream_ms.saturating_add(self.fill_window.load(Ordering::Relaxed));
+            self.amnesia_until.fetch_max(until, Ordering::Relaxed);
+            self.stats.upstream_restarts.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                run_id,
+                "the upstream restarted: for fill_window, SETs of cache keys without fill-protocol state are dropped"
+            );
+        }
+        *seen = Some(run_id.to_owned());
+    }
+}
+
+impl Engine {
+    pub fn new(consistency: &ConsistencyConfig, rules: &[KeyspaceRule]) -> Engine {
+        let stats = Arc::new(Stats::default());
+        Engine {
+            keyspaces: Keyspaces::new(rules),
+            channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
+            prefix: Bytes::copy_from_slice(consistency.reserved_prefix.as_bytes()),
+            hold_off: consistency.hold_off,
+            lease_ttl: consistency.lease_ttl,
+            fill_window: consistency.fill_window,
+            coalesce_wait: consistency.coalesce_wait,
+            scripts: Scripts::default(),
+            retries: Arc::new(retry::RetryQueue::default()),
+            has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
+            locks: Arc::new(KeyLocks::default()),
+            upstream: Arc::new(UpstreamLife {
+                run_id: std::sync::Mutex::new(None),
+                amnesia_until: AtomicU64::new(0),
+                databases: AtomicU32::new(16),
+                fill_window: AtomicU64::new(ms(consistency.fill_window)),
+                stats: stats.clone(),
+            }),
+            stats,
+        }
+    }
+
+    /// An engine with new settings and keyspaces (a configuration reload) that keeps
+    /// this one's state: key ordering tokens, counters, the invalidation retry queue and
+    /// what it knows of the upstream, so that a swap loses no ordering and no retry.
+    pub fn reconfigured(&self, consistency: &ConsistencyConfig, rules: &[KeyspaceRule]) -> Engine {
+        self.upstream
+            .fill_window
+            .store(ms(consistency.fill_window), Ordering::Relaxed);
+        Engine {
+            locks: self.locks.clone(),
+            stats: self.stats.clone(),
+            retries: self.retries.clone(),
+            upstream: self.upstream.clone(),
+            ..Engine::new(consistency, rules)
+        }
+    }
+
+    /// Whether cachet keeps fill-protocol state upstream (some keyspace is `cache`).
+    pub fn has_cache(&self) -> bool {
+        self.has_cache
+    }
+
+    pub fn keyspaces(&self) -> &Keyspaces {
+        &self.keyspaces
+    }
+
+    pub fn prefix(&self) -> &[u8] {
+        &self.prefix
+    }
+
+    /// The fill protocol's windows, in milliseconds.
+    pub fn windows(&self, hold_off: Duration) -> fill::Windows {
+        fill::Windows {
+            fill: ms(self.fill_window),
+            lease: ms(self.lease_ttl),
+            hold_off: ms(hold_off),
+        }
+    }
+
+    /// What the engine knows of the upstream's life (told by new connections).
+    pub fn upstream_life(&self) -> Arc<UpstreamLife> {
+        self.upstream.clone()
+    }
+
+    /// The upstream's number of databases, as discovered.
+    pub fn set_databases(&self, n: u32) {
+        self.upstream.databases.store(n.max(1), Ordering::Relaxed);
+    }
+
+    fn databases(&self) -> u32 {
+        self.upstream.databases.load(Ordering::Relaxed)
+    }
+
+    fn amnesia_until(&self) -> Bytes {
+        Bytes::from(
+            self.upstream
+                .amnesia_until
+                .load(Ordering::Relaxed)
+                .to_string(),
+        )
+    }
+
+    /// The fill-protocol view of `key`, if it is in a `cache` keyspace.
+    pub(crate) fn cache_key(&self, key: &[u8]) -> Option<CacheKey> {
+        if !self.has_cache {
+            return None;
+        }
+        let m = self.keyspaces.lookup(key);
+        if m.mode != KeyspaceMode::Cache {
+            return None;
+        }
+        let rule = m.rule.map(|(_, r)| r);
+        Some(CacheKey {
+            state: reserved::state_key(&self.prefix, key)?,
+            hold_off: rule.and_then(|r| r.hold_off).unwrap_or(self.hold_off),
+            policy: match rule.and_then(|r| r.write_through).unwrap_or_default() {
+                WriteThrough::Set => fill::Policy::Set,
+                WriteThrough::Collapse => fill::Policy::Collapse,
+                WriteThrough::Invalidate => fill::Policy::Invalidate,
+            },
+        })
+    }
+
+    /// Plans a command for a shared connection. `Err` is the error reply for a command
+    /// that must not run (it touches cachet's reserved keys). `db`: the database the
+    /// command runs in.
+    pub fn plan(
+        &self,
+        req: &Request,
+        info: Option<&CommandInfo>,
+        keys: &mut Vec<KeyRef>,
+        proto: u8,
+        db: u32,
+    ) -> Result<Plan, Bytes> {
+        let Some(info) = info else {
+            return Ok(Plan::forward(req));
+        };
+        keys.clear();
+        info.keys(&req.args, keys);
+        self.check_reserved(req, keys)?;
+        if self.has_cache && info.arity_ok(req.args.len()) {
+            if let Some(plan) = self.read_plan(req, info, proto) {
+                return Ok(plan);
+            }
+            if let Some(plan) = self.store_plan(req, info, proto) {
+                return Ok(plan);
+            }
+        }
+        match info.kind {
+            CommandKind::Keys if self.has_cache => {
+                return Ok(Plan {
+                    settle: Settle::Translate(Translate::HideKeys(self.prefix.clone())),
+                    ..Plan::forward(req)
+                });
+            }
+            CommandKind::Scan if self.has_cache => {
+                return Ok(Plan {
+                    settle: Settle::Translate(Translate::HideScan(self.prefix.clone())),
+                    ..Plan::forward(req)
+                });
+            }
+            CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
+                if self.has_cache =>
+            {
+                if let Some(plan) = self.databases_plan(req, info, db) {
+                    return Ok(plan);
+                }
+            }
+            _ if info.name == "randomkey" => {
+                // RANDOMKEY's reply cannot be filtered (a reserved answer has no
+                // visible substitute outside Redis): a script draws again upstream.
+                if let Some((script, argv)) = self.listing_script(req, info) {
+                    return Ok(Plan {
+                        data: evalsha(script, &[], &argv),
+                        script: true,
+                        ..Plan::forward(req)
+                    });
+                }
+            }
+            _ => {}
+        }
+        if !info.is_write() {
+            return Ok(Plan::forward(req));
+        }
+        Ok(self.write_plan(req, info, keys, db))
+    }
+
+    /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that
+    /// can expand to them, or as arguments of `DEBUG` (which has no key positions but
+    /// reads keys: `DEBUG OBJECT`, `DEBUG DIGEST-VALUE`).
+    pub fn check_reserved(&self, req: &Request, keys: &[KeyRef]) -> Result<(), Bytes> {
+        let named = keys.iter().any(|k| {
+            req.args
+                .get(k.index)
+                .is_some_and(|a| a.starts_with(&self.prefix))
+        });
+        let name = req.args.first().map_or(&[][..], |n| &n[..]);
+        let patterned = (name.eq_ignore_ascii_case(b"SORT")
+            || name.eq_ignore_ascii_case(b"SORT_RO"))
+            && reserved::sort_patterns_reach(&req.args, &self.prefix);
+        let debugged = name.eq_ignore_ascii_case(b"DEBUG")
+            && req.args.iter().skip(2).any(|a| a.starts_with(&self.prefix));
+        if named || patterned || debugged {
+            self.stats
+                .reserved_key_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(reserved::refusal(&self.prefix));
+        }
+        Ok(())
+    }
+
+    /// `KEYS`, `SCAN` or `RANDOMKEY` as a cachet script whose reply needs no
+    /// translation (it already leaves reserved keys out): for a transaction or a
+    /// `WATCH`, where the reply is one element of the `EXEC` array, or follows on a
+    /// connection whose replies cachet does not translate. The body is sent (`EVAL`), so
+    /// that no `NOSCRIPT` can surface inside the client's transaction. `None` for any
+    /// other command, or when no `cache` keyspace keeps reserved keys.
+    pub fn hidden_listing(&self, req: &Request, info: &CommandInfo) -> Option<Bytes> {
+        let (script, argv) = self.listing_script(req, info)?;
+        Some(eval(script, &[], &argv))
+    }
+
+    /// The script and arguments that answer `req` without reserved keys.
+    fn listing_script(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+    ) -> Option<(&scripts::Script, Vec<Bytes>)> {
+        if !self.has_cache || !info.arity_ok(req.args.len()) {
+            return None;
+        }
+        let mut argv = vec![self.prefix.clone()];
+        let script = match info.kind {
+            CommandKind::Keys => &self.scripts.listing,
+            CommandKind::Scan => {
+                argv.push(Bytes::from_static(b"scan"));
+                &self.scripts.listing
+            }
+            _ if info.name == "randomkey" => {
+                argv.push(Bytes::from_static(RANDOM_KEY_DRAWS));
+                return Some((&self.scripts.random_key, argv));
+            }
+            _ => return None,
+        };
+        argv.extend(req.args.iter().skip(1).cloned());
+        Some((script, argv))
+    }
+}
+
+/// Milliseconds, at least 1 (Redis refuses a zero expiry).
+pub(crate) fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+pub(crate) fn ms_bytes(d: Duration) -> Bytes {
+    Bytes::from(ms(d).to_string())
+}
+
+/// `EVALSHA <sha> <numkeys> keys… argv…`.
+pub(crate) fn evalsha(script: &scripts::Script, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
+    script_call(b"EVALSHA", &script.sha, keys, argv)
+}
+
+/// `EVAL <body> <numkeys> keys… argv…`.
+pub(crate) fn eval(script: &scripts::Script, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
+    script_call(b"EVAL", &script.body, keys, argv)
+}
+
+/// The arguments of an `EVAL`: the body, then what `script_call` puts after it.
+pub(crate) fn eval_args(script: &scripts::Script, keys: &[Bytes], argv: &[Bytes]) -> Vec<Bytes> {
+    let mut args = Vec::with_capacity(3 + keys.len() + argv.len());
+    args.push(Bytes::from_static(b"EVAL"));
+    args.push(script.body.clone());
+    args.push(Bytes::from(keys.len().to_string()));
+    args.extend(keys.iter().cloned());
+    args.extend(argv.iter().cloned());
+    args
+}
+
+fn script_call(verb: &'static [u8], id: &Bytes, keys: &[Bytes], argv: &[Bytes]) -> Bytes {
+    let mut args = Vec::with_capacity(3 + keys.len() + argv.len());
+    args.push(Bytes::from_static(verb));
+    args.push(id.clone());
+    args.push(Bytes::from(keys.len().to_string()));
+    args.extend(keys.iter().cloned());
+    args.extend(argv.iter().cloned());
+    let mut out = BytesMut::new();
+    encode_command(&mut out, &args);
+    out.freeze()
+}

@@ -1,0 +1,345 @@
+//! The session's reply queue: one slot per command in the order the client sent them,
+//! filled as replies arrive (from a shared connection, the dedicated one, a follow-up
+//! request, or the session itself) and written out from the front as soon as the front
+//! is ready. What a reply becomes is the engine's decision (`Engine::settle`); this
+//! only keeps the order and the counts.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::Session;
+use crate::engine::settle::SettleContext;
+use crate::engine::{Settle, Settled};
+use crate::metrics::{CommandTally, Outcome};
+use crate::resp::Scanner;
+use crate::upstream::Reply;
+
+/// Batch replies up to this size are checked for errors with two byte searches; larger
+/// ones are scanned frame by frame, which skips over bulk payloads.
+const FAST_TALLY_BYTES: usize = 4096;
+
+/// A reply still owed to the client, in request order.
+#[derive(Debug)]
+pub(super) enum Slot {
+    /// Known now, but behind an upstream reply.
+    Ready(Bytes),
+    /// Coming from upstream; not written if `discard`.
+    Await {
+        /// Identifies the slot to replies that come back out of order (`parked`).
+        seq: u64,
+        discard: bool,
+        post: Post,
+        settle: Settle,
+        /// Waiting for a follow-up request's reply rather than the next upstream
+        /// reply (a miss being recorded or waited on, a script re-sent after
+        /// `NOSCRIPT`). Later replies go to later slots meanwhile.
+        parked: bool,
+        /// The bytes sent, when they call one of cachet's scripts by SHA.
+        sent: Option<Bytes>,
+        /// Client commands this slot answers: more than one for a batch of plain
+        /// commands sent upstream as one job (their replies are simply concatenated).
+        count: u32,
+        /// When it was sent, and what (for the slow-command log; only when it is on).
+        sent_at: Option<(Instant, Arc<crate::command::CommandInfo>, usize)>,
+        /// The counters of the commands this slot answers, counted when it settles.
+        tallies: Tallies,
+    },
+}
+
+/// Session state to update when an awaited reply arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Post {
+    Nothing,
+    /// `HELLO … AUTH` verified upstream: on success, switch protocol, set the name and
+    /// answer with the `HELLO` reply instead.
+    Hello {
+        proto: u8,
+        setname: Option<Bytes>,
+    },
+}
+
+/// The counters of the commands a slot answers (usually one; a batch has several).
+#[derive(Debug, Default)]
+pub(super) enum Tallies {
+    #[default]
+    None,
+    One(Arc<CommandTally>),
+    Many(Vec<Arc<CommandTally>>),
+}
+
+impl Tallies {
+    pub(super) fn push(&mut self, t: Arc<CommandTally>) {
+        *self = match std::mem::take(self) {
+            Tallies::None => Tallies::One(t),
+            Tallies::One(first) => Tallies::Many(vec![first, t]),
+            Tallies::Many(mut v) => {
+                v.push(t);
+                Tallies::Many(v)
+            }
+        };
+    }
+
+    /// Counts each command's outcome from its reply frame in `bytes`.
+    fn count(self, bytes: &[u8], is_error: bool) {
+        match self {
+            Tallies::None => {}
+            Tallies::One(t) => t.count(if is_error {
+                Outcome::Error
+            } else {
+                Outcome::of_reply(bytes)
+            }),
+            // No frame can start with an error marker: every command succeeded,
+            // without scanning the replies frame by frame.
+            Tallies::Many(v)
+                if !is_error
+                    && bytes.len() <= FAST_TALLY_BYTES
+                    && !matches!(bytes.first(), Some(b'-' | b'!'))
+                    && memchr::memmem::find(bytes, b"\r\n-").is_none()
+                    && memchr::memmem::find(bytes, b"\r\n!").is_none() =>
+            {
+                for t in v {
+                    t.count(Outcome::Ok);
+                }
+            }
+            Tallies::Many(v) => {
+                let mut rest = bytes;
+                for t in v {
+                    let outcome = if is_error {
+                        Outcome::Error
+                    } else {
+                        match Scanner::default().scan(rest) {
+                            Ok(Some(f)) => {
+                                rest = rest.get(f.len..).unwrap_or_default();
+                                Outcome::of_reply(&[f.kind])
+                            }
+                            _ => Outcome::Ok,
+                        }
+                    };
+                    t.count(outcome);
+                }
+            }
+        }
+    }
+}
+
+impl Session {
+    /// Appends a slot for a command just sent.
+    pub(super) fn await_reply(&mut self, settle: Settle, sent: Option<Bytes>, post: Post) {
+        let discard = self.take_discard();
+        self.next_seq += 1;
+        self.slots.push_back(Slot::Await {
+            seq: self.next_seq,
+            discard,
+            post,
+            settle,
+            parked: false,
+            sent,
+            count: 1,
+            tallies: self.tally.take().map_or(Tallies::None, Tallies::One),
+            sent_at: match self.current.take() {
+                Some(info) if !self.slow.is_zero() => Some((Instant::now(), info, self.keys.len())),
+                _ => None,
+            },
+        });
+        self.inflight += 1;
+        self.outstanding += 1;
+    }
+
+    /// An upstream reply (shared connection or credential check) for the oldest slot.
+    pub(super) fn on_upstream(&mut self, r: Reply) {
+        match r {
+            Ok(b) => self.deliver(b, false),
+            Err(e) => self.deliver(e.reply(), true),
+        }
+    }
+
+    /// Gives `bytes` (a complete reply) to the oldest slot waiting for an upstream
+    /// reply, then writes out every reply now ready at the front.
+    pub(super) fn deliver(&mut self, bytes: Bytes, is_error: bool) {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Await { parked: false, .. }))
+        else {
+            tracing::error!(session = self.id, "reply without a request; dropped");
+            return;
+        };
+        self.complete(idx, bytes, is_error);
+    }
+
+    /// A follow-up request's reply for the parked slot `seq`.
+    pub(super) fn on_resolved(&mut self, seq: u64, reply: Reply) {
+        let Some(idx) = self
+            .slots
+            .iter()
+            .position(|s| matches!(s, Slot::Await { seq: q, .. } if *q == seq))
+        else {
+            return;
+        };
+        if self.holding == Some(seq) {
+            self.holding = None;
+        }
+        match reply {
+            Ok(b) => self.complete(idx, b, false),
+            Err(e) => self.complete(idx, e.reply(), true),
+        }
+    }
+
+    /// Settles slot `idx` with a reply: the engine says what the client gets, or what
+    /// to send next on its behalf.
+    pub(super) fn complete(&mut self, idx: usize, bytes: Bytes, is_error: bool) {
+        let last = idx + 1 == self.slots.len() && self.stalled.is_none();
+        let Some(Slot::Await {
+            seq,
+            settle,
+            sent,
+            post,
+            ..
+        }) = self.slots.get_mut(idx)
+        else {
+            return;
+        };
+        let seq = *seq;
+        if is_error {
+            let post = std::mem::replace(post, Post::Nothing);
+            self.finish(idx, bytes, post, true);
+            return;
+        }
+        let settle = std::mem::take(settle);
+        let sent_before = sent.take();
+        let cx = SettleContext {
+            now: Instant::now(),
+            may_wait: last,
+            sent: sent_before.as_ref(),
+        };
+        match self.engine.settle(settle, bytes, cx) {
+            Settled::Reply(b) => {
+                let post = match self.slots.get_mut(idx) {
+                    Some(Slot::Await { post, .. }) => std::mem::replace(post, Post::Nothing),
+                    _ => Post::Nothing,
+                };
+                self.finish(idx, b, post, false);
+            }
+            Settled::Again(f) => {
+                if let Some(Slot::Await {
+                    settle,
+                    parked,
+                    sent,
+                    ..
+                }) = self.slots.get_mut(idx)
+                {
+                    *settle = f.settle;
+                    *parked = true;
+                    *sent = f.script.then(|| f.data.clone());
+                }
+                if f.holds_later {
+                    self.holding = Some(seq);
+                }
+                self.follow_up(seq, f.data, f.frames, f.delay);
+            }
+        }
+    }
+
+    /// Slot `idx` has its final reply.
+    fn finish(&mut self, idx: usize, bytes: Bytes, post: Post, is_error: bool) {
+        if let Some(Slot::Await {
+            sent_at: Some((at, info, keys)),
+            count,
+            ..
+        }) = self.slots.get(idx)
+        {
+            let took = at.elapsed();
+            if took >= self.slow {
+                tracing::warn!(
+                    session = self.id,
+                    command = %info.name,
+                    keys,
+                    batch = *count,
+                    duration_ms = took.as_millis() as u64,
+                    "slow command"
+                );
+            }
+        }
+        let discard = matches!(self.slots.get(idx), Some(Slot::Await { discard: true, .. }));
+        let count = match self.slots.get_mut(idx) {
+            Some(Slot::Await { count, tallies, .. }) => {
+                std::mem::take(tallies).count(&bytes, is_error);
+                *count
+            }
+            _ => 1,
+        };
+        let size = (bytes.len() / count.max(1) as usize).max(1);
+        self.reply_size = match self.reply_size {
+            0 => size,
+            avg => (avg * 7 + size) / 8,
+        };
+        // A batch that failed owes its client one error per command.
+        let bytes = if is_error && count > 1 {
+            let mut all = BytesMut::with_capacity(bytes.len() * count as usize);
+            for _ in 0..count {
+                all.extend_from_slice(&bytes);
+            }
+            all.freeze()
+        } else {
+            bytes
+        };
+        let bytes = match post {
+            Post::Hello { proto, setname } if !is_error && bytes.starts_with(b"+OK") => {
+                self.proto = proto;
+                if let Some(name) = setname {
+                    self.name = (!name.is_empty()).then_some(name);
+                }
+                super::local::hello_reply(&self.ctx.server.load(), proto, self.id)
+            }
+            _ => bytes,
+        };
+        if let Some(slot) = self.slots.get_mut(idx) {
+            *slot = Slot::Ready(if discard { Bytes::new() } else { bytes });
+            self.inflight -= 1;
+            self.outstanding = self.outstanding.saturating_sub(count as usize);
+        }
+        self.last_active = Instant::now();
+        while let Some(Slot::Ready(_)) = self.slots.front() {
+            if let Some(Slot::Ready(b)) = self.slots.pop_front() {
+                self.out.extend_from_slice(&b);
+            }
+        }
+    }
+
+    /// Whether the next reply is suppressed by `CLIENT REPLY`.
+    pub(super) fn take_discard(&mut self) -> bool {
+        use super::local::ReplyMode;
+        match self.reply_mode {
+            ReplyMode::On => false,
+            ReplyMode::Off => true,
+            ReplyMode::Skip => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+        }
+    }
+
+    /// A reply of this session's own, subject to `CLIENT REPLY`.
+    pub(super) fn reply(&mut self, bytes: Bytes) {
+        if let Some(t) = self.tally.take() {
+            t.count(Outcome::of_reply(&bytes));
+        }
+        if !self.take_discard() {
+            self.queue(bytes);
+        }
+    }
+
+    /// Queues bytes for the client behind whatever is owed before them.
+    pub(super) fn queue(&mut self, bytes: Bytes) {
+        if let Some(t) = self.tally.take() {
+            t.count(Outcome::of_reply(&bytes));
+        }
+        if self.slots.is_empty() {
+            self.out.extend_from_slice(&bytes);
+        } else {
+            self.slots.push_back(Slot::Ready(bytes));
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Commands on a shared connection: the engine's plan sent as one job, with the write's
+//! ordering tokens and, if its fate becomes unknown, its invalidation re-sent; plain
+//! commands read in one go share one job; follow-up requests the engine asks for are
+//! sent on the command's behalf.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::Instant;
+
+use super::replies::{Post, Slot};
+use super::{Route, Session};
+use crate::command::CommandInfo;
+use crate::engine::{Retry, Settle};
+use crate::key_lock::{Held, LockTimeout};
+use crate::resp::{Request, reply};
+use crate::upstream::{Job, UpstreamError, connect};
+
+/// Largest buffer reserved up front for a batch of plain commands.
+const MAX_BATCH_HINT: usize = 64 * 1024;
+
+impl Session {
+    /// Sends a command over the session's shared connection, as the engine plans it.
+    /// Gives the command back if it must wait for replies owed on another route.
+    pub(super) async fn send_shared(
+        &mut self,
+        req: Request,
+        info: Option<&CommandInfo>,
+    ) -> Option<Request> {
+        let id = self.identity();
+        let route = Route::Shared(id);
+        if self.inflight > 0 && self.route != Some(route) {
+            return Some(req);
+        }
+        self.route = Some(route);
+        if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
+            self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
+        }
+        let plan = match self
+            .engine
+            .plan(&req, info, &mut self.keys, self.proto, self.db)
+        {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                self.reply(refusal);
+                return None;
+            }
+        };
+        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On {
+            self.batch_plain(&plan.data, plan.frames);
+            return None;
+        }
+        self.flush_batch();
+        let held = if plan.written.is_empty() {
+            None
+        } else {
+            let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
+            self.take_tokens(owner, &plan.written).await?
+        };
+        let sent = plan.script.then(|| plan.data.clone());
+        let on_fail = plan.retry.map(|r| self.retry_on_fail(r));
+        let job = Job {
+            data: plan.data,
+            frames: plan.frames,
+            reply: Some(self.reply_tx.clone()),
+            held: held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>),
+            on_fail,
+        };
+        self.send_job(job);
+        self.await_reply(plan.settle, sent, Post::Nothing);
+        None
+    }
+
+    /// What a job does if its write's fate becomes unknown: its invalidation is queued
+    /// for re-sending (and fills of its keys are refused here until it lands).
+    fn retry_on_fail(&self, mut retry: Retry) -> crate::upstream::OnFail {
+        retry.db = self.db;
+        let queue = self.engine.retries.clone();
+        Box::new(move |err: &UpstreamError| {
+            if err.maybe_applied() {
+                queue.submit(retry);
+            }
+        })
+    }
+
+    fn send_job(&self, job: Job) {
+        match &self.shared {
+            Some((_, conn)) => conn.send(job),
+            None => job.fail(&UpstreamError::Unavailable("no connection".into())),
+        }
+    }
+
+    /// Adds a plain command to the batch for the shared connection, extending the last
+    /// slot when it is the batch's.
+    fn batch_plain(&mut self, data: &[u8], frames: u32) {
+        if let Some((seq, buf, n)) = self.batch.as_mut()
+            && let Some(Slot::Await {
+                seq: last,
+                count,
+                tallies,
+                ..
+            }) = self.slots.back_mut()
+            && *last == *seq
+        {
+            buf.extend_from_slice(data);
+            *n += frames;
+            *count += 1;
+            self.outstanding += 1;
+            if let Some(t) = self.tally.take() {
+                tallies.push(t);
+            }
+            return;
+        }
+        self.flush_batch();
+        self.await_reply(Settle::Forward, None, Post::Nothing);
+        // Room for the rest of this read too (the commands still undecoded), so that a
+        // pipeline does not grow the batch one reallocation at a time.
+        let mut buf = BytesMut::with_capacity((data.len() + self.rbuf.len()).min(MAX_BATCH_HINT));
+        buf.extend_from_slice(data);
+        self.batch = Some((self.next_seq, buf, frames));
+    }
+
+    /// Sends the pending batch, if any.
+    pub(super) fn flush_batch(&mut self) {
+        let Some((_, data, frames)) = self.batch.take() else {
+            return;
+        };
+        self.send_job(Job {
+            data: data.freeze(),
+            frames,
+            reply: Some(self.reply_tx.clone()),
+            held: None,
+            on_fail: None,
+        });
+    }
+
+    /// The ordering tokens of keys a write is about to change, waiting (bounded by
+    /// `command_timeout`) while another connection's writes of them are outstanding.
+    /// `Some(None)` never happens; `None` after answering the client with the timeout.
+    async fn take_tokens(&mut self, owner: u64, keys: &[Bytes]) -> Option<Option<Held>> {
+        let locks = self.engine.locks.clone();
+        if let Ok(h) = locks.try_acquire(owner, keys) {
+            return Some(Some(h));
+        }
+        self.engine
+            .stats
+            .key_lock_waits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let limit = self.ctx.upstream.settings().command_timeout;
+        let waited = Instant::now();
+        let result = locks.acquire(owner, keys, limit).await;
+        self.ctx.metrics.key_lock_wait.observe(waited.elapsed());
+        match result {
+            Ok(h) => Some(Some(h)),
+            Err(LockTimeout) => {
+                self.engine
+                    .stats
+                    .key_lock_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.reply(reply::error(&format!(
+                    "ERR cachet: timed out after {} waiting for earlier writes of the same key",
+                    connect::fmt_duration(limit)
+                )));
+                None
+            }
+        }
+    }
+
+    /// Sends a request the engine asked for on behalf of the parked slot `seq`, after
+    /// `delay`, on a shared connection of the database and protocol the slot's command
+    /// ran in; its reply comes back through the resolve channel.
+    pub(super) fn follow_up(&mut self, seq: u64, data: Bytes, frames: u32, delay: Duration) {
+        let conn = self.ctx.upstream.shared(self.owed_identity(), self.id);
+        let tx = self.resolve_tx.clone();
+        tokio::spawn(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let (rtx, mut rrx) = tokio::sync::mpsc::unbounded_channel();
+            conn.send(Job {
+                data,
+                frames,
+                reply: Some(rtx),
+                held: None,
+                on_fail: None,
+            });
+            let reply = rrx.recv().await.unwrap_or(Err(UpstreamError::Lost));
+            let _ = tx.send((seq, reply));
+        });
+    }
+
+    /// Sends invalidations nobody waits for on the shared connection (after a blocking
+    /// write, which could not share an atomic unit with them).
+    pub(super) fn invalidate_now(&mut self, commands: Vec<Vec<Bytes>>) {
+        if commands.is_empty() {
+            return;
+        }
+        let mut data = BytesMut::new();
+        for c in &commands {
+            crate::resp::request::encode_command(&mut data, c);
+        }
+        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        conn.send(Job {
+            data: data.freeze(),
+            frames: commands.len() as u32,
+            reply: None,
+            held: None,
+            on_fail: None,
+        });
+    }
+}

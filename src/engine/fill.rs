@@ -121,8 +121,8 @@ pub fn miss(st: &mut KeyState, now: Ms, mode: ReadMode, absent: bool, win: Windo
 pub enum Policy {
     /// Stored in arrival order.
     Set,
-    /// Stored, unless another write-through landed within `fill_window`: then the key
-    /// is deleted. Every refused `SET` invalidates.
+    /// Stored, unless another `SET` was stored within `fill_window`: then the key is
+    /// deleted (unless it holds that very value). Every refused `SET` invalidates.
     Collapse,
     /// Never stored: the key is deleted.
     Invalidate,
@@ -199,8 +199,8 @@ impl Verdict {
 }
 
 /// Judges a `SET` (the `SET` script). `amnesia_until`: until then the upstream is known
-/// to have lost its state (a restart), so a `SET` without state may be the fill of a
-/// miss it forgot.
+/// to have lost its state (a restart), so any `SET` may be the fill of a miss it
+/// forgot, older than an invalidation since: none is stored.
 pub fn judge_set(
     st: &mut KeyState,
     now: Ms,
@@ -213,17 +213,17 @@ pub fn judge_set(
     if (flags.nx && cur.exists) || (flags.xx && !cur.exists) {
         return Verdict::NotSet;
     }
-    let live = st.is_live(now);
     *st = st.at(now);
     let verdict = if st.m <= now {
-        if !live && now < amnesia_until {
+        if now < amnesia_until {
+            // The upstream lost the misses it kept: this may be the fill of one.
             Verdict::Dropped
         } else if policy == Policy::Invalidate || (policy == Policy::Collapse && st.w > now) {
             Verdict::Invalidated
         } else {
             Verdict::StoredWrite
         }
-    } else if st.s <= now {
+    } else if st.s.max(amnesia_until) <= now && !(policy == Policy::Collapse && st.w > now) {
         Verdict::StoredFill
     } else if cur.exists && cur.same_value {
         Verdict::Kept
@@ -237,9 +237,6 @@ pub fn judge_set(
             if verdict == Verdict::StoredFill {
                 st.s = st.m;
             }
-            if policy == Policy::Collapse {
-                st.w = now + win.fill;
-            }
             st.l = 0;
         }
         Verdict::Deleted | Verdict::Invalidated => {
@@ -247,6 +244,10 @@ pub fn judge_set(
             st.l = 0;
         }
         _ => {}
+    }
+    if policy == Policy::Collapse {
+        // Any SET may be a write-through: one within the window after it collapses.
+        st.w = now + win.fill;
     }
     verdict
 }
@@ -383,19 +384,28 @@ mod tests {
         let c = |st: &mut KeyState, now| judge_set(st, now, ABSENT, NONE, Policy::Collapse, 0, WIN);
         assert_eq!(c(&mut st, 0), Verdict::StoredWrite);
         assert_eq!(c(&mut st, 50), Verdict::Invalidated);
-        assert_eq!(c(&mut st, 101), Verdict::StoredWrite);
+        // Every SET renews the window: a key written through more often stays deleted.
+        assert_eq!(c(&mut st, 149), Verdict::Invalidated);
+        assert_eq!(c(&mut st, 250), Verdict::StoredWrite);
     }
 
     #[test]
-    fn after_the_upstream_lost_its_state_a_set_without_state_is_dropped() {
+    fn after_the_upstream_lost_its_state_no_set_is_stored_for_a_window() {
         let mut st = KeyState::default();
         assert_eq!(
             judge_set(&mut st, 5, ABSENT, NONE, Policy::Set, 10, WIN),
             Verdict::Dropped
         );
+        // A miss after the restart does not make a SET trustworthy: it may still be
+        // the fill of a miss from before it.
+        miss(&mut st, 6, ReadMode::Final, true, WIN);
+        assert_eq!(
+            judge_set(&mut st, 7, ABSENT, NONE, Policy::Set, 10, WIN),
+            Verdict::Dropped
+        );
         assert_eq!(
             judge_set(&mut st, 10, ABSENT, NONE, Policy::Set, 10, WIN),
-            Verdict::StoredWrite
+            Verdict::StoredFill
         );
     }
 }

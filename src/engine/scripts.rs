@@ -37,8 +37,7 @@ local function load(S, now)
   local f = redis.call('HMGET', S, 'm', 's', 't', 'l', 'w')
   local st = {m = tonumber(f[1]) or 0, s = tonumber(f[2]) or 0, t = tonumber(f[3]) or 0,
               l = tonumber(f[4]) or 0, w = tonumber(f[5]) or 0}
-  st.live = math.max(st.m, st.s, st.t, st.l, st.w) > now
-  if not st.live then st.m, st.s, st.t, st.l, st.w = 0, 0, 0, 0, 0 end
+  if math.max(st.m, st.s, st.t, st.l, st.w) <= now then st.m, st.s, st.t, st.l, st.w = 0, 0, 0, 0, 0 end
   return st
 end
 local function save(S, st, now)
@@ -125,10 +124,10 @@ local now = now_ms()
 local st = load(S, now)
 local v
 if st.m <= now then
-  if not st.live and now < amnesia then v = 5
+  if now < amnesia then v = 5
   elseif policy == 'invalidate' or (policy == 'collapse' and st.w > now) then v = 7
   else v = 1 end
-elseif st.s <= now then
+elseif math.max(st.s, amnesia) <= now and not (policy == 'collapse' and st.w > now) then
   v = 2
 else
   local cur = redis.pcall('GET', k)
@@ -140,17 +139,16 @@ if v == 1 or v == 2 then
   local r = redis.pcall('SET', k, unpack(ARGV, 7))
   if type(r) == 'table' and r.err then return r end
   if v == 2 then st.s = st.m end
-  if policy == 'collapse' then st.w = now + W end
   st.l = 0
-  save(S, st, now)
   redis.call('PUBLISH', chan, k)
 elseif v == 4 or v == 7 then
   redis.call('DEL', k)
   st.s = math.max(st.s, st.m)
   st.l = 0
-  save(S, st, now)
   redis.call('PUBLISH', chan, k)
 end
+if policy == 'collapse' then st.w = now + W end
+if v ~= 3 and v ~= 5 or policy == 'collapse' then save(S, st, now) end
 return reply(v)
 "#;
 
@@ -179,10 +177,10 @@ local function judge(i, apply)
   local st = load(S, now)
   local v
   if st.m <= now then
-    if not st.live and now < amnesia then v = 5
+    if now < amnesia then v = 5
     elseif policy == 'invalidate' or (policy == 'collapse' and st.w > now) then v = 7
     else v = 1 end
-  elseif st.s <= now then
+  elseif math.max(st.s, amnesia) <= now and not (policy == 'collapse' and st.w > now) then
     v = 2
   else
     local cur = redis.pcall('GET', k)
@@ -194,17 +192,16 @@ local function judge(i, apply)
   if v == 1 or v == 2 then
     redis.call('SET', k, value)
     if v == 2 then st.s = st.m end
-    if policy == 'collapse' then st.w = now + W end
     st.l = 0
-    save(S, st, now)
     redis.call('PUBLISH', chan, k)
   elseif v == 4 or v == 7 then
     redis.call('DEL', k)
     st.s = math.max(st.s, st.m)
     st.l = 0
-    save(S, st, now)
     redis.call('PUBLISH', chan, k)
   end
+  if policy == 'collapse' then st.w = now + W end
+  if v ~= 3 and v ~= 5 or policy == 'collapse' then save(S, st, now) end
   return v
 end
 local out = {}

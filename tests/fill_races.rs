@@ -1,0 +1,278 @@
+//! Every way a stale fill used to get in, scripted step by step against a real
+//! `redis-server`, with several cachets in front of it where the race needs them and
+//! the fill on another pooled connection than the miss (docs/fill-protocol.md). Each
+//! test ends by reading Redis directly: the stale value must not be there.
+//!
+//! (Each of these failed on the previous protocol: a lease per client connection, a
+//! "recently leased" mark per cachet, `hold_off` checked when the fill arrives.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::cachet::{Cachet, config_for};
+use support::raw::{Raw, words};
+use support::redis::RedisServer;
+use support::shim::{Fault, Shim};
+
+const NIL: &[u8] = b"$-1\r\n";
+const OK: &[u8] = b"+OK\r\n";
+const HOLD_OFF: Duration = Duration::from_millis(300);
+const LEASE: Duration = Duration::from_millis(600);
+const WINDOW: Duration = Duration::from_secs(3);
+
+fn config(url: &str) -> cachet::Config {
+    let mut config = config_for(url);
+    config.consistency.hold_off = HOLD_OFF;
+    config.consistency.lease_ttl = LEASE;
+    config.consistency.fill_window = WINDOW;
+    config.consistency.coalesce_wait = Duration::from_millis(50);
+    config
+}
+
+fn cachet(redis: &RedisServer) -> Cachet {
+    Cachet::start_with(config(&redis.url()))
+}
+
+fn get(c: &mut Raw, key: &str) -> Vec<u8> {
+    c.call(&words(&format!("GET {key}")))
+}
+
+/// What Redis itself holds for `key` (a GET through cachet would record a miss).
+fn upstream(redis: &RedisServer, key: &str) -> Vec<u8> {
+    Raw::connect(redis.addr()).call(&words(&format!("GET {key}")))
+}
+
+#[test]
+fn a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation() {
+    let redis = RedisServer::start();
+    let (a, b) = (cachet(&redis), cachet(&redis));
+    let mut r2 = Raw::connect(b.addr);
+    let mut r1 = Raw::connect(a.addr);
+    let mut writer = Raw::connect(b.addr);
+    // R2 misses through cachet B and takes the lease; R1 misses through cachet A,
+    // waits for R2's fill, gets nil and reads the database (the old row).
+    assert_eq!(get(&mut r2, ":1:item"), NIL);
+    assert_eq!(get(&mut r1, ":1:item"), NIL);
+    // The writer commits and deletes.
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    // More than hold_off later, R1's fill of the old row arrives through A.
+    std::thread::sleep(HOLD_OFF * 2);
+    assert_eq!(r1.call(&words("SET :1:item old EX 600")), OK);
+    assert_eq!(upstream(&redis, ":1:item"), NIL);
+}
+
+#[test]
+fn a_coalesced_fill_after_the_holders_fill_and_a_delete_is_refused() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let (mut holder, mut waiter, mut writer) = (
+        Raw::connect(a.addr),
+        Raw::connect(a.addr),
+        Raw::connect(a.addr),
+    );
+    assert_eq!(get(&mut holder, ":1:item"), NIL);
+    assert_eq!(get(&mut waiter, ":1:item"), NIL, "coalesced, then nil");
+    assert_eq!(holder.call(&words("SET :1:item v0 EX 600")), OK);
+    assert_eq!(writer.call(&words("DEL :1:item")), b":1\r\n");
+    std::thread::sleep(HOLD_OFF * 2);
+    assert_eq!(waiter.call(&words("SET :1:item v0 EX 600")), OK);
+    assert_eq!(upstream(&redis, ":1:item"), NIL);
+}
+
+#[test]
+fn a_miss_answered_within_hold_off_is_never_filled() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let (mut reader, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    // Answered at once (a pipelined command follows it), within hold_off...
+    reader.send(&[words("GET :1:item"), words("PING")].concat());
+    assert_eq!(reader.frame(), NIL);
+    assert_eq!(reader.frame(), b"+PONG\r\n");
+    // ...a second delete, then the slow fill after every tombstone has expired.
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    std::thread::sleep(HOLD_OFF * 3);
+    assert_eq!(reader.call(&words("SET :1:item old EX 600")), OK);
+    assert_eq!(upstream(&redis, ":1:item"), NIL);
+}
+
+#[test]
+fn a_fill_after_its_lease_expired_is_still_judged_by_its_miss() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let (mut reader, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    assert_eq!(get(&mut reader, ":1:item"), NIL);
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    std::thread::sleep(LEASE + HOLD_OFF);
+    assert_eq!(reader.call(&words("SET :1:item old EX 600")), OK);
+    assert_eq!(upstream(&redis, ":1:item"), NIL);
+}
+
+#[test]
+fn a_cachet_restarted_between_a_miss_and_its_fill_still_refuses_it() {
+    let redis = RedisServer::start();
+    let mut a = cachet(&redis);
+    let mut reader = Raw::connect(a.addr);
+    assert_eq!(get(&mut reader, ":1:item"), NIL);
+    a.stop();
+    let restarted = cachet(&redis);
+    let mut writer = Raw::connect(restarted.addr);
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    std::thread::sleep(HOLD_OFF * 2);
+    let mut reader = Raw::connect(restarted.addr);
+    assert_eq!(reader.call(&words("SET :1:item old EX 600")), OK);
+    assert_eq!(upstream(&redis, ":1:item"), NIL);
+}
+
+#[test]
+fn django_set_many_in_a_transaction_is_judged_like_a_set() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let (mut app, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    // get_many misses both keys; a writer invalidates one of them.
+    assert_eq!(app.call(&words("MGET :1:a :1:b")), b"*2\r\n$-1\r\n$-1\r\n");
+    assert_eq!(writer.call(&words("DEL :1:b")), b":0\r\n");
+    // set_many is redis-py's pipeline(): MULTI, MSET, EXPIRE each, EXEC.
+    for line in [
+        "MULTI",
+        "MSET :1:a fresh :1:b stale",
+        "EXPIRE :1:a 60",
+        "EXPIRE :1:b 60",
+    ] {
+        let r = app.call(&words(line));
+        assert!(r == OK || r == b"+QUEUED\r\n", "{line}: {r:?}");
+    }
+    // The replies are exactly Redis's (EXPIRE of the dropped key answers 0, as it
+    // would had the key expired).
+    assert_eq!(app.call(&words("EXEC")), b"*3\r\n+OK\r\n:1\r\n:0\r\n");
+    assert_eq!(upstream(&redis, ":1:a"), b"$5\r\nfresh\r\n");
+    assert_eq!(upstream(&redis, ":1:b"), NIL);
+}
+
+#[test]
+fn every_set_form_is_judged_and_other_writes_invalidate() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let (mut app, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    let stale_after = |app: &mut Raw, writer: &mut Raw, key: &str| {
+        assert_eq!(get(app, key), NIL);
+        assert_eq!(writer.call(&words(&format!("DEL {key}"))), b":0\r\n");
+    };
+    // Each SET form, after its miss was overtaken by an invalidation, stores nothing
+    // and answers what Redis answers when it sets (or, for NX, does not set).
+    for (i, (cmd, reply)) in [
+        ("SET {} old GET", NIL),
+        ("SET {} old KEEPTTL", OK),
+        ("SET {} old NX", NIL),
+        ("SET {} old PXAT 99999999999999", OK),
+        ("SETEX {} 100 old", OK),
+        ("PSETEX {} 100000 old", OK),
+        ("SETNX {} old", b":0\r\n"),
+        ("GETSET {} old", NIL),
+        ("MSET {} old", OK),
+        ("MSETNX {} old", b":0\r\n"),
+        ("MSET {} old plain:key x", OK),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let key = format!(":1:form{i}");
+        stale_after(&mut app, &mut writer, &key);
+        assert_eq!(app.call(&words(&cmd.replace("{}", &key))), reply, "{cmd}");
+        assert_eq!(upstream(&redis, &key), NIL, "{cmd}");
+    }
+    // SET XX of a key refilled meanwhile by a fresh fill: refused, and since it may
+    // be older than what the key holds, the key is invalidated.
+    assert_eq!(get(&mut app, ":1:xx"), NIL);
+    assert_eq!(writer.call(&words("SET :1:xx fresh")), OK);
+    assert_eq!(app.call(&words("SET :1:xx old XX")), OK);
+    assert_eq!(upstream(&redis, ":1:xx"), NIL);
+    // APPEND, SETRANGE and INCR are writes: stored with their invalidation, which a
+    // fill from before them cannot overtake.
+    for (i, write) in ["APPEND {} x", "SETRANGE {} 0 x", "INCR {}"]
+        .into_iter()
+        .enumerate()
+    {
+        let key = format!(":1:w{i}");
+        assert_eq!(get(&mut app, &key), NIL);
+        writer.call(&words(&write.replace("{}", &key)));
+        assert_ne!(upstream(&redis, &key), NIL, "{write} stored");
+        std::thread::sleep(HOLD_OFF);
+        assert_eq!(app.call(&words(&format!("SET {key} old"))), OK);
+        assert_ne!(upstream(&redis, &key), b"$3\r\nold\r\n", "{write}");
+    }
+}
+
+#[test]
+fn a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused() {
+    let redis = RedisServer::start();
+    let a = cachet(&redis);
+    let mut conns: Vec<Raw> = (0..3).map(|_| Raw::connect(a.addr)).collect();
+    let mut writer = Raw::connect(a.addr);
+    // Thread 1 misses on connection 0 and reads the old row.
+    assert_eq!(get(&mut conns[0], ":1:item"), NIL);
+    assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
+    std::thread::sleep(HOLD_OFF * 2);
+    // Thread 2 misses and fills on connection 1 (refused: thread 1's miss, older than
+    // the delete, may still be filled).
+    assert_eq!(get(&mut conns[1], ":1:item"), NIL);
+    assert_eq!(conns[1].call(&words("SET :1:item new EX 600")), OK);
+    // Thread 1's fill of the old row arrives on connection 2.
+    assert_eq!(conns[2].call(&words("SET :1:item old EX 600")), OK);
+    assert_ne!(upstream(&redis, ":1:item"), b"$3\r\nold\r\n");
+}
+
+#[test]
+fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
+    let redis = RedisServer::start();
+    let shim = Shim::start(redis.addr());
+    let mut config = config(&shim.url());
+    config.upstream.command_timeout = Duration::from_millis(300);
+    let a = Cachet::start_with(config);
+    let mut direct = Raw::connect(redis.addr());
+    assert_eq!(direct.call(&words("SET :1:item old")), OK);
+    let mut writer = Raw::connect(a.addr);
+    assert_eq!(get(&mut writer, ":1:item"), b"$3\r\nold\r\n");
+    // The writer's delete never reaches Redis: its connection stalls and is dropped.
+    shim.set(Fault::Stall {
+        to_server: true,
+        to_client: true,
+    });
+    let r = writer.call(&words("DEL :1:item"));
+    assert!(r.starts_with(b"-ERR cachet: upstream"), "{r:?}");
+    // (The shim drops what it held: the delete is lost.)
+    shim.reset_all();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(upstream(&redis, ":1:item"), b"$3\r\nold\r\n");
+    // Once the upstream is reachable again, cachet's re-sent invalidation deletes it.
+    shim.set(Fault::Pass);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while upstream(&redis, ":1:item") != NIL {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invalidation was not re-sent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_refused_set_nx_never_claims_the_mutex() {
+    let redis = RedisServer::start();
+    let (a, b) = (cachet(&redis), cachet(&redis));
+    let (mut one, mut two) = (Raw::connect(a.addr), Raw::connect(b.addr));
+    // A client checks the lock key (a miss), another releases it meanwhile...
+    assert_eq!(get(&mut one, ":1:lock"), NIL);
+    assert_eq!(two.call(&words("DEL :1:lock")), b":0\r\n");
+    // ...the first one's cache.add is refused: answered nil, nothing set.
+    assert_eq!(one.call(&words("SET :1:lock me NX EX 30")), NIL);
+    assert_eq!(upstream(&redis, ":1:lock"), NIL);
+    // An add no miss explains takes the lock; a second one is told it did not.
+    std::thread::sleep(WINDOW);
+    assert_eq!(two.call(&words("SET :1:lock two NX EX 30")), OK);
+    assert_eq!(one.call(&words("SET :1:lock one NX EX 30")), NIL);
+    assert_eq!(upstream(&redis, ":1:lock"), b"$3\r\ntwo\r\n");
+}

@@ -1,6 +1,7 @@
 //! The hot-key herd: in rounds, one writer updates the hot row and invalidates it,
-//! waits out cachet's `hold_off` (so that a fill can be stored), then every worker
-//! misses the key at once; the database reads of each round are counted.
+//! waits out cachet's `hold_off` and fill window (so that the previous round's misses
+//! can no longer be filled, and a new fill can be stored), then every worker misses
+//! the key at once; the database reads of each round are counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ const HOT: u32 = 0;
 pub async fn run(
     workers: Vec<Worker>,
     mut writer: Worker,
-    hold_off: Duration,
+    spacing: Duration,
 ) -> (Vec<Worker>, Vec<u64>) {
     let shared = Arc::clone(&writer.shared);
     let barrier = Arc::new(Barrier::new(workers.len() + 1));
@@ -46,7 +47,7 @@ pub async fn run(
         } else {
             writer.write(HOT).await;
             shared.ops.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(hold_off + Duration::from_millis(50)).await;
+            tokio::time::sleep(spacing + Duration::from_millis(50)).await;
             shared.db_reads.store(0, Ordering::Relaxed);
         }
         barrier.wait().await;

@@ -73,11 +73,6 @@ impl Event {
     }
 }
 
-/// Django's key for item `n` (`KEY_PREFIX` empty, `VERSION` 1).
-pub fn cache_key(n: u32) -> String {
-    format!(":1:item:{n}")
-}
-
 /// A cached value: the row's version, a colon, the payload.
 pub fn cache_value(ver: i64, payload: &str) -> String {
     format!("{ver}:{payload}")
@@ -100,7 +95,6 @@ mod tests {
             Some(42)
         );
         assert_eq!(parse_version(b"nonsense"), None);
-        assert_eq!(cache_key(7), ":1:item:7");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `cachet-check`: runs a cache-aside application's workload (Django's Redis cache
 //! backend command sequences) against a real database and Redis, directly and through
-//! cachet, and reports exactly how stale the cache got (DESIGN section 8).
+//! cachet, and reports exactly how stale the cache got (the proxy's docs/design.md,
+//! "How it is proven").
 //!
 //! | concern | file |
 //! |---|---|
@@ -14,9 +15,11 @@
 //! | per-key linearizability of reads | `linearizability.rs` |
 //! | figures, table, JSON, verdict | `report.rs` |
 //! | `redis-server` and `cachet` child processes (`--spawn`) | `spawn.rs` |
+//! | a proxy that resets connections (`dropped-invalidation`) | `faults.rs` |
 
 pub mod client;
 pub mod db;
+pub mod faults;
 pub mod herd;
 pub mod history;
 pub mod linearizability;
@@ -33,72 +36,120 @@ use std::time::Duration;
 use serde::Serialize;
 
 use self::db::Db;
+use self::faults::FaultProxy;
 use self::report::{ProfileReport, RunReport};
 use self::run::{Fault, RunSpec};
 use self::spawn::Proc;
 
-/// A fault profile: a workload shape, and for two of them a process restarted mid-run.
+/// A fault profile: a workload shape, and for some of them a fault at half time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
     /// Random delay between the database read and the fill.
     SlowFill,
+    /// Fills slower than `hold_off`, as slow as half the fill window.
+    SlowFillPastHoldOff,
+    /// Fills slower than `lease_ttl` (within the fill window).
+    LeaseExpiry,
     /// The writer deletes the key inside its transaction, before `COMMIT`.
     PreCommitDelete,
-    /// The writer `SET`s the new value after `COMMIT`, with a random delay.
+    /// The writer `SET`s the new value after `COMMIT`, with a random delay (keys in a
+    /// `write_through = "collapse"` keyspace).
     WriteThrough,
+    /// Django's `get_many`, then `set_many` as redis-py's transaction pipeline
+    /// (`MULTI`, `MSET`, `EXPIRE` each, `EXEC`).
+    SetManyPipeline,
+    /// Workers of several cachets miss the same keys (at least two cachets).
+    MultiSidecar,
+    /// Every worker's commands go to any connection of a pool its cachet's workers
+    /// share, as Django's cache does with threads.
+    Pooled,
+    /// Connections to Redis are reset every few hundred milliseconds: invalidations
+    /// are lost (`--spawn` only).
+    DroppedInvalidation,
     /// Hundreds of workers miss one hot key at once.
     Herd,
     /// The Redis process is restarted mid-run (`--spawn` only).
     UpstreamRestart,
     /// cachet is killed with SIGKILL and restarted mid-run (`--spawn` only).
     CachetRestart,
+    /// One of several cachets is killed and restarted mid-run (`--spawn`, at least two).
+    RestartOneOfSeveral,
     /// Skewed keys, mixed operations, no faults.
     Zipf,
+    /// Many keys, each written less than once per ten seconds, skewed reads from
+    /// pooled workers: the hit rate through cachet against Redis's.
+    ReadMostly,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 7] = [
+    pub const ALL: [Profile; 15] = [
         Profile::SlowFill,
+        Profile::SlowFillPastHoldOff,
+        Profile::LeaseExpiry,
         Profile::PreCommitDelete,
         Profile::WriteThrough,
+        Profile::SetManyPipeline,
+        Profile::MultiSidecar,
+        Profile::Pooled,
+        Profile::DroppedInvalidation,
         Profile::Herd,
         Profile::UpstreamRestart,
         Profile::CachetRestart,
+        Profile::RestartOneOfSeveral,
         Profile::Zipf,
+        Profile::ReadMostly,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Profile::SlowFill => "slow-fill",
+            Profile::SlowFillPastHoldOff => "slow-fill-past-hold-off",
+            Profile::LeaseExpiry => "lease-expiry",
             Profile::PreCommitDelete => "pre-commit-delete",
             Profile::WriteThrough => "write-through",
+            Profile::SetManyPipeline => "set-many-pipeline",
+            Profile::MultiSidecar => "multi-sidecar",
+            Profile::Pooled => "pooled",
+            Profile::DroppedInvalidation => "dropped-invalidation",
             Profile::Herd => "herd",
             Profile::UpstreamRestart => "upstream-restart",
             Profile::CachetRestart => "cachet-restart",
+            Profile::RestartOneOfSeveral => "restart-one-of-several",
             Profile::Zipf => "zipf",
+            Profile::ReadMostly => "read-mostly",
         }
     }
 
     /// Profiles whose race must show directly against Redis (or the checker has lost
     /// its teeth).
     pub fn racy(self) -> bool {
+        !matches!(self, Profile::Herd | Profile::Zipf | Profile::ReadMostly)
+    }
+
+    /// Profiles that need processes the checker started itself (`--spawn`).
+    pub fn needs_spawn(self) -> bool {
         matches!(
             self,
-            Profile::SlowFill | Profile::PreCommitDelete | Profile::WriteThrough
+            Profile::UpstreamRestart
+                | Profile::CachetRestart
+                | Profile::RestartOneOfSeveral
+                | Profile::DroppedInvalidation
         )
     }
 
-    /// Profiles that restart a process, which needs `--spawn`.
-    pub fn needs_spawn(self) -> bool {
-        matches!(self, Profile::UpstreamRestart | Profile::CachetRestart)
+    /// Profiles that need at least two cachets.
+    pub fn needs_several(self) -> bool {
+        matches!(self, Profile::MultiSidecar | Profile::RestartOneOfSeveral)
     }
 
     /// The workload: few hot keys and many workers where a race must show within
-    /// seconds.
-    pub fn shape(self) -> Shape {
+    /// seconds. `w` are cachet's windows (slow fills are drawn across them).
+    pub fn shape(self, w: &Windows) -> Shape {
+        let ms = |d: Duration| d.as_millis() as u64;
         let base = Shape {
             keys: 4,
+            key_prefix: ":1:item:",
             workers: 24,
             write_ratio: 0.1,
             mget_ratio: 0.0,
@@ -109,10 +160,26 @@ impl Profile {
             hold_ms: (0, 0),
             invalidation: Invalidation::Delete,
             herd: false,
+            pooled: false,
+            set_many: false,
+            writes_per_sec: None,
+        };
+        let slow = Shape {
+            fill_delay_ms: (5, 50),
+            ..base.clone()
         };
         match self {
-            Profile::SlowFill => Shape {
-                fill_delay_ms: (5, 50),
+            Profile::SlowFill => slow,
+            Profile::SlowFillPastHoldOff => Shape {
+                workers: 32,
+                write_ratio: 0.05,
+                fill_delay_ms: (ms(w.hold_off), ms(w.hold_off).max(ms(w.fill) / 2)),
+                ..base
+            },
+            Profile::LeaseExpiry => Shape {
+                workers: 32,
+                write_ratio: 0.05,
+                fill_delay_ms: (ms(w.lease), ms(w.lease).max(ms(w.fill) * 4 / 5)),
                 ..base
             },
             Profile::PreCommitDelete => Shape {
@@ -122,10 +189,30 @@ impl Profile {
                 ..base
             },
             Profile::WriteThrough => Shape {
+                key_prefix: ":1:wt:",
                 write_ratio: 0.3,
                 hold_ms: (0, 20),
                 invalidation: Invalidation::WriteThrough,
                 ..base
+            },
+            Profile::SetManyPipeline => Shape {
+                mget_ratio: 0.9,
+                write_ratio: 0.1,
+                set_many: true,
+                ..slow
+            },
+            Profile::MultiSidecar | Profile::RestartOneOfSeveral => Shape {
+                workers: 30,
+                ..slow
+            },
+            Profile::Pooled => Shape {
+                pooled: true,
+                ..slow
+            },
+            Profile::DroppedInvalidation => Shape {
+                keys: 8,
+                write_ratio: 0.2,
+                ..slow
             },
             Profile::Herd => Shape {
                 keys: 1,
@@ -150,8 +237,29 @@ impl Profile {
                 zipf: Some(1.1),
                 ..base
             },
+            Profile::ReadMostly => Shape {
+                keys: 2000,
+                workers: 32,
+                write_ratio: 0.0,
+                mget_ratio: 0.1,
+                zipf: Some(1.0),
+                fill_delay_ms: (1, 5),
+                think_ms: (0, 1),
+                pooled: true,
+                // Each key written about once a minute on average.
+                writes_per_sec: Some(2000.0 / 60.0),
+                ..base
+            },
         }
     }
+}
+
+/// cachet's windows, as the run knows them: `hold_off`, `lease_ttl`, `fill_window`.
+#[derive(Debug, Clone, Copy)]
+pub struct Windows {
+    pub hold_off: Duration,
+    pub lease: Duration,
+    pub fill: Duration,
 }
 
 /// How a write invalidates the cache.
@@ -169,6 +277,8 @@ pub enum Invalidation {
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub keys: u32,
+    /// Cache keys are this and the row id (`:1:item:7`).
+    pub key_prefix: &'static str,
     pub workers: u32,
     /// Fractions of operations that are writes and `get_many`s; the rest are `get`s.
     pub write_ratio: f64,
@@ -184,19 +294,35 @@ pub struct Shape {
     pub hold_ms: (u64, u64),
     pub invalidation: Invalidation,
     pub herd: bool,
+    /// The workers of one cachet share a pool of connections (any command on any).
+    pub pooled: bool,
+    /// `get_many` misses are filled with `set_many` in a transaction.
+    pub set_many: bool,
+    /// One writer at a fixed rate instead of `write_ratio`.
+    pub writes_per_sec: Option<f64>,
 }
 
-/// Where to run: Redis directly and cachet, and (with `--spawn`) the processes that
-/// the restart profiles restart.
+impl Shape {
+    pub fn key(&self, n: u32) -> String {
+        format!("{}{n}", self.key_prefix)
+    }
+}
+
+/// Where to run: Redis directly and one or more cachets, and (with `--spawn`) the
+/// processes that the restart profiles restart and the proxies that drop connections.
 pub struct Targets {
     pub direct: SocketAddr,
-    pub proxy: SocketAddr,
+    /// The cachets; workers are spread over them.
+    pub proxies: Vec<SocketAddr>,
     /// The Redis at `direct`.
     pub direct_redis: Option<Arc<Mutex<Proc>>>,
-    /// The Redis behind cachet.
+    /// The Redis behind the cachets.
     pub redis: Option<Arc<Mutex<Proc>>>,
-    /// cachet at `proxy`.
-    pub cachet: Option<Arc<Mutex<Proc>>>,
+    /// The cachets at `proxies`.
+    pub cachets: Vec<Arc<Mutex<Proc>>>,
+    /// In front of the direct Redis (`direct` is its address) and of the cachets'
+    /// upstream.
+    pub faults: Option<(Arc<FaultProxy>, Arc<FaultProxy>)>,
 }
 
 /// What the suite runs.
@@ -204,8 +330,11 @@ pub struct Options {
     pub profiles: Vec<Profile>,
     pub seconds: f64,
     pub seed: u64,
-    /// cachet's `hold_off`: the run waits this (and a margin) before the final audit.
-    pub hold_off: Duration,
+    /// cachet's windows: slow fills are drawn across them, and the run waits past
+    /// `hold_off` before the final audit.
+    pub windows: Windows,
+    /// Workers of one cachet share connection pools in every profile.
+    pub pool: bool,
     pub history: Option<PathBuf>,
     /// Print a progress line on stderr.
     pub progress: bool,
@@ -221,28 +350,41 @@ pub async fn run_suite(opts: &Options, targets: &Targets, db: Arc<Db>) -> Vec<Pr
     let mut out = Vec::new();
     for (i, &profile) in opts.profiles.iter().enumerate() {
         let mut report = ProfileReport::new(profile);
-        let restart = |label: &str| match (profile, label) {
-            (Profile::UpstreamRestart, "direct") => targets.direct_redis.clone(),
-            (Profile::UpstreamRestart, _) => targets.redis.clone(),
-            (Profile::CachetRestart, "cachet") => targets.cachet.clone(),
-            _ => None,
-        };
-        if profile.needs_spawn() && restart("cachet").is_none() {
+        if profile.needs_spawn() && targets.redis.is_none() {
             report.skipped = Some("needs --spawn".into());
             out.push(report);
             continue;
         }
-        for (label, addr) in [("direct", targets.direct), ("cachet", targets.proxy)] {
-            // The direct run of cachet-restart has no cachet to restart.
-            let fault: Option<Fault> = restart(label).map(restarter);
+        if profile.needs_several() && targets.proxies.len() < 2 {
+            report.skipped = Some("needs --proxies 2 or more".into());
+            out.push(report);
+            continue;
+        }
+        let seed = opts.seed.wrapping_add(i as u64 * 1000);
+        let runs: [(&'static str, Vec<SocketAddr>); 2] = [
+            ("direct", vec![targets.direct]),
+            ("cachet", targets.proxies.clone()),
+        ];
+        for (label, addrs) in runs {
             let spec = RunSpec {
                 profile,
                 label,
-                addr,
+                addrs,
                 seconds: opts.seconds,
-                seed: opts.seed.wrapping_add(i as u64 * 1000),
-                hold_off: opts.hold_off,
-                fault,
+                seed,
+                windows: opts.windows,
+                pool: opts.pool,
+                fault: fault_of(profile, label, targets),
+                chaos: match (profile, &targets.faults) {
+                    (Profile::DroppedInvalidation, Some((direct, upstream))) => {
+                        Some(Arc::clone(if label == "direct" {
+                            direct
+                        } else {
+                            upstream
+                        }))
+                    }
+                    _ => None,
+                },
                 progress: opts.progress,
             };
             let result = run::run_once(Arc::clone(&db), spec).await;
@@ -269,10 +411,28 @@ pub async fn run_suite(opts: &Options, targets: &Targets, db: Arc<Db>) -> Vec<Pr
     out
 }
 
-fn restarter(p: Arc<Mutex<Proc>>) -> Fault {
-    Box::new(move || match p.lock() {
-        Ok(mut p) => p.restart(),
-        Err(_) => Err("process handle poisoned".into()),
+/// The process a profile restarts at half time, for one of its runs.
+fn fault_of(profile: Profile, label: &str, t: &Targets) -> Option<Fault> {
+    let procs: Vec<Arc<Mutex<Proc>>> = match (profile, label) {
+        (Profile::UpstreamRestart, "direct") => t.direct_redis.iter().cloned().collect(),
+        (Profile::UpstreamRestart, _) => t.redis.iter().cloned().collect(),
+        // The direct runs of these have no cachet to restart.
+        (Profile::CachetRestart, "cachet") => t.cachets.clone(),
+        (Profile::RestartOneOfSeveral, "cachet") => t.cachets.iter().take(1).cloned().collect(),
+        _ => return None,
+    };
+    (!procs.is_empty()).then(|| restarter(procs))
+}
+
+fn restarter(procs: Vec<Arc<Mutex<Proc>>>) -> Fault {
+    Box::new(move || {
+        for p in procs {
+            match p.lock() {
+                Ok(mut p) => p.restart()?,
+                Err(_) => return Err("process handle poisoned".into()),
+            }
+        }
+        Ok(())
     })
 }
 

@@ -12,9 +12,10 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 
 use cachet_check::db::Db;
+use cachet_check::faults::FaultProxy;
 use cachet_check::report::{failures, table};
-use cachet_check::spawn::Proc;
-use cachet_check::{Options, Profile, Targets, run_suite};
+use cachet_check::spawn::{self, Proc};
+use cachet_check::{Options, Profile, Targets, Windows, run_suite};
 
 /// Runs a cache-aside workload against a real database and Redis, directly and
 /// through cachet, and reports how stale the cache got.
@@ -24,12 +25,20 @@ struct Cli {
     /// Redis, used directly (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "spawn")]
     direct: Option<SocketAddr>,
-    /// cachet, in front of a Redis (HOST:PORT).
+    /// cachet, in front of a Redis (HOST:PORT); repeat it for several cachets in front
+    /// of the same Redis (workers are spread over them).
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "spawn")]
-    proxy: Option<SocketAddr>,
-    /// Start a redis-server and the cachet next to this executable on free ports.
+    proxy: Vec<SocketAddr>,
+    /// Start redis-servers and the cachet next to this executable on free ports.
     #[arg(long, conflicts_with_all = ["direct", "proxy"])]
     spawn: bool,
+    /// With --spawn: this many cachets in front of one Redis.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    proxies: usize,
+    /// Workers of one cachet share connection pools in every profile (a miss and its
+    /// fill travel on any connection, as with Django's cache and threads).
+    #[arg(long)]
+    pool: bool,
     /// Seconds per run (each profile runs twice: directly and through cachet).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
@@ -46,9 +55,17 @@ struct Cli {
     /// Write every operation as JSON lines to FILE.
     #[arg(long, value_name = "FILE")]
     history: Option<PathBuf>,
-    /// cachet's hold_off in milliseconds (the final audit waits past it).
+    /// cachet's hold_off in milliseconds (the final audit waits past it); with --spawn,
+    /// the cachets are configured with it.
     #[arg(long, default_value_t = 500)]
     hold_off_ms: u64,
+    /// cachet's lease_ttl in milliseconds (lease-expiry fills are slower).
+    #[arg(long, default_value_t = 5000)]
+    lease_ms: u64,
+    /// cachet's fill_window in milliseconds (slow fills stay within it; herd rounds
+    /// are spaced by it).
+    #[arg(long, default_value_t = 10000)]
+    fill_window_ms: u64,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +94,16 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     if !(cli.seconds > 0.0 && cli.seconds.is_finite()) {
         bail!("--seconds must be positive");
     }
-    let targets = targets(&cli)?;
+    let windows = Windows {
+        hold_off: Duration::from_millis(cli.hold_off_ms),
+        lease: Duration::from_millis(cli.lease_ms),
+        fill: Duration::from_millis(cli.fill_window_ms),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let targets = runtime.block_on(targets(&cli, &windows))?;
     let sqlite_file =
         std::env::temp_dir().join(format!("cachet-check-{}.sqlite", std::process::id()));
     let db = Arc::new(match &cli.db {
@@ -88,20 +114,18 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         profiles,
         seconds: cli.seconds,
         seed,
-        hold_off: Duration::from_millis(cli.hold_off_ms),
+        windows,
+        pool: cli.pool,
         history: cli.history.clone(),
         progress: true,
     };
     eprintln!(
-        "cachet-check: direct {} cachet {} database {} seed {seed}",
+        "cachet-check: direct {} cachet {:?} database {} seed {seed}{}",
         targets.direct,
-        targets.proxy,
-        db.describe()
+        targets.proxies,
+        db.describe(),
+        if opts.pool { " pooled" } else { "" }
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     let reports = runtime.block_on(async {
         let reports = run_suite(&opts, &targets, Arc::clone(&db)).await;
         if cli.db.is_some() {
@@ -120,6 +144,8 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     let json = serde_json::json!({
         "seed": seed,
         "seconds": cli.seconds,
+        "proxies": targets.proxies.len(),
+        "pool": cli.pool,
         "database": if cli.db.is_some() { "postgres" } else { "sqlite" },
         "pass": failed.is_empty(),
         "failures": failed,
@@ -132,17 +158,21 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
     Ok(failed.is_empty())
 }
 
-fn targets(cli: &Cli) -> anyhow::Result<Targets> {
+async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
     if !cli.spawn {
-        let (Some(direct), Some(proxy)) = (cli.direct, cli.proxy) else {
+        let Some(direct) = cli.direct else {
             bail!("give --direct and --proxy, or --spawn");
         };
+        if cli.proxy.is_empty() {
+            bail!("give --direct and --proxy, or --spawn");
+        }
         return Ok(Targets {
             direct,
-            proxy,
+            proxies: cli.proxy.clone(),
             direct_redis: None,
             redis: None,
-            cachet: None,
+            cachets: Vec::new(),
+            faults: None,
         });
     }
     let exe = std::env::current_exe().context("locating cachet-check")?;
@@ -156,20 +186,32 @@ fn targets(cli: &Cli) -> anyhow::Result<Targets> {
             cachet_exe.display()
         );
     }
-    // One Redis used directly, another behind cachet: the runs cannot disturb each
-    // other, and the restart profiles restart the one they mean.
+    // One Redis used directly, another behind the cachets: the runs cannot disturb
+    // each other, and the restart profiles restart the one they mean. Both are reached
+    // through a proxy that can reset connections (dropped-invalidation).
     let direct = Proc::redis().map_err(anyhow::Error::msg)?;
     let upstream = Proc::redis().map_err(anyhow::Error::msg)?;
-    let cachet = Proc::cachet(&cachet_exe, upstream.port).map_err(anyhow::Error::msg)?;
-    let direct_addr = direct.addr();
-    let proxy = cachet.addr();
-    let direct = Arc::new(Mutex::new(direct));
-    let upstream = Arc::new(Mutex::new(upstream));
+    let direct_faults = FaultProxy::start(direct.addr())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let upstream_faults = FaultProxy::start(upstream.addr())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let config = spawn::cachet_config(windows).map_err(anyhow::Error::msg)?;
+    let mut cachets = Vec::new();
+    let mut proxies = Vec::new();
+    for _ in 0..cli.proxies.max(1) {
+        let c =
+            Proc::cachet(&cachet_exe, upstream_faults.addr, &config).map_err(anyhow::Error::msg)?;
+        proxies.push(c.addr());
+        cachets.push(Arc::new(Mutex::new(c)));
+    }
     Ok(Targets {
-        direct: direct_addr,
-        proxy,
-        redis: Some(upstream),
-        direct_redis: Some(direct),
-        cachet: Some(Arc::new(Mutex::new(cachet))),
+        direct: direct_faults.addr,
+        proxies,
+        redis: Some(Arc::new(Mutex::new(upstream))),
+        direct_redis: Some(Arc::new(Mutex::new(direct))),
+        cachets,
+        faults: Some((direct_faults, upstream_faults)),
     })
 }

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::client::Conn;
+use super::client::{Conn, Pool};
 use super::db::Db;
-use super::history::{Event, Op, cache_key, parse_version};
+use super::faults::FaultProxy;
+use super::history::{Event, Op, parse_version};
 use super::linearizability::check;
 use super::report::{Audit, RunReport};
 use super::workload::{KeyChooser, Rng, Shared, Worker};
-use super::{Profile, herd};
+use super::{Profile, Windows, herd};
 
 /// A fault injected at half time (a blocking call: it restarts a process).
 pub type Fault = Box<dyn FnOnce() -> Result<(), String> + Send>;
@@ -23,13 +24,21 @@ pub struct RunSpec {
     pub profile: Profile,
     /// `direct` or `cachet`.
     pub label: &'static str,
-    pub addr: SocketAddr,
+    /// Redis, or the cachets; worker `i` uses `addrs[i % n]`.
+    pub addrs: Vec<SocketAddr>,
     pub seconds: f64,
     pub seed: u64,
-    pub hold_off: Duration,
+    pub windows: Windows,
+    /// Workers of one address share a pool of connections.
+    pub pool: bool,
     pub fault: Option<Fault>,
+    /// Resets connections through this proxy while the workers run.
+    pub chaos: Option<Arc<FaultProxy>>,
     pub progress: bool,
 }
+
+/// Connections a pool of one address holds.
+const POOL_SIZE: usize = 4;
 
 pub struct RunOutcome {
     pub report: RunReport,
@@ -38,17 +47,30 @@ pub struct RunOutcome {
 
 /// Runs `spec`; an error means the run could not be set up or audited.
 pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> {
-    let shape = spec.profile.shape();
-    let mut admin = Conn::new(spec.addr)?;
+    let shape = spec.profile.shape(&spec.windows);
+    let first = *spec.addrs.first().ok_or("no address to run against")?;
+    let mut admin = Conn::new(first)?;
     flush(&mut admin).await?;
     db.reset(shape.keys).await.map_err(|e| e.to_string())?;
 
     let shared = Arc::new(Shared::new(Arc::clone(&db), shape.clone()));
+    let pools: Vec<Arc<Pool>> = spec
+        .addrs
+        .iter()
+        .map(|&a| Pool::new(a, POOL_SIZE).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    let pooled = shape.pooled || spec.pool;
     let mut workers = Vec::new();
     for id in 0..=shape.workers {
+        let n = id as usize % spec.addrs.len();
+        let conn = match (pooled, spec.addrs.get(n), pools.get(n)) {
+            (true, _, Some(pool)) => Conn::pooled(Arc::clone(pool)),
+            (_, Some(&addr), _) => Conn::new(addr)?,
+            _ => return Err("no address for a worker".into()),
+        };
         workers.push(Worker {
             id,
-            conn: Conn::new(spec.addr)?,
+            conn,
             rng: Rng::new(
                 spec.seed
                     .wrapping_mul(1_000_003)
@@ -63,12 +85,17 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
     for w in workers.iter_mut() {
         w.conn.connect().await?;
     }
+    if let Some(p) = &spec.chaos {
+        p.start_chaos(spec.seed);
+    }
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut herd_task = None;
     if shape.herd {
         let writer = workers.remove(0);
-        herd_task = Some(tokio::spawn(herd::run(workers, writer, spec.hold_off)));
+        // A round waits until the previous round's misses can no longer be filled.
+        let spacing = spec.windows.hold_off + spec.windows.fill;
+        herd_task = Some(tokio::spawn(herd::run(workers, writer, spacing)));
     } else {
         let keys = Arc::new(KeyChooser::new(shape.keys, shape.zipf));
         for w in workers {
@@ -108,6 +135,9 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
         }
     }
     shared.stop.store(true, Ordering::Relaxed);
+    if let Some(p) = &spec.chaos {
+        p.stop_chaos();
+    }
 
     let mut events: Vec<Event> = (0..shape.keys).map(Event::initial).collect();
     let mut herd_rounds = Vec::new();
@@ -131,9 +161,15 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
         eprintln!();
     }
 
-    // Quiescence: past hold_off, every key is absent or the database's version.
-    tokio::time::sleep(spec.hold_off + Duration::from_millis(200)).await;
-    let audit = audit(&mut admin, &db, shape.keys, &shared, &mut events).await?;
+    // Quiescence: past hold_off (and the invalidations cachet re-sends), every key is
+    // absent or the database's version.
+    let settle = if spec.chaos.is_some() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_millis(200)
+    };
+    tokio::time::sleep(spec.windows.hold_off + settle).await;
+    let audit = audit(&mut admin, &db, &shape, &shared, &mut events).await?;
 
     let ops = shared.ops.load(Ordering::Relaxed);
     let (findings, events) = tokio::task::spawn_blocking(move || (check(&events), events))
@@ -141,6 +177,7 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
         .map_err(|e| e.to_string())?;
     let mut report = RunReport::build(
         spec.profile,
+        &shape,
         spec.label,
         elapsed,
         ops,
@@ -152,7 +189,11 @@ pub async fn run_once(db: Arc<Db>, spec: RunSpec) -> Result<RunOutcome, String> 
     match fault_result {
         Some(Err(e)) => report.note = Some(format!("fault failed: {e}")),
         Some(Ok(())) => report.note = Some("restarted at half time".into()),
-        None if spec.profile == Profile::CachetRestart => {
+        None if matches!(
+            spec.profile,
+            Profile::CachetRestart | Profile::RestartOneOfSeveral
+        ) =>
+        {
             report.note = Some("no cachet to restart: no fault".into())
         }
         None => {}
@@ -177,7 +218,7 @@ async fn flush(admin: &mut Conn) -> Result<(), String> {
 async fn audit(
     admin: &mut Conn,
     db: &Db,
-    keys: u32,
+    shape: &super::Shape,
     shared: &Shared,
     events: &mut Vec<Event>,
 ) -> Result<Audit, String> {
@@ -186,7 +227,7 @@ async fn audit(
     for chunk in versions.chunks(200) {
         let mut cmd = redis::cmd("MGET");
         for (id, _) in chunk {
-            cmd.arg(cache_key(*id));
+            cmd.arg(shape.key(*id));
         }
         let mut values = None;
         for _ in 0..50 {
@@ -215,8 +256,11 @@ async fn audit(
             ));
         }
     }
-    if out.keys != u64::from(keys) {
-        return Err(format!("the database has {} rows, not {keys}", out.keys));
+    if out.keys != u64::from(shape.keys) {
+        return Err(format!(
+            "the database has {} rows, not {}",
+            out.keys, shape.keys
+        ));
     }
     Ok(out)
 }

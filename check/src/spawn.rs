@@ -15,6 +15,40 @@ pub struct Proc {
     dir: Option<PathBuf>,
 }
 
+/// The configuration file of the spawned cachets: the checker's windows, the
+/// write-through profile's keys (`:1:wt:*`) in a `collapse` keyspace, the other
+/// profiles' keys (`:1:*`) in a `cache` keyspace, everything else `strict`.
+pub fn cachet_config(w: &super::Windows) -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("cachet-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("cachet.toml");
+    let text = format!(
+        r#"[consistency]
+hold_off = "{}ms"
+lease_ttl = "{}ms"
+fill_window = "{}ms"
+
+[[keyspace]]
+pattern = ":1:wt:*"
+mode = "cache"
+write_through = "collapse"
+
+[[keyspace]]
+pattern = ":1:*"
+mode = "cache"
+
+[[keyspace]]
+pattern = "*"
+mode = "strict"
+"#,
+        w.hold_off.as_millis(),
+        w.lease.as_millis(),
+        w.fill.as_millis()
+    );
+    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -52,14 +86,17 @@ impl Proc {
         Ok(p)
     }
 
-    /// The `cachet` binary `exe` in front of the Redis on `upstream_port`.
-    pub fn cachet(exe: &Path, upstream_port: u16) -> Result<Proc, String> {
+    /// The `cachet` binary `exe` with configuration file `config`, in front of the
+    /// Redis at `upstream`.
+    pub fn cachet(exe: &Path, upstream: SocketAddr, config: &Path) -> Result<Proc, String> {
         let port = free_port()?;
         let args = [
+            "--config".to_string(),
+            config.to_string_lossy().into_owned(),
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--upstream".into(),
-            format!("redis://127.0.0.1:{upstream_port}/0"),
+            format!("redis://{upstream}/0"),
             "--admin".into(),
             "off".into(),
             "--log-level".into(),

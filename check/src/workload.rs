@@ -5,7 +5,9 @@
 //! - `cache.get(k)` -> `GET k`; on a miss the application reads the database, then
 //!   `cache.set(k, v, ttl)` -> `SET k v EX ttl` (or `cache.add` -> `SET k v EX ttl NX`),
 //!   on the connection it read on;
-//! - `cache.get_many(ks)` -> `MGET ks…` (misses are not filled, as Django's);
+//! - `cache.get_many(ks)` -> `MGET ks…` (misses are not filled, as Django's; with
+//!   `set_many`, the application fills them as redis-py's transaction pipeline:
+//!   `MULTI`, `MSET`, `EXPIRE` each, `EXEC`);
 //! - a write: `UPDATE … ver = ver + 1`, `COMMIT`, then `DEL k` (`cache.delete`), or per
 //!   profile `SET k new EX ttl` after the commit (write-through), or `DEL k` before the
 //!   commit (pre-commit delete).
@@ -16,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Conn;
 use super::db::Db;
-use super::history::{Event, Op, cache_key, cache_value, parse_version};
+use super::history::{Event, Op, cache_value, parse_version};
 use super::{Invalidation, Shape};
 
 /// Cache entries' TTL (seconds): long, so that staleness lasts until invalidated.
@@ -145,9 +147,16 @@ impl Worker {
         self.push(key, start_us, Op::Error { kind });
     }
 
+    fn key(&self, n: u32) -> String {
+        self.shared.shape.key(n)
+    }
+
     /// The mixed-operation loop of every profile but `herd`, until told to stop.
     pub async fn run(mut self, keys: Arc<KeyChooser>) -> Worker {
         let shape = self.shared.shape.clone();
+        if let (Some(rate), 0) = (shape.writes_per_sec, self.id) {
+            return self.write_at(rate).await;
+        }
         while !self.shared.stop.load(Ordering::Relaxed) {
             let think = self.rng.millis(shape.think_ms);
             if !think.is_zero() {
@@ -169,13 +178,27 @@ impl Worker {
         self
     }
 
+    /// The one writer of a fixed-rate profile: uniformly chosen keys, `rate` a second.
+    async fn write_at(mut self, rate: f64) -> Worker {
+        let every = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let mut next = tokio::time::Instant::now();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            next += every;
+            tokio::time::sleep_until(next).await;
+            let key = self.rng.below(u64::from(self.shared.shape.keys)) as u32;
+            self.write(key).await;
+            self.shared.ops.fetch_add(1, Ordering::Relaxed);
+        }
+        self
+    }
+
     /// `cache.get(k)`, and on a miss: database read, (delay), `cache.set` (or
     /// `cache.add` when `nx`). Whether it hit.
     pub async fn get_or_fill(&mut self, key: u32, nx: bool) -> bool {
         let floor = self.completed(key);
         let start = self.shared.micros();
         let got: Result<Option<Vec<u8>>, String> =
-            self.conn.run(redis::cmd("GET").arg(cache_key(key))).await;
+            self.conn.run(redis::cmd("GET").arg(self.key(key))).await;
         match got {
             Ok(Some(v)) => {
                 self.hit(key, start, floor, &v);
@@ -225,7 +248,7 @@ impl Worker {
             tokio::time::sleep(delay).await;
         }
         let mut cmd = redis::cmd("SET");
-        cmd.arg(cache_key(key))
+        cmd.arg(self.key(key))
             .arg(cache_value(ver, &payload))
             .arg("EX")
             .arg(TTL_SECS);
@@ -239,25 +262,80 @@ impl Worker {
         }
     }
 
-    /// `cache.get_many(ks)`: one `MGET`, one read per key.
+    /// `cache.get_many(ks)`: one `MGET`, one read per key; with `set_many`, the misses
+    /// are read from the database and filled in one transaction.
     pub async fn get_many(&mut self, keys: &[u32]) {
         let floors: Vec<i64> = keys.iter().map(|&k| self.completed(k)).collect();
         let start = self.shared.micros();
         let mut cmd = redis::cmd("MGET");
         for &k in keys {
-            cmd.arg(cache_key(k));
+            cmd.arg(self.key(k));
         }
+        let mut missed = Vec::new();
         match self.conn.run::<Vec<Option<Vec<u8>>>>(&cmd).await {
             Ok(values) => {
                 for ((&key, floor), v) in keys.iter().zip(floors).zip(values) {
                     match v {
                         Some(v) => self.hit(key, start, floor, &v),
-                        None => self.push(key, start, Op::Miss),
+                        None => {
+                            self.push(key, start, Op::Miss);
+                            if !missed.contains(&key) {
+                                missed.push(key);
+                            }
+                        }
                     }
                 }
             }
             Err(kind) => {
                 let key = keys.first().copied().unwrap_or(0);
+                self.error(key, start, kind);
+            }
+        }
+        if self.shared.shape.set_many && !missed.is_empty() {
+            self.set_many(&missed).await;
+        }
+    }
+
+    /// `cache.set_many`: database reads, then `MULTI`, `MSET`, `EXPIRE` each, `EXEC`.
+    async fn set_many(&mut self, keys: &[u32]) {
+        let mut rows = Vec::with_capacity(keys.len());
+        for &key in keys {
+            let start = self.shared.micros();
+            match self.shared.db.read(key).await {
+                Ok((ver, payload)) => {
+                    self.shared.db_reads.fetch_add(1, Ordering::Relaxed);
+                    self.push(key, start, Op::DbRead { ver });
+                    rows.push((key, ver, payload));
+                }
+                Err(_) => return self.error(key, start, "db".into()),
+            }
+        }
+        let delay = self.rng.millis(self.shared.shape.fill_delay_ms);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut mset = redis::cmd("MSET");
+        for (key, ver, payload) in &rows {
+            mset.arg(self.key(*key)).arg(cache_value(*ver, payload));
+        }
+        pipe.add_command(mset).ignore();
+        for (key, _, _) in &rows {
+            pipe.cmd("EXPIRE")
+                .arg(self.key(*key))
+                .arg(TTL_SECS)
+                .ignore();
+        }
+        let start = self.shared.micros();
+        match self.conn.run_pipe(&pipe).await {
+            Ok(()) => {
+                for (key, ver, _) in rows {
+                    self.push(key, start, Op::Fill { ver, nx: false });
+                }
+            }
+            Err(kind) => {
+                let key = rows.first().map_or(0, |r| r.0);
                 self.error(key, start, kind);
             }
         }
@@ -296,7 +374,7 @@ impl Worker {
             invalidated = if invalidation == Invalidation::WriteThrough {
                 tokio::time::sleep(hold).await;
                 let mut cmd = redis::cmd("SET");
-                cmd.arg(cache_key(key))
+                cmd.arg(self.key(key))
                     .arg(cache_value(ver, &payload))
                     .arg("EX")
                     .arg(TTL_SECS);
@@ -323,7 +401,7 @@ impl Worker {
 
     async fn del(&mut self, key: u32) -> Result<(), String> {
         self.conn
-            .run::<redis::Value>(redis::cmd("DEL").arg(cache_key(key)))
+            .run::<redis::Value>(redis::cmd("DEL").arg(self.key(key)))
             .await
             .map(|_| ())
     }

@@ -10,30 +10,47 @@ use std::time::Duration;
 
 use cachet_check::db::Db;
 use cachet_check::report::failures;
-use cachet_check::{Options, Profile, Targets, run_suite};
+use cachet_check::{Options, Profile, Targets, Windows, run_suite};
 use support::cachet::Cachet;
 use support::redis::RedisServer;
+
+/// cachet's default windows.
+fn defaults() -> Windows {
+    let c = cachet::config::ConsistencyConfig::default();
+    Windows {
+        hold_off: c.hold_off,
+        lease: c.lease_ttl,
+        fill: c.fill_window,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_fill_is_stale_directly_and_never_through_cachet() {
     let direct = RedisServer::start();
     let upstream = RedisServer::start();
-    let cachet = Cachet::start(&upstream.url());
+    // Two sidecars in front of one Redis, workers spread over them, each sidecar's
+    // workers sharing a connection pool.
+    let (a, b) = (
+        Cachet::start(&upstream.url()),
+        Cachet::start(&upstream.url()),
+    );
     let dir = tempfile::tempdir().unwrap();
     let db = Arc::new(Db::sqlite(&dir.path().join("items.sqlite")));
     let history = dir.path().join("history.jsonl");
     let targets = Targets {
         direct: direct.addr(),
-        proxy: cachet.addr,
+        proxies: vec![a.addr, b.addr],
         direct_redis: None,
         redis: None,
-        cachet: None,
+        cachets: Vec::new(),
+        faults: None,
     };
     let opts = Options {
         profiles: vec![Profile::SlowFill],
         seconds: 1.5,
         seed: 7,
-        hold_off: Duration::from_millis(500),
+        windows: defaults(),
+        pool: true,
         history: Some(history.clone()),
         progress: false,
     };
@@ -85,16 +102,21 @@ async fn a_checker_without_teeth_fails_the_suite() {
     let db = Arc::new(Db::sqlite(&dir.path().join("items.sqlite")));
     let targets = Targets {
         direct: redis.addr(),
-        proxy: redis.addr(),
+        proxies: vec![redis.addr()],
         direct_redis: None,
         redis: None,
-        cachet: None,
+        cachets: Vec::new(),
+        faults: None,
     };
     let opts = Options {
         profiles: vec![Profile::WriteThrough, Profile::CachetRestart],
         seconds: 1.0,
         seed: 3,
-        hold_off: Duration::from_millis(100),
+        windows: Windows {
+            hold_off: Duration::from_millis(100),
+            ..defaults()
+        },
+        pool: false,
         history: None,
         progress: false,
     };

@@ -254,8 +254,8 @@ impl Default for ConsistencyConfig {
         ConsistencyConfig {
             invalidation_channel: "cachet:invalidate".to_owned(),
             reserved_prefix: "__cachet:".to_owned(),
-            lease_ttl: Duration::from_secs(10),
-            fill_window: Duration::from_secs(30),
+            lease_ttl: Duration::from_secs(5),
+            fill_window: Duration::from_secs(10),
             hold_off: Duration::from_millis(500),
             coalesce_wait: Duration::from_millis(50),
         }
@@ -440,6 +440,12 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             consistency: ConsistencyConfig::default(),
             keyspace: vec![
+                // Django's cache-backed sessions are a store, not derived data.
+                rule(
+                    ":1:django.contrib.sessions.cache*",
+                    KeyspaceMode::Strict,
+                    None,
+                ),
                 // Django's default key format.
                 rule(":1:*", KeyspaceMode::Cache, None),
                 rule("lock:*", KeyspaceMode::Lock, Some(DEFAULT_LOCK_MAX_TTL)),

@@ -568,14 +568,14 @@ fn a_syntax_error_is_reported_with_its_line() {
 fn validate_after_overrides_has_keys_but_no_lines() {
     let mut config = Config::default();
     config.upstream.shared_connections = 0;
-    config.keyspace[0].write_through = Some(WriteThrough::Set);
     config.keyspace[1].write_through = Some(WriteThrough::Set);
+    config.keyspace[2].write_through = Some(WriteThrough::Set);
     config.log.level = "chatty".into();
     let errors = config.validate().unwrap_err();
     assert_eq!(
         errors.to_string(),
         "upstream.shared_connections: must be 1 to 64, not 0\n\
-         keyspace[1].write_through: only applies to mode = \"cache\", not \"lock\"\n\
+         keyspace[2].write_through: only applies to mode = \"cache\", not \"lock\"\n\
          log.level: unknown level \"chatty\": expected trace, debug, info, warn, error or off, or a filter such as \"info,cachet=debug\""
     );
     assert!(

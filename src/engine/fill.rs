@@ -243,7 +243,9 @@ pub fn judge_set(
             st.s = st.s.max(st.m);
             st.l = 0;
         }
-        _ => {}
+        // No fill is coming any more: missers waiting for one stop waiting.
+        Verdict::Kept | Verdict::Dropped => st.l = 0,
+        Verdict::NotSet => {}
     }
     if policy == Policy::Collapse {
         // Any SET may be a write-through: one within the window after it collapses.

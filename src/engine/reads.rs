@@ -34,8 +34,11 @@ pub struct ReadState {
     asking: Vec<usize>,
     /// The round under way.
     round: Round,
-    /// When waiting ends (set by the first round that may wait).
+    /// When waiting ends: `coalesce_wait` after it began, pushed back by a tombstone
+    /// (at most `hold_off` more).
     deadline: Option<Instant>,
+    /// When waiting began.
+    started: Option<Instant>,
     /// The longest `hold_off` among the keys.
     hold_off: Duration,
     /// Some key waited for another client's lease.
@@ -79,6 +82,7 @@ impl Engine {
                 asking: Vec::new(),
                 round: Round::Plain,
                 deadline: None,
+                started: None,
                 hold_off,
                 waited_for_lease: false,
             })),
@@ -121,7 +125,8 @@ impl Engine {
                     return Settled::Reply(reply);
                 }
                 if cx.may_wait {
-                    st.deadline = Some(cx.now + st.hold_off + self.coalesce_wait);
+                    st.started = Some(cx.now);
+                    st.deadline = Some(cx.now + self.coalesce_wait);
                     self.ask(st, "wait", Duration::ZERO, true)
                 } else {
                     self.ask(st, "record", Duration::ZERO, false)
@@ -168,6 +173,10 @@ impl Engine {
                     }
                     let ms = arg.and_then(int_value).unwrap_or(1).max(1);
                     let step = if status == 3 {
+                        // Under a tombstone: wait for it to end, then for a fill.
+                        let end = cx.now + Duration::from_millis(ms as u64);
+                        let limit = st.started.map(|s| s + st.hold_off + self.coalesce_wait);
+                        st.deadline = st.deadline.max(Some(end + self.coalesce_wait)).min(limit);
                         Duration::from_millis(ms as u64)
                     } else {
                         (self.coalesce_wait / 10).max(Duration::from_millis(2))
@@ -188,11 +197,11 @@ impl Engine {
         }
         st.asking = still;
         match st.deadline {
-            Some(d) if cx.now < d => {
+            Some(d) if cx.now < d && cx.may_wait => {
                 let delay = wait.min(d - cx.now);
                 self.ask(st, "wait", delay, true)
             }
-            _ => {
+            _ if cx.may_wait => {
                 if st.waited_for_lease {
                     self.stats
                         .coalesce_timed_out
@@ -200,6 +209,9 @@ impl Engine {
                 }
                 self.ask(st, "final", Duration::ZERO, true)
             }
+            // The client sent more meanwhile: its later commands go upstream now, so
+            // this read is answered nil as it was, the miss recorded.
+            _ => self.ask(st, "record", Duration::ZERO, false),
         }
     }
 

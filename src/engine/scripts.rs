@@ -147,8 +147,9 @@ elseif v == 4 or v == 7 then
   st.l = 0
   redis.call('PUBLISH', chan, k)
 end
+if v == 3 or v == 5 then st.l = 0 end
 if policy == 'collapse' then st.w = now + W end
-if v ~= 3 and v ~= 5 or policy == 'collapse' then save(S, st, now) end
+save(S, st, now)
 return reply(v)
 "#;
 
@@ -200,8 +201,9 @@ local function judge(i, apply)
     st.l = 0
     redis.call('PUBLISH', chan, k)
   end
+  if v == 3 or v == 5 then st.l = 0 end
   if policy == 'collapse' then st.w = now + W end
-  if v ~= 3 and v ~= 5 or policy == 'collapse' then save(S, st, now) end
+  save(S, st, now)
   return v
 end
 local out = {}

@@ -141,6 +141,10 @@ pub struct Session {
     /// A parked slot (by sequence number) waits for other clients (a fill, a
     /// tombstone): nothing the client sends later goes upstream before it is answered.
     holding: Option<u64>,
+    /// The client sent more while a slot was holding: the wait ends at once (the wait
+    /// would delay every later reply on this connection).
+    hurry: Arc<tokio::sync::Notify>,
+    hurried: bool,
     next_seq: u64,
     /// When the client last sent something or was last answered.
     last_active: Instant,
@@ -192,6 +196,8 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         closing: false,
         keys: Vec::with_capacity(8),
         holding: None,
+        hurry: Arc::new(tokio::sync::Notify::new()),
+        hurried: false,
         next_seq: 0,
         last_active: Instant::now(),
         batch: None,
@@ -226,7 +232,6 @@ impl Session {
             }
             let want_read = !self.closing
                 && self.stalled.is_none()
-                && self.holding.is_none()
                 && !self.paused
                 && self.slots.len() < MAX_QUEUED
                 && self.out.len() < MAX_OUT;
@@ -286,6 +291,10 @@ impl Session {
                         .bytes_in
                         .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                     self.last_active = Instant::now();
+                    if self.holding.is_some() && !self.hurried {
+                        self.hurried = true;
+                        self.hurry.notify_waiters();
+                    }
                     self.process().await
                 }
                 Event::Idle => {

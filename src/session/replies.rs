@@ -190,7 +190,7 @@ impl Session {
     /// Settles slot `idx` with a reply: the engine says what the client gets, or what
     /// to send next on its behalf.
     pub(super) fn complete(&mut self, idx: usize, bytes: Bytes, is_error: bool) {
-        let last = idx + 1 == self.slots.len() && self.stalled.is_none();
+        let last = idx + 1 == self.slots.len() && self.stalled.is_none() && !self.hurried;
         let Some(Slot::Await {
             seq,
             settle,
@@ -234,8 +234,13 @@ impl Session {
                     *parked = true;
                     *sent = f.script.then(|| f.data.clone());
                 }
-                if f.holds_later {
+                if f.holds_later && !self.hurried {
                     self.holding = Some(seq);
+                } else {
+                    self.holding = None;
+                }
+                if self.holding.is_none() {
+                    self.hurried = false;
                 }
                 self.follow_up(seq, f.data, f.frames, f.delay);
             }

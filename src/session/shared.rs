@@ -172,9 +172,14 @@ impl Session {
     pub(super) fn follow_up(&mut self, seq: u64, data: Bytes, frames: u32, delay: Duration) {
         let conn = self.ctx.upstream.shared(self.owed_identity(), self.id);
         let tx = self.resolve_tx.clone();
+        let hurry = self.hurry.clone();
         tokio::spawn(async move {
             if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
+                // The client sending more ends a wait early.
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = hurry.notified() => {}
+                }
             }
             let (rtx, mut rrx) = tokio::sync::mpsc::unbounded_channel();
             conn.send(Job {

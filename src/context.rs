@@ -191,7 +191,6 @@ impl Context {
         {
             info.databases = n;
         }
-        self.engine.load().set_databases(info.databases);
         info.has_setinfo = self
             .table
             .load()

@@ -5,12 +5,14 @@
 //! script (queued as `EVAL`, so that no `NOSCRIPT` can split it from the write), which
 //! also publishes. Which keys a command writes comes from the command table's key
 //! specifications; a write into another database (`MOVE`, `COPY … DB`) is invalidated
-//! there too. `FLUSHDB`, `FLUSHALL` and `SWAPDB` run inside the `DATABASES` script.
+//! there too. `FLUSHDB`, `FLUSHALL` and `SWAPDB` take cachet's state with the data,
+//! as Redis takes everything: a fill in flight across one is judged as if its key had
+//! never been missed (docs/fill-protocol.md, "Limits").
 
 use bytes::{Bytes, BytesMut};
 
 use super::settle::Settle;
-use super::{CacheKey, Engine, Plan, Retry, Translate, eval_args, evalsha, ms, ms_bytes};
+use super::{CacheKey, Engine, Plan, Retry, Translate, eval_args, ms_bytes};
 use crate::command::{CommandFlags, CommandInfo, CommandKind, KeyFlags, KeyRef};
 use crate::config::KeyspaceMode;
 use crate::resp::Request;
@@ -96,6 +98,24 @@ impl Engine {
         keys: &[KeyRef],
         db: u32,
     ) -> Invalidation {
+        if matches!(
+            info.kind,
+            CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
+        ) {
+            // Every key is gone (or moved), cachet's state with it, as Redis has it; one
+            // message with an empty key tells subscribers "everything".
+            let publish = vec![
+                Bytes::from_static(b"PUBLISH"),
+                self.channel.clone(),
+                Bytes::new(),
+            ];
+            return Invalidation {
+                commands: vec![publish.clone()],
+                retry: vec![publish],
+                written: Vec::new(),
+                published: 1,
+            };
+        }
         let mut here = Written::default();
         let written_flags = KeyFlags::RW | KeyFlags::OW | KeyFlags::RM;
         for k in keys {
@@ -176,52 +196,6 @@ impl Engine {
         ];
         argv.extend(keys.iter().map(|(_, c)| ms_bytes(c.hold_off)));
         eval_args(&self.scripts.invalidate, &script_keys, &argv)
-    }
-
-    /// `FLUSHDB`, `FLUSHALL` or `SWAPDB` inside the `DATABASES` script, which keeps every
-    /// miss that may still be filled refused after the command.
-    pub(super) fn databases_plan(
-        &self,
-        req: &Request,
-        info: &CommandInfo,
-        db: u32,
-    ) -> Option<Plan> {
-        let dbs = match info.kind {
-            CommandKind::FlushDb => db.to_string(),
-            CommandKind::FlushAll => format!("*{}", self.databases()),
-            CommandKind::SwapDb => {
-                let a = parse_int(req.args.get(1)?)?;
-                let b = parse_int(req.args.get(2)?)?;
-                if a < 0
-                    || b < 0
-                    || a >= i64::from(self.databases())
-                    || b >= i64::from(self.databases())
-                {
-                    // Out of range: Redis's own error, from the plain command.
-                    return None;
-                }
-                format!("{a},{b}")
-            }
-            _ => return None,
-        };
-        let hold = self
-            .keyspaces()
-            .rules()
-            .filter_map(|r| r.hold_off)
-            .fold(self.hold_off, std::cmp::Ord::max);
-        let mut argv = vec![
-            super::reserved::pattern(&self.prefix),
-            Bytes::from(ms(hold).to_string()),
-            self.channel.clone(),
-            Bytes::from(dbs),
-        ];
-        argv.extend(req.args.iter().cloned());
-        self.stats.invalidations(1);
-        Some(Plan {
-            data: evalsha(&self.scripts.databases, &[], &argv),
-            script: true,
-            ..Plan::forward(req)
-        })
     }
 }
 

@@ -33,7 +33,7 @@ mod stores;
 pub mod translate;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -130,8 +130,6 @@ pub struct Engine {
 pub struct UpstreamLife {
     run_id: std::sync::Mutex<Option<String>>,
     amnesia_until: AtomicU64,
-    /// Its number of databases (`CONFIG GET databases`), for `FLUSHALL`.
-    databases: AtomicU32,
     /// The current `fill_window` (ms): how long a lost state stays a reason to refuse.
     fill_window: AtomicU64,
     stats: Arc<Stats>,
@@ -177,7 +175,6 @@ impl Engine {
             upstream: Arc::new(UpstreamLife {
                 run_id: std::sync::Mutex::new(None),
                 amnesia_until: AtomicU64::new(0),
-                databases: AtomicU32::new(16),
                 fill_window: AtomicU64::new(ms(consistency.fill_window)),
                 stats: stats.clone(),
             }),
@@ -226,15 +223,6 @@ impl Engine {
     /// What the engine knows of the upstream's life (told by new connections).
     pub fn upstream_life(&self) -> Arc<UpstreamLife> {
         self.upstream.clone()
-    }
-
-    /// The upstream's number of databases, as discovered.
-    pub fn set_databases(&self, n: u32) {
-        self.upstream.databases.store(n.max(1), Ordering::Relaxed);
-    }
-
-    fn databases(&self) -> u32 {
-        self.upstream.databases.load(Ordering::Relaxed)
     }
 
     fn amnesia_until(&self) -> Bytes {
@@ -304,13 +292,6 @@ impl Engine {
                     settle: Settle::Translate(Translate::HideScan(self.prefix.clone())),
                     ..Plan::forward(req)
                 });
-            }
-            CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
-                if self.has_cache =>
-            {
-                if let Some(plan) = self.databases_plan(req, info, db) {
-                    return Ok(plan);
-                }
             }
             _ if info.name == "randomkey" => {
                 // RANDOMKEY's reply cannot be filtered (a reserved answer has no

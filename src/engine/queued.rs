@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use super::settle::Settle;
 use super::{Engine, eval, eval_args, ms_bytes};
-use crate::command::{CommandInfo, CommandKind, KeyRef};
+use crate::command::{CommandInfo, KeyRef};
 use crate::resp::Request;
 
 /// Where the dedicated connection stands when a command is sent on it.
@@ -98,19 +98,6 @@ impl Engine {
                 }
                 return Ok(Queued {
                     after: self.record_misses(req, info).into_iter().collect(),
-                    ..Queued::default()
-                });
-            }
-            if in_multi
-                && matches!(
-                    info.kind,
-                    CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
-                )
-                && let Some(plan) = self.databases_plan(req, info, db)
-                && let Some(data) = self.eval_fallback(&plan.data)
-            {
-                return Ok(Queued {
-                    data: Some(data),
                     ..Queued::default()
                 });
             }

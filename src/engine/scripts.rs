@@ -251,47 +251,6 @@ end
 return n
 "#;
 
-/// `FLUSHDB`, `FLUSHALL` and `SWAPDB` when `cache` keyspaces exist: every miss that may
-/// still be filled in the databases concerned stays refused after the command (its
-/// state is carried over, stale), so that no fill of a key read before the flush lands
-/// after it. ARGV: the reserved prefix as a `KEYS` pattern, `hold_off` (ms), the
-/// channel, the databases concerned (`*` for all, given the count), then the command
-/// and its arguments. Returns the command's reply.
-const DATABASES: &str = r#"
-local pattern, hold, chan, dbs = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local now = now_ms()
-local list = {}
-if string.sub(dbs, 1, 1) == '*' then
-  for i = 0, tonumber(string.sub(dbs, 2)) - 1 do list[#list + 1] = i end
-else
-  for d in string.gmatch(dbs, '%d+') do list[#list + 1] = tonumber(d) end
-end
-local live = {}
-for _, db in ipairs(list) do
-  redis.call('SELECT', db)
-  for _, S in ipairs(redis.call('KEYS', pattern)) do
-    if redis.call('TYPE', S).ok == 'hash' then
-      local st = load(S, now)
-      if st.m > now then live[S] = math.max(live[S] or 0, st.m) end
-    end
-  end
-end
-local r = redis.call(unpack(ARGV, 5))
-for _, db in ipairs(list) do
-  redis.call('SELECT', db)
-  for S, m in pairs(live) do
-    local st = load(S, now)
-    st.m = math.max(st.m, m)
-    st.s = math.max(st.s, st.m)
-    st.t = now + hold
-    st.l = 0
-    save(S, st, now)
-  end
-end
-redis.call('PUBLISH', chan, '')
-return r
-"#;
-
 /// `RANDOMKEY` that never answers a reserved key. ARGV: reserved prefix, draws. Draws up
 /// to `draws` random keys and answers the first that is not reserved; when every draw
 /// was reserved (visible keys are rare), answers the first visible key of a bounded
@@ -346,7 +305,6 @@ pub struct Scripts {
     pub set: Script,
     pub mset: Script,
     pub invalidate: Script,
-    pub databases: Script,
     pub random_key: Script,
     pub listing: Script,
 }
@@ -359,7 +317,6 @@ impl Default for Scripts {
             set: with_prelude(SET),
             mset: with_prelude(MSET),
             invalidate: with_prelude(INVALIDATE),
-            databases: with_prelude(DATABASES),
             random_key: Script::new(RANDOM_KEY.to_owned()),
             listing: Script::new(LISTING.to_owned()),
         }
@@ -367,13 +324,12 @@ impl Default for Scripts {
 }
 
 impl Scripts {
-    pub fn all(&self) -> [&Script; 7] {
+    pub fn all(&self) -> [&Script; 6] {
         [
             &self.read,
             &self.set,
             &self.mset,
             &self.invalidate,
-            &self.databases,
             &self.random_key,
             &self.listing,
         ]

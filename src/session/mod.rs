@@ -13,6 +13,8 @@
 
 mod admin_cmd;
 pub mod dispatch;
+mod events;
+mod handle;
 mod local;
 mod login;
 mod pinned;
@@ -30,19 +32,19 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::auth::Auth;
-use crate::command::{CommandKind, CommandTable, KeyRef};
+use crate::command::{CommandTable, KeyRef};
 use crate::context::Context;
 use crate::engine::Engine;
 use crate::metrics::{CommandTally, Outcome};
-use crate::policy::{Policy, Renamed};
+use crate::policy::Policy;
 use crate::resp::{Decoder, Request};
 use crate::stream::Stream;
-use crate::upstream::{Identity, Reply, ReplyRx, ReplyTx, SharedConn, UpstreamError};
-use dispatch::{Change, Route as Dispatched, View};
+use crate::upstream::{Identity, Reply, ReplyRx, ReplyTx, SharedConn};
+use events::{Event, Step};
 use local::ReplyMode;
 use pinned::Pinned;
 use pinned_path::read_pinned;
-use replies::{Post, Slot};
+use replies::Slot;
 
 /// Commands accepted ahead of their replies before cachet stops reading the client.
 const MAX_QUEUED: usize = 16 * 1024;
@@ -70,19 +72,6 @@ enum Route {
     Pinned,
     /// A one-off connection (credential checks).
     Aux,
-}
-
-/// Why the loop woke.
-enum Event {
-    ClientRead(std::io::Result<usize>),
-    Wrote(std::io::Result<usize>),
-    Upstream(Reply),
-    Resolved(u64, Reply),
-    PinnedRead(std::io::Result<usize>),
-    PinnedTimeout,
-    Shutdown,
-    /// The client sent nothing for `idle_timeout`.
-    Idle,
 }
 
 pub struct Session {
@@ -274,103 +263,10 @@ impl Session {
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
                 }
             };
-            match event {
-                Event::ClientRead(Ok(0)) => {
-                    self.closing = true;
-                    if self.pinned.as_ref().is_some_and(Pinned::blocked) {
-                        self.hang_up_blocked();
-                    }
-                }
-                Event::ClientRead(Ok(n)) => {
-                    if self.rbuf.len() == self.rbuf.capacity() {
-                        // The read filled the buffer: this client sends in bulk.
-                        self.read_size = READ_CHUNK;
-                    }
-                    self.ctx
-                        .metrics
-                        .bytes_in
-                        .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                    self.last_active = Instant::now();
-                    if self.holding.is_some() && !self.hurried {
-                        self.hurried = true;
-                        self.hurry.notify_waiters();
-                    }
-                    self.process().await
-                }
-                Event::Idle => {
-                    tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
-                    break;
-                }
-                Event::ClientRead(Err(e)) => {
-                    tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
-                    break;
-                }
-                Event::Wrote(Ok(n)) => {
-                    self.wrote(n);
-                    // Decoding held back for a client that was not reading goes on
-                    // once it has read half (nothing is read meanwhile, so every
-                    // command already received runs before a hang-up is seen).
-                    if self.paused && self.out.len() < MAX_OUT / 2 {
-                        self.resume().await;
-                    }
-                }
-                Event::Wrote(Err(e)) => {
-                    tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
-                    break;
-                }
-                Event::Upstream(r) => {
-                    self.on_upstream(r);
-                    // Replies already queued go out with this one, in one write.
-                    while let Ok(r) = reply_rx.try_recv() {
-                        self.on_upstream(r);
-                    }
-                    self.resume().await;
-                }
-                Event::Resolved(seq, reply) => {
-                    self.on_resolved(seq, reply);
-                    self.resume().await;
-                }
-                Event::PinnedRead(Ok(n)) if n > 0 => {
-                    self.on_pinned_data();
-                    if self.out.len() as u64 > self.output_limit
-                        && self
-                            .pinned
-                            .as_ref()
-                            .is_some_and(Pinned::exempt_from_idle_timeout)
-                    {
-                        tracing::warn!(
-                            session = self.id,
-                            peer = %self.peer,
-                            owed_bytes = self.out.len(),
-                            "client output buffer limit reached (a subscriber not reading); closing the connection"
-                        );
-                        break;
-                    }
-                    self.resume().await;
-                }
-                Event::PinnedRead(Ok(_)) => {
-                    self.pinned_failed(UpstreamError::Io("connection closed by upstream".into()));
-                    self.resume().await;
-                }
-                Event::PinnedRead(Err(e)) => {
-                    self.pinned_failed(UpstreamError::Io(e.to_string()));
-                    self.resume().await;
-                }
-                Event::PinnedTimeout => {
-                    self.pinned_failed(UpstreamError::Timeout(timeout));
-                    self.resume().await;
-                }
-                Event::Shutdown => {
-                    shutting_down = true;
-                    self.closing = true;
-                    // A subscriber or a blocked command would hold shutdown for the
-                    // whole grace period; end them now.
-                    if self.pinned.as_ref().is_some_and(Pinned::waiting_long) {
-                        self.pinned_failed(UpstreamError::Unavailable(
-                            "cachet is shutting down".into(),
-                        ));
-                    }
-                }
+            match self.on_event(event, &mut reply_rx, timeout).await {
+                Step::Go => {}
+                Step::ShuttingDown => shutting_down = true,
+                Step::End => break,
             }
             // Replies that became ready go out now if the socket takes them, without
             // another turn of the loop (one wake-up per request instead of two).
@@ -526,90 +422,6 @@ impl Session {
             if self.stalled.is_some() || !self.rbuf.is_empty() || self.paused {
                 self.process().await;
             }
-        }
-    }
-
-    /// Routes one command; gives it back if it must wait. `fresh`: just decoded (not
-    /// a stalled command coming back), so `[commands] rename` still applies.
-    async fn handle(&mut self, req: Request, fresh: bool) -> Option<Request> {
-        let req = if fresh {
-            match self.policy.rename(req) {
-                Renamed::Run(req) => req,
-                Renamed::Unknown(err) => return self.refuse(err).await,
-            }
-        } else {
-            req
-        };
-        let info = self.table.lookup(&req.args).cloned();
-        self.current = info.clone();
-        self.tally = Some(match &info {
-            Some(i) => i.tally.0.clone(),
-            None => self.ctx.metrics.commands.unknown.0.clone(),
-        });
-        let view = View {
-            id: self.id,
-            authed: self.authed,
-            auth_enabled: self.auth.enabled(),
-            in_multi: self.pinned.as_ref().is_some_and(|p| p.multi),
-            resp2_subscribed: self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed),
-            pinned: self.pinned.is_some(),
-            proto: self.proto,
-            name: self.name.as_ref(),
-            reply_mode: self.reply_mode,
-            databases: self.ctx.server.load().databases,
-            has_setinfo: self.ctx.server.load().has_setinfo,
-        };
-        let route = dispatch::dispatch(&req, info.as_deref(), &self.table, &self.policy, &view);
-        let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
-        match route {
-            Dispatched::Admin => {
-                self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
-                let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
-                // A reload applies from the next command on.
-                self.engine = self.ctx.engine.load_full();
-                self.load_access();
-                self.reply(r);
-                None
-            }
-            Dispatched::Local(change, reply) => {
-                match change {
-                    Change::Db(db) => self.db = db,
-                    Change::Name(name) => self.name = name,
-                    Change::ReplyMode(mode) => self.reply_mode = mode,
-                    Change::Nothing => {}
-                }
-                match reply {
-                    Some(r) => self.reply(r),
-                    None => {
-                        if let Some(t) = self.tally.take() {
-                            t.count(Outcome::Ok);
-                        }
-                    }
-                }
-                None
-            }
-            Dispatched::Refuse(err) => self.refuse(err).await,
-            Dispatched::Quit => {
-                self.queue(Bytes::from_static(crate::resp::reply::OK));
-                self.closing = true;
-                None
-            }
-            Dispatched::Reset => {
-                if self.inflight > 0 {
-                    return Some(req);
-                }
-                self.reset();
-                self.queue(Bytes::from_static(b"+RESET\r\n"));
-                None
-            }
-            Dispatched::Hello => self.hello(req).await,
-            Dispatched::AuthLocal => {
-                self.auth_local(&req);
-                None
-            }
-            Dispatched::AuthUpstream => self.auth_upstream(req, Post::Nothing),
-            Dispatched::Pinned { blocking } => self.send_pinned(req, kind, blocking).await,
-            Dispatched::Shared => self.send_shared(req, info.as_deref()).await,
         }
     }
 

@@ -1,0 +1,140 @@
+//! What wakes a session, and what each wake does: client bytes read or written,
+//! upstream replies (shared, follow-up, dedicated), timeouts, shutdown.
+
+use tokio::time::Instant;
+
+use super::pinned::Pinned;
+use super::{MAX_OUT, READ_CHUNK, Session};
+use crate::upstream::{Reply, ReplyRx, UpstreamError};
+
+/// Why the loop woke.
+pub(super) enum Event {
+    ClientRead(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
+    Upstream(Reply),
+    Resolved(u64, Reply),
+    PinnedRead(std::io::Result<usize>),
+    PinnedTimeout,
+    Shutdown,
+    /// The client sent nothing for `idle_timeout`.
+    Idle,
+}
+
+/// What the loop does after an event.
+pub(super) enum Step {
+    Go,
+    /// The server is shutting down: no more shutdown signals to wait for.
+    ShuttingDown,
+    /// The session ends.
+    End,
+}
+
+impl Session {
+    /// Acts on one event.
+    pub(super) async fn on_event(
+        &mut self,
+        event: Event,
+        reply_rx: &mut ReplyRx,
+        timeout: std::time::Duration,
+    ) -> Step {
+        match event {
+            Event::ClientRead(Ok(0)) => {
+                self.closing = true;
+                if self.pinned.as_ref().is_some_and(Pinned::blocked) {
+                    self.hang_up_blocked();
+                }
+            }
+            Event::ClientRead(Ok(n)) => {
+                if self.rbuf.len() == self.rbuf.capacity() {
+                    // The read filled the buffer: this client sends in bulk.
+                    self.read_size = READ_CHUNK;
+                }
+                self.ctx
+                    .metrics
+                    .bytes_in
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                self.last_active = Instant::now();
+                if self.holding.is_some() && !self.hurried {
+                    self.hurried = true;
+                    self.hurry.notify_waiters();
+                }
+                self.process().await
+            }
+            Event::Idle => {
+                tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
+                return Step::End;
+            }
+            Event::ClientRead(Err(e)) => {
+                tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
+                return Step::End;
+            }
+            Event::Wrote(Ok(n)) => {
+                self.wrote(n);
+                // Decoding held back for a client that was not reading goes on
+                // once it has read half (nothing is read meanwhile, so every
+                // command already received runs before a hang-up is seen).
+                if self.paused && self.out.len() < MAX_OUT / 2 {
+                    self.resume().await;
+                }
+            }
+            Event::Wrote(Err(e)) => {
+                tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
+                return Step::End;
+            }
+            Event::Upstream(r) => {
+                self.on_upstream(r);
+                // Replies already queued go out with this one, in one write.
+                while let Ok(r) = reply_rx.try_recv() {
+                    self.on_upstream(r);
+                }
+                self.resume().await;
+            }
+            Event::Resolved(seq, reply) => {
+                self.on_resolved(seq, reply);
+                self.resume().await;
+            }
+            Event::PinnedRead(Ok(n)) if n > 0 => {
+                self.on_pinned_data();
+                if self.out.len() as u64 > self.output_limit
+                    && self
+                        .pinned
+                        .as_ref()
+                        .is_some_and(Pinned::exempt_from_idle_timeout)
+                {
+                    tracing::warn!(
+                        session = self.id,
+                        peer = %self.peer,
+                        owed_bytes = self.out.len(),
+                        "client output buffer limit reached (a subscriber not reading); closing the connection"
+                    );
+                    return Step::End;
+                }
+                self.resume().await;
+            }
+            Event::PinnedRead(Ok(_)) => {
+                self.pinned_failed(UpstreamError::Io("connection closed by upstream".into()));
+                self.resume().await;
+            }
+            Event::PinnedRead(Err(e)) => {
+                self.pinned_failed(UpstreamError::Io(e.to_string()));
+                self.resume().await;
+            }
+            Event::PinnedTimeout => {
+                self.pinned_failed(UpstreamError::Timeout(timeout));
+                self.resume().await;
+            }
+            Event::Shutdown => {
+                self.closing = true;
+                // A subscriber or a blocked command would hold shutdown for the
+                // whole grace period; end them now.
+                if self.pinned.as_ref().is_some_and(Pinned::waiting_long) {
+                    self.pinned_failed(UpstreamError::Unavailable(
+                        "cachet is shutting down".into(),
+                    ));
+                }
+                return Step::ShuttingDown;
+            }
+        }
+        Step::Go
+    }
+}

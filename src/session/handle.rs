@@ -1,0 +1,98 @@
+//! One command: where it goes (`dispatch.rs` decides) and the session acting on it.
+
+use bytes::Bytes;
+
+use super::dispatch::{self, Change, Route as Dispatched, View};
+use super::pinned::Pinned;
+use super::replies::Post;
+use super::{Session, admin_cmd};
+use crate::command::CommandKind;
+use crate::metrics::Outcome;
+use crate::policy::Renamed;
+use crate::resp::Request;
+
+impl Session {
+    /// Routes one command; gives it back if it must wait. `fresh`: just decoded (not
+    /// a stalled command coming back), so `[commands] rename` still applies.
+    pub(super) async fn handle(&mut self, req: Request, fresh: bool) -> Option<Request> {
+        let req = if fresh {
+            match self.policy.rename(req) {
+                Renamed::Run(req) => req,
+                Renamed::Unknown(err) => return self.refuse(err).await,
+            }
+        } else {
+            req
+        };
+        let info = self.table.lookup(&req.args).cloned();
+        self.current = info.clone();
+        self.tally = Some(match &info {
+            Some(i) => i.tally.0.clone(),
+            None => self.ctx.metrics.commands.unknown.0.clone(),
+        });
+        let view = View {
+            id: self.id,
+            authed: self.authed,
+            auth_enabled: self.auth.enabled(),
+            in_multi: self.pinned.as_ref().is_some_and(|p| p.multi),
+            resp2_subscribed: self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed),
+            pinned: self.pinned.is_some(),
+            proto: self.proto,
+            name: self.name.as_ref(),
+            reply_mode: self.reply_mode,
+            databases: self.ctx.server.load().databases,
+            has_setinfo: self.ctx.server.load().has_setinfo,
+        };
+        let route = dispatch::dispatch(&req, info.as_deref(), &self.table, &self.policy, &view);
+        let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
+        match route {
+            Dispatched::Admin => {
+                self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
+                let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
+                // A reload applies from the next command on.
+                self.engine = self.ctx.engine.load_full();
+                self.load_access();
+                self.reply(r);
+                None
+            }
+            Dispatched::Local(change, reply) => {
+                match change {
+                    Change::Db(db) => self.db = db,
+                    Change::Name(name) => self.name = name,
+                    Change::ReplyMode(mode) => self.reply_mode = mode,
+                    Change::Nothing => {}
+                }
+                match reply {
+                    Some(r) => self.reply(r),
+                    None => {
+                        if let Some(t) = self.tally.take() {
+                            t.count(Outcome::Ok);
+                        }
+                    }
+                }
+                None
+            }
+            Dispatched::Refuse(err) => self.refuse(err).await,
+            Dispatched::Quit => {
+                self.queue(Bytes::from_static(crate::resp::reply::OK));
+                self.closing = true;
+                None
+            }
+            Dispatched::Reset => {
+                if self.inflight > 0 {
+                    return Some(req);
+                }
+                self.reset();
+                self.queue(Bytes::from_static(b"+RESET\r\n"));
+                None
+            }
+            Dispatched::Hello => self.hello(req).await,
+            Dispatched::AuthLocal => {
+                self.auth_local(&req);
+                None
+            }
+            Dispatched::AuthUpstream => self.auth_upstream(req, Post::Nothing),
+            Dispatched::Pinned { blocking } => self.send_pinned(req, kind, blocking).await,
+            Dispatched::Shared => self.send_shared(req, info.as_deref()).await,
+        }
+    }
+}

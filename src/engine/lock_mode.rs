@@ -50,52 +50,7 @@ pub fn rewrite(name: &str, args: &[Bytes], max_ttl: Duration) -> Option<(Vec<Byt
     let max_ms = max_ttl.as_millis().max(1) as i64;
     let px = || Bytes::from(max_ms.to_string());
     match name {
-        "set" => {
-            let opts = args.get(3..)?;
-            let mut expiry_at: Option<usize> = None;
-            let mut i = 0;
-            while let Some(opt) = opts.get(i) {
-                let upper = opt.to_ascii_uppercase();
-                match upper.as_slice() {
-                    b"NX" | b"XX" | b"GET" => i += 1,
-                    // Absolute expiries and KEEPTTL are left as the client wrote them.
-                    b"KEEPTTL" | b"EXAT" | b"PXAT" => return None,
-                    b"EX" | b"PX" => {
-                        if expiry_at.is_some() {
-                            return None;
-                        }
-                        expiry_at = Some(i);
-                        i += 2;
-                    }
-                    _ => return None,
-                }
-            }
-            let mut out: Vec<Bytes> = args.to_vec();
-            match expiry_at {
-                None => {
-                    out.push(Bytes::from_static(b"PX"));
-                    out.push(px());
-                }
-                Some(at) => {
-                    let unit = opts.get(at)?.to_ascii_uppercase();
-                    let n = parse_int(opts.get(at + 1)?)?;
-                    if n <= 0 {
-                        return None;
-                    }
-                    let ms = if unit == b"EX" {
-                        n.checked_mul(1000)?
-                    } else {
-                        n
-                    };
-                    if ms <= max_ms {
-                        return None;
-                    }
-                    *out.get_mut(3 + at)? = Bytes::from_static(b"PX");
-                    *out.get_mut(4 + at)? = px();
-                }
-            }
-            Some((out, Translate::None))
-        }
+        "set" => set(args, max_ms, px()),
         "setnx" if args.len() == 3 => {
             let mut out = vec![Bytes::from_static(b"SET")];
             out.extend(args.iter().skip(1).cloned());
@@ -126,6 +81,54 @@ pub fn rewrite(name: &str, args: &[Bytes], max_ttl: Duration) -> Option<(Vec<Byt
         }
         _ => None,
     }
+}
+
+/// `SET` of a lock key: an expiry added when there is none, capped when longer.
+fn set(args: &[Bytes], max_ms: i64, px: Bytes) -> Option<(Vec<Bytes>, Translate)> {
+    let opts = args.get(3..)?;
+    let mut expiry_at: Option<usize> = None;
+    let mut i = 0;
+    while let Some(opt) = opts.get(i) {
+        let upper = opt.to_ascii_uppercase();
+        match upper.as_slice() {
+            b"NX" | b"XX" | b"GET" => i += 1,
+            // Absolute expiries and KEEPTTL are left as the client wrote them.
+            b"KEEPTTL" | b"EXAT" | b"PXAT" => return None,
+            b"EX" | b"PX" => {
+                if expiry_at.is_some() {
+                    return None;
+                }
+                expiry_at = Some(i);
+                i += 2;
+            }
+            _ => return None,
+        }
+    }
+    let mut out: Vec<Bytes> = args.to_vec();
+    match expiry_at {
+        None => {
+            out.push(Bytes::from_static(b"PX"));
+            out.push(px);
+        }
+        Some(at) => {
+            let unit = opts.get(at)?.to_ascii_uppercase();
+            let n = parse_int(opts.get(at + 1)?)?;
+            if n <= 0 {
+                return None;
+            }
+            let ms = if unit == b"EX" {
+                n.checked_mul(1000)?
+            } else {
+                n
+            };
+            if ms <= max_ms {
+                return None;
+            }
+            *out.get_mut(3 + at)? = Bytes::from_static(b"PX");
+            *out.get_mut(4 + at)? = px;
+        }
+    }
+    Some((out, Translate::None))
 }
 
 #[cfg(test)]

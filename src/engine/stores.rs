@@ -127,59 +127,13 @@ impl Engine {
     ) -> Option<StoreCall<'_>> {
         let style = Bytes::from_static(if bare { b"bare" } else { b"tagged" });
         let args = &req.args;
-        let (set_args, kind, flags): (Vec<Bytes>, StoreKind, &str) = match info.name.as_str() {
+        let (set_args, kind, flags) = match info.name.as_str() {
             "mset" => return self.mset_call(req, StoreKind::MSet, proto, style),
             "msetnx" => {
                 let keys = args.len().saturating_sub(1) / 2;
                 return self.mset_call(req, StoreKind::MSetNx { keys }, proto, style);
             }
-            "set" => {
-                let o = parse_set(args)?;
-                let flags = match (o.nx, o.xx, o.get) {
-                    (true, _, true) => "ng",
-                    (true, _, false) => "n",
-                    (_, true, true) => "xg",
-                    (_, true, false) => "x",
-                    (_, _, true) => "g",
-                    _ => "",
-                };
-                let kind = StoreKind::Set {
-                    nx: o.nx,
-                    get: o.get,
-                };
-                (args.get(2..)?.to_vec(), kind, flags)
-            }
-            "setex" | "psetex" => {
-                valid_expiry(args.get(2)?, info.name == "setex")?;
-                let unit: &'static [u8] = if info.name == "setex" { b"EX" } else { b"PX" };
-                let set = vec![
-                    args.get(3)?.clone(),
-                    Bytes::from_static(unit),
-                    args.get(2)?.clone(),
-                ];
-                (
-                    set,
-                    StoreKind::Set {
-                        nx: false,
-                        get: false,
-                    },
-                    "",
-                )
-            }
-            "setnx" => (
-                vec![args.get(2)?.clone(), Bytes::from_static(b"NX")],
-                StoreKind::SetNx,
-                "ni",
-            ),
-            "getset" => (
-                vec![args.get(2)?.clone(), Bytes::from_static(b"GET")],
-                StoreKind::Set {
-                    nx: false,
-                    get: true,
-                },
-                "g",
-            ),
-            _ => return None,
+            name => set_form(name, args)?,
         };
         let key = args.get(1)?;
         let c = self.cache_key(key)?;
@@ -323,6 +277,60 @@ impl Engine {
             }
         }
     }
+}
+
+/// A store command as `SET`'s arguments after the key, how it answers, and the
+/// `SET` script's flags; `None` when it is not one or Redis would refuse it.
+fn set_form(name: &str, args: &[Bytes]) -> Option<(Vec<Bytes>, StoreKind, &'static str)> {
+    Some(match name {
+        "set" => {
+            let o = parse_set(args)?;
+            let flags = match (o.nx, o.xx, o.get) {
+                (true, _, true) => "ng",
+                (true, _, false) => "n",
+                (_, true, true) => "xg",
+                (_, true, false) => "x",
+                (_, _, true) => "g",
+                _ => "",
+            };
+            let kind = StoreKind::Set {
+                nx: o.nx,
+                get: o.get,
+            };
+            (args.get(2..)?.to_vec(), kind, flags)
+        }
+        "setex" | "psetex" => {
+            valid_expiry(args.get(2)?, name == "setex")?;
+            let unit: &'static [u8] = if name == "setex" { b"EX" } else { b"PX" };
+            let set = vec![
+                args.get(3)?.clone(),
+                Bytes::from_static(unit),
+                args.get(2)?.clone(),
+            ];
+            (
+                set,
+                StoreKind::Set {
+                    nx: false,
+                    get: false,
+                },
+                "",
+            )
+        }
+        "setnx" => (
+            vec![args.get(2)?.clone(), Bytes::from_static(b"NX")],
+            StoreKind::SetNx,
+            "ni",
+        ),
+        "getset" => (
+            vec![args.get(2)?.clone(), Bytes::from_static(b"GET")],
+            StoreKind::Set {
+                nx: false,
+                get: true,
+            },
+            "g",
+        ),
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

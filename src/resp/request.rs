@@ -391,6 +391,35 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
     Some(v)
 }
 
+/// The byte a `\` escape inside double quotes at `i` stands for, and the bytes it
+/// spans: `\xHH` only with two hex digits (otherwise `\x` is an ordinary escape of
+/// `x`, as in `sdssplitargs`), `\n \r \t \b \a`, else the escaped byte itself.
+fn escape(line: &[u8], i: usize) -> (u8, usize) {
+    let at = |i: usize| line.get(i).copied();
+    if at(i + 1) == Some(b'x')
+        && let (Some(h), Some(l)) = (at(i + 2).and_then(hex), at(i + 3).and_then(hex))
+    {
+        return (h * 16 + l, 4);
+    }
+    let b = match at(i + 1).unwrap_or_default() {
+        b'n' => b'\n',
+        b'r' => b'\r',
+        b't' => b'\t',
+        b'b' => 0x08,
+        b'a' => 0x07,
+        other => other,
+    };
+    (b, 2)
+}
+
+/// A closing quote at `i` must be followed by a space or the end of the line.
+fn closing_quote(line: &[u8], i: usize) -> Result<(), ProtocolError> {
+    match line.get(i + 1) {
+        Some(n) if !n.is_ascii_whitespace() => Err(ProtocolError::UnbalancedQuotes),
+        _ => Ok(()),
+    }
+}
+
 /// Splits an inline command line into arguments like Redis's `sdssplitargs`: spaces
 /// separate, `"…"` takes escapes (`\n \r \t \b \a \\ \" \xHH`), `'…'` takes `\'`, and a
 /// closing quote must be followed by a space or the end of the line.
@@ -414,35 +443,13 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
             if in_dq {
                 match c {
                     None | Some(0) => return Err(ProtocolError::UnbalancedQuotes),
-                    // `\xHH` only with two hex digits; otherwise `\x` is an ordinary
-                    // escape of `x`, as in `sdssplitargs`.
-                    Some(b'\\')
-                        if at(i + 1) == Some(b'x')
-                            && at(i + 2).and_then(hex).is_some()
-                            && at(i + 3).and_then(hex).is_some() =>
-                    {
-                        let h = at(i + 2).and_then(hex).unwrap_or_default();
-                        let l = at(i + 3).and_then(hex).unwrap_or_default();
-                        cur.push(h * 16 + l);
-                        i += 3;
-                    }
                     Some(b'\\') if at(i + 1).is_some() => {
-                        i += 1;
-                        cur.push(match at(i).unwrap_or_default() {
-                            b'n' => b'\n',
-                            b'r' => b'\r',
-                            b't' => b'\t',
-                            b'b' => 0x08,
-                            b'a' => 0x07,
-                            other => other,
-                        });
+                        let (b, len) = escape(line, i);
+                        cur.push(b);
+                        i += len - 1;
                     }
                     Some(b'"') => {
-                        if let Some(n) = at(i + 1)
-                            && !n.is_ascii_whitespace()
-                        {
-                            return Err(ProtocolError::UnbalancedQuotes);
-                        }
+                        closing_quote(line, i)?;
                         i += 1;
                         break;
                     }
@@ -456,11 +463,7 @@ pub fn split_args(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                         cur.push(b'\'');
                     }
                     Some(b'\'') => {
-                        if let Some(n) = at(i + 1)
-                            && !n.is_ascii_whitespace()
-                        {
-                            return Err(ProtocolError::UnbalancedQuotes);
-                        }
+                        closing_quote(line, i)?;
                         i += 1;
                         break;
                     }

@@ -120,6 +120,26 @@ fn info(ctx: &Context, engine: &Engine) -> String {
     line("upstream_state", &if up { "up" } else { "down" });
     let (conns_up, conns) = ctx.upstream.connections_up();
     line("upstream_connections_up", &format!("{conns_up}/{conns}"));
+    let _ = keyspaces_and_stats(&mut s, ctx, engine, &config);
+    s
+}
+
+/// The `# Keyspaces` and `# Stats` sections of `CACHET INFO`.
+fn keyspaces_and_stats(
+    s: &mut String,
+    ctx: &Context,
+    engine: &Engine,
+    config: &crate::config::Config,
+) -> std::fmt::Result {
+    let m = &ctx.metrics;
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let mut line = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = if k.starts_with('#') {
+            write!(s, "{k}\r\n")
+        } else {
+            write!(s, "{k}:{v}\r\n")
+        };
+    };
     line("# Keyspaces", &"");
     let rules: Vec<_> = engine.keyspaces().rules().collect();
     line("keyspaces", &rules.len());
@@ -160,5 +180,5 @@ fn info(ctx: &Context, engine: &Engine) -> String {
     for (k, _, v) in engine.stats.each() {
         line(k, &v);
     }
-    s
+    Ok(())
 }

@@ -141,6 +141,12 @@ pub fn dispatch(
         let name = info.map_or("", |i| i.name.as_str());
         return Route::Local(Change::Nothing, Some(reply::wrong_arity(name)));
     }
+    by_kind(req, info, kind, v)
+}
+
+/// Where a command goes by what it is, once the session's mode has had its say.
+fn by_kind(req: &Request, info: Option<&CommandInfo>, kind: CommandKind, v: &View<'_>) -> Route {
+    use CommandKind as K;
     match kind {
         K::Quit => Route::Quit,
         K::Reset => Route::Reset,
@@ -152,42 +158,8 @@ pub fn dispatch(
         K::Hello => Route::Hello,
         K::Auth if v.auth_enabled => Route::AuthLocal,
         K::Auth => Route::AuthUpstream,
-        K::ClientId => {
-            let mut out = BytesMut::new();
-            reply::push_int(&mut out, v.id as i64);
-            Route::Local(Change::Nothing, Some(out.freeze()))
-        }
-        K::ClientGetName => Route::Local(Change::Nothing, Some(local::getname(v.name, v.proto))),
-        K::ClientSetName => match req.args.get(2) {
-            Some(name) if req.args.len() == 3 => match local::check_name(name) {
-                Ok(()) => Route::Local(
-                    Change::Name((!name.is_empty()).then(|| name.clone())),
-                    Some(Bytes::from_static(reply::OK)),
-                ),
-                Err(e) => Route::Local(Change::Nothing, Some(e)),
-            },
-            _ => Route::Local(Change::Nothing, Some(reply::wrong_arity("client|setname"))),
-        },
-        K::ClientSetInfo if v.has_setinfo => {
-            let r = match local::setinfo(&req.args) {
-                Ok(()) => Bytes::from_static(reply::OK),
-                Err(e) => e,
-            };
-            Route::Local(Change::Nothing, Some(r))
-        }
-        K::ClientReply => match local::reply_mode(&req.args) {
-            Ok(ReplyMode::On) => Route::Local(
-                Change::ReplyMode(ReplyMode::On),
-                Some(Bytes::from_static(reply::OK)),
-            ),
-            // Redis ignores SKIP while replies are off.
-            Ok(ReplyMode::Skip) if v.reply_mode == ReplyMode::Off => {
-                Route::Local(Change::Nothing, None)
-            }
-            // Neither OFF nor SKIP is answered.
-            Ok(mode) => Route::Local(Change::ReplyMode(mode), None),
-            Err(e) => Route::Local(Change::Nothing, Some(e)),
-        },
+        K::ClientId | K::ClientGetName | K::ClientSetName | K::ClientReply => client(req, kind, v),
+        K::ClientSetInfo if v.has_setinfo => client(req, kind, v),
         K::Replication => Route::Local(
             Change::Nothing,
             Some(reply::error(
@@ -220,6 +192,47 @@ pub fn dispatch(
                 Route::Shared
             }
         }
+    }
+}
+
+/// The `CLIENT` subcommands that are the session's own.
+fn client(req: &Request, kind: CommandKind, v: &View<'_>) -> Route {
+    use CommandKind as K;
+    let answer = |r: Bytes| Route::Local(Change::Nothing, Some(r));
+    match kind {
+        K::ClientId => {
+            let mut out = BytesMut::new();
+            reply::push_int(&mut out, v.id as i64);
+            answer(out.freeze())
+        }
+        K::ClientGetName => answer(local::getname(v.name, v.proto)),
+        K::ClientSetName => match req.args.get(2) {
+            Some(name) if req.args.len() == 3 => match local::check_name(name) {
+                Ok(()) => Route::Local(
+                    Change::Name((!name.is_empty()).then(|| name.clone())),
+                    Some(Bytes::from_static(reply::OK)),
+                ),
+                Err(e) => answer(e),
+            },
+            _ => answer(reply::wrong_arity("client|setname")),
+        },
+        K::ClientSetInfo => answer(match local::setinfo(&req.args) {
+            Ok(()) => Bytes::from_static(reply::OK),
+            Err(e) => e,
+        }),
+        _ => match local::reply_mode(&req.args) {
+            Ok(ReplyMode::On) => Route::Local(
+                Change::ReplyMode(ReplyMode::On),
+                Some(Bytes::from_static(reply::OK)),
+            ),
+            // Redis ignores SKIP while replies are off.
+            Ok(ReplyMode::Skip) if v.reply_mode == ReplyMode::Off => {
+                Route::Local(Change::Nothing, None)
+            }
+            // Neither OFF nor SKIP is answered.
+            Ok(mode) => Route::Local(Change::ReplyMode(mode), None),
+            Err(e) => answer(e),
+        },
     }
 }
 

@@ -44,22 +44,7 @@ impl Session {
                     self.hang_up_blocked();
                 }
             }
-            Event::ClientRead(Ok(n)) => {
-                if self.rbuf.len() == self.rbuf.capacity() {
-                    // The read filled the buffer: this client sends in bulk.
-                    self.read_size = READ_CHUNK;
-                }
-                self.ctx
-                    .metrics
-                    .bytes_in
-                    .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-                self.last_active = Instant::now();
-                if self.holding.is_some() && !self.hurried {
-                    self.hurried = true;
-                    self.hurry.notify_waiters();
-                }
-                self.process().await
-            }
+            Event::ClientRead(Ok(n)) => self.client_read(n).await,
             Event::Idle => {
                 tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
                 return Step::End;
@@ -93,24 +78,7 @@ impl Session {
                 self.on_resolved(seq, reply);
                 self.resume().await;
             }
-            Event::PinnedRead(Ok(n)) if n > 0 => {
-                self.on_pinned_data();
-                if self.out.len() as u64 > self.output_limit
-                    && self
-                        .pinned
-                        .as_ref()
-                        .is_some_and(Pinned::exempt_from_idle_timeout)
-                {
-                    tracing::warn!(
-                        session = self.id,
-                        peer = %self.peer,
-                        owed_bytes = self.out.len(),
-                        "client output buffer limit reached (a subscriber not reading); closing the connection"
-                    );
-                    return Step::End;
-                }
-                self.resume().await;
-            }
+            Event::PinnedRead(Ok(n)) if n > 0 => return self.pinned_read().await,
             Event::PinnedRead(Ok(_)) => {
                 self.pinned_failed(UpstreamError::Io("connection closed by upstream".into()));
                 self.resume().await;
@@ -135,6 +103,45 @@ impl Session {
                 return Step::ShuttingDown;
             }
         }
+        Step::Go
+    }
+
+    /// `n` bytes arrived from the client.
+    async fn client_read(&mut self, n: usize) {
+        if self.rbuf.len() == self.rbuf.capacity() {
+            // The read filled the buffer: this client sends in bulk.
+            self.read_size = READ_CHUNK;
+        }
+        self.ctx
+            .metrics
+            .bytes_in
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.last_active = Instant::now();
+        if self.holding.is_some() && !self.hurried {
+            self.hurried = true;
+            self.hurry.notify_waiters();
+        }
+        self.process().await
+    }
+
+    /// Frames arrived on the dedicated connection.
+    async fn pinned_read(&mut self) -> Step {
+        self.on_pinned_data();
+        if self.out.len() as u64 > self.output_limit
+            && self
+                .pinned
+                .as_ref()
+                .is_some_and(Pinned::exempt_from_idle_timeout)
+        {
+            tracing::warn!(
+                session = self.id,
+                peer = %self.peer,
+                owed_bytes = self.out.len(),
+                "client output buffer limit reached (a subscriber not reading); closing the connection"
+            );
+            return Step::End;
+        }
+        self.resume().await;
         Step::Go
     }
 }

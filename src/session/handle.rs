@@ -46,29 +46,11 @@ impl Session {
         let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
         match route {
             Dispatched::Admin => {
-                self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
-                let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
-                // A reload applies from the next command on.
-                self.engine = self.ctx.engine.load_full();
-                self.load_access();
-                self.reply(r);
+                self.admin(&req);
                 None
             }
             Dispatched::Local(change, reply) => {
-                match change {
-                    Change::Db(db) => self.db = db,
-                    Change::Name(name) => self.name = name,
-                    Change::ReplyMode(mode) => self.reply_mode = mode,
-                    Change::Nothing => {}
-                }
-                match reply {
-                    Some(r) => self.reply(r),
-                    None => {
-                        if let Some(t) = self.tally.take() {
-                            t.count(Outcome::Ok);
-                        }
-                    }
-                }
+                self.local(change, reply);
                 None
             }
             Dispatched::Refuse(err) => self.refuse(err).await,
@@ -93,6 +75,34 @@ impl Session {
             Dispatched::AuthUpstream => self.auth_upstream(req, Post::Nothing),
             Dispatched::Pinned { blocking } => self.send_pinned(req, kind, blocking).await,
             Dispatched::Shared => self.send_shared(req, info.as_deref()).await,
+        }
+    }
+
+    /// `CACHET …`.
+    fn admin(&mut self, req: &Request) {
+        self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
+        let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
+        // A reload applies from the next command on.
+        self.engine = self.ctx.engine.load_full();
+        self.load_access();
+        self.reply(r);
+    }
+
+    /// A command answered by the session itself.
+    fn local(&mut self, change: Change, reply: Option<Bytes>) {
+        match change {
+            Change::Db(db) => self.db = db,
+            Change::Name(name) => self.name = name,
+            Change::ReplyMode(mode) => self.reply_mode = mode,
+            Change::Nothing => {}
+        }
+        match reply {
+            Some(r) => self.reply(r),
+            None => {
+                if let Some(t) = self.tally.take() {
+                    t.count(Outcome::Ok);
+                }
+            }
         }
     }
 }

@@ -219,29 +219,8 @@ impl Session {
             if self.closing && self.slots.is_empty() && self.out.is_empty() {
                 break;
             }
-            let want_read = !self.closing
-                && self.stalled.is_none()
-                && !self.paused
-                && self.slots.len() < MAX_QUEUED
-                && self.out.len() < MAX_OUT;
-            if want_read && self.rbuf.capacity() - self.rbuf.len() < FIRST_READ / 2 {
-                // A connection gets a small buffer until it fills one: a client that
-                // sends a command at a time (or a partial frame, or nothing) never
-                // holds a full read chunk.
-                let want = self
-                    .decoder
-                    .wants(&self.rbuf)
-                    .clamp(self.read_size, 1 << 20);
-                self.rbuf.reserve(want);
-            }
+            let (want_read, deadline, wake) = self.arm();
             let timeout = self.ctx.upstream.settings().command_timeout;
-            let deadline = self.pinned.as_ref().and_then(|p| p.deadline(timeout));
-            let idle = self.idle_deadline();
-            // One timer for both deadlines (at most one is usually set).
-            let wake = match (deadline, idle) {
-                (Some(d), Some(i)) => Some(d.min(i)),
-                (d, i) => d.or(i),
-            };
             let event = {
                 let rbuf = &mut self.rbuf;
                 let out = &self.out;
@@ -282,6 +261,36 @@ impl Session {
         // still holds) out: waiting for it would keep this task, its descriptor and
         // its `max_clients` slot, and hold graceful shutdown for the grace period.
         let _ = tokio::time::timeout(CLOSE_WAIT, client_wr.shutdown()).await;
+    }
+
+    /// What the next wait waits for: whether to read the client (with room to read
+    /// into), the dedicated connection's deadline, and the one timer for it and the
+    /// idle deadline.
+    fn arm(&mut self) -> (bool, Option<Instant>, Option<Instant>) {
+        let want_read = !self.closing
+            && self.stalled.is_none()
+            && !self.paused
+            && self.slots.len() < MAX_QUEUED
+            && self.out.len() < MAX_OUT;
+        if want_read && self.rbuf.capacity() - self.rbuf.len() < FIRST_READ / 2 {
+            // A connection gets a small buffer until it fills one: a client that
+            // sends a command at a time (or a partial frame, or nothing) never
+            // holds a full read chunk.
+            let want = self
+                .decoder
+                .wants(&self.rbuf)
+                .clamp(self.read_size, 1 << 20);
+            self.rbuf.reserve(want);
+        }
+        let timeout = self.ctx.upstream.settings().command_timeout;
+        let deadline = self.pinned.as_ref().and_then(|p| p.deadline(timeout));
+        let idle = self.idle_deadline();
+        // One timer for both deadlines (at most one is usually set).
+        let wake = match (deadline, idle) {
+            (Some(d), Some(i)) => Some(d.min(i)),
+            (d, i) => d.or(i),
+        };
+        (want_read, deadline, wake)
     }
 
     /// `n` bytes of `out` reached the client.

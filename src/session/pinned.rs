@@ -267,6 +267,59 @@ impl Pinned {
         self.watching && !self.multi
     }
 
+    /// Inside the client's transaction: one `+QUEUED` (or an error) each, whatever the
+    /// command; what the ones that change the connection's mode will change at `EXEC`.
+    fn expect_queued(&mut self, args: &[Bytes], kind: CommandKind, after: usize) -> (u32, OnReply) {
+        use CommandKind as K;
+        match kind {
+            K::Exec => {
+                self.multi = false;
+                self.watching = false;
+                return (1, OnReply::Exec);
+            }
+            K::Discard => {
+                self.multi = false;
+                self.watching = false;
+                return (1, OnReply::Nothing);
+            }
+            K::Select => {
+                // Whatever its outcome, the connection may leave this transaction
+                // in another database than its identity says: never reuse it.
+                self.dirty = true;
+                let db = args
+                    .first()
+                    .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
+                return (1, OnReply::Queued(db.map(Change::Select)));
+            }
+            K::Subscribe
+            | K::PSubscribe
+            | K::SSubscribe
+            | K::Unsubscribe
+            | K::PUnsubscribe
+            | K::SUnsubscribe => {
+                self.dirty = true;
+                return (1, OnReply::Queued(Some(Change::Subscription(kind))));
+            }
+            K::ClientTracking => {
+                self.dirty = true;
+                let on = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+                return (1, OnReply::Queued(Some(Change::Tracking(on))));
+            }
+            K::Monitor => {
+                self.dirty = true;
+                return (1, OnReply::Queued(Some(Change::Monitor)));
+            }
+            K::Hello | K::ClientSetName | K::ClientReply => {
+                self.dirty = true;
+            }
+            _ => {}
+        }
+        if after > 0 {
+            return (1, OnReply::QueuedWith(after));
+        }
+        (1, OnReply::Queued(None))
+    }
+
     fn expectation(&mut self, req: &Request, kind: CommandKind, after: usize) -> (u32, OnReply) {
         use CommandKind as K;
         if self.monitor {
@@ -274,54 +327,7 @@ impl Pinned {
         }
         let args = req.args.get(1..).unwrap_or_default();
         if self.multi {
-            // Queued: one `+QUEUED` (or an error) each, whatever the command.
-            match kind {
-                K::Exec => {
-                    self.multi = false;
-                    self.watching = false;
-                    return (1, OnReply::Exec);
-                }
-                K::Discard => {
-                    self.multi = false;
-                    self.watching = false;
-                    return (1, OnReply::Nothing);
-                }
-                K::Select => {
-                    // Whatever its outcome, the connection may leave this transaction
-                    // in another database than its identity says: never reuse it.
-                    self.dirty = true;
-                    let db = args
-                        .first()
-                        .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok());
-                    return (1, OnReply::Queued(db.map(Change::Select)));
-                }
-                K::Subscribe
-                | K::PSubscribe
-                | K::SSubscribe
-                | K::Unsubscribe
-                | K::PUnsubscribe
-                | K::SUnsubscribe => {
-                    self.dirty = true;
-                    return (1, OnReply::Queued(Some(Change::Subscription(kind))));
-                }
-                K::ClientTracking => {
-                    self.dirty = true;
-                    let on = args.get(1).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
-                    return (1, OnReply::Queued(Some(Change::Tracking(on))));
-                }
-                K::Monitor => {
-                    self.dirty = true;
-                    return (1, OnReply::Queued(Some(Change::Monitor)));
-                }
-                K::Hello | K::ClientSetName | K::ClientReply => {
-                    self.dirty = true;
-                }
-                _ => {}
-            }
-            if after > 0 {
-                return (1, OnReply::QueuedWith(after));
-            }
-            return (1, OnReply::Queued(None));
+            return self.expect_queued(args, kind, after);
         }
         match kind {
             K::Multi => {

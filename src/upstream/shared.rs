@@ -496,6 +496,65 @@ fn note_reply(health: &Health, frame: &[u8]) {
     }
 }
 
+/// The reader's buffer and how far into the current job's reply it has scanned.
+struct Framing {
+    buf: BytesMut,
+    scanner: Scanner,
+    /// Frames of the current job already scanned, and the bytes they span.
+    frames_seen: u32,
+    scanned: usize,
+}
+
+impl Framing {
+    /// Hands every complete reply in the buffer to its job, in order.
+    fn hand_out(
+        &mut self,
+        pending: &mut mpsc::UnboundedReceiver<Pending>,
+        current: &mut Option<Pending>,
+        rtt: &Histogram,
+        health: &Health,
+    ) -> Result<(), UpstreamError> {
+        loop {
+            if current.is_none() {
+                *current = pending.try_recv().ok();
+            }
+            let Some(cur) = current.as_ref() else { break };
+            let Some(rest) = self.buf.get(self.scanned..) else {
+                break;
+            };
+            let frame = match self.scanner.scan(rest) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            };
+            if frame.kind == b'>' {
+                // No shared connection subscribes or tracks; drop a stray push.
+                if self.scanned == 0 {
+                    let _ = self.buf.split_to(frame.len);
+                } else {
+                    self.scanned += frame.len;
+                }
+                continue;
+            }
+            if frame.kind == b'-' && !is_check(&cur.job) {
+                note_reply(health, rest.get(..frame.len).unwrap_or_default());
+            }
+            self.scanned += frame.len;
+            self.frames_seen += 1;
+            if self.frames_seen >= cur.job.frames.max(1) {
+                let bytes = self.buf.split_to(self.scanned).freeze();
+                if let Some(done) = current.take() {
+                    rtt.observe(done.sent_at.elapsed());
+                    done.job.complete(bytes);
+                }
+                self.scanned = 0;
+                self.frames_seen = 0;
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn read_loop(
     mut rd: ReadHalf,
     pending: &mut mpsc::UnboundedReceiver<Pending>,
@@ -504,11 +563,12 @@ async fn read_loop(
     rtt: &Histogram,
     health: &Health,
 ) -> Result<(), UpstreamError> {
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut scanner = Scanner::default();
-    // Frames of the current job already scanned, and the bytes they span.
-    let mut frames_seen: u32 = 0;
-    let mut scanned: usize = 0;
+    let mut framing = Framing {
+        buf: BytesMut::with_capacity(16 * 1024),
+        scanner: Scanner::default(),
+        frames_seen: 0,
+        scanned: 0,
+    };
     // One timer for the whole connection, not one per read: it is armed for the
     // oldest outstanding job's deadline and, when it fires early (that job was
     // answered meanwhile), re-armed for the current one's.
@@ -516,47 +576,11 @@ async fn read_loop(
     tokio::pin!(watchdog);
     loop {
         // Hand out every complete reply in the buffer.
-        loop {
-            if current.is_none() {
-                *current = pending.try_recv().ok();
-            }
-            let Some(cur) = current.as_ref() else { break };
-            let Some(rest) = buf.get(scanned..) else {
-                break;
-            };
-            let frame = match scanner.scan(rest) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
-            };
-            if frame.kind == b'>' {
-                // No shared connection subscribes or tracks; drop a stray push.
-                if scanned == 0 {
-                    let _ = buf.split_to(frame.len);
-                } else {
-                    scanned += frame.len;
-                }
-                continue;
-            }
-            if frame.kind == b'-' && !is_check(&cur.job) {
-                note_reply(health, rest.get(..frame.len).unwrap_or_default());
-            }
-            scanned += frame.len;
-            frames_seen += 1;
-            if frames_seen >= cur.job.frames.max(1) {
-                let bytes = buf.split_to(scanned).freeze();
-                if let Some(done) = current.take() {
-                    rtt.observe(done.sent_at.elapsed());
-                    done.job.complete(bytes);
-                }
-                scanned = 0;
-                frames_seen = 0;
-            }
-        }
+        framing.hand_out(pending, current, rtt, health)?;
         let read = match current.as_ref() {
             Some(cur) => {
                 tokio::select! {
-                    r = rd.read_buf(&mut buf) => r,
+                    r = rd.read_buf(&mut framing.buf) => r,
                     _ = &mut watchdog => {
                         let deadline = cur.sent_at + timeout;
                         if Instant::now() >= deadline {
@@ -574,7 +598,7 @@ async fn read_loop(
             }
             None => {
                 tokio::select! {
-                    r = rd.read_buf(&mut buf) => r,
+                    r = rd.read_buf(&mut framing.buf) => r,
                     p = pending.recv() => match p {
                         Some(p) => { *current = Some(p); continue; }
                         None => return Ok(()),
@@ -588,8 +612,8 @@ async fn read_loop(
             Ok(_) => {}
             Err(e) => return Err(UpstreamError::Io(e.to_string())),
         }
-        if buf.capacity() - buf.len() < 4096 && buf.len() < 4096 {
-            buf.reserve(16 * 1024);
+        if framing.buf.capacity() - framing.buf.len() < 4096 && framing.buf.len() < 4096 {
+            framing.buf.reserve(16 * 1024);
         }
     }
 }

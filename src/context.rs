@@ -3,7 +3,6 @@
 //! metrics, and what a configuration reload swaps (the engine, the command policy,
 //! client credentials, limits; see `reload.rs`).
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,14 +13,25 @@ use tokio::sync::watch;
 
 use crate::auth::Auth;
 use crate::command::CommandTable;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::reload::{ConfigSource, LogReloader};
 use crate::resp::{Limits, reply};
 use crate::upstream::connect::{Identity, connect, roundtrip};
 use crate::upstream::{Settings, Upstream, UpstreamError};
+
+/// Sets the log filter to a directive (`info`, `warn,cachet::session=debug`).
+pub type SetLogFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+/// What a reload calls to change the log filter.
+pub struct LogReloader(pub Box<SetLogFilter>);
+
+impl std::fmt::Debug for LogReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogReloader")
+    }
+}
 
 /// Facts about the upstream server that sessions answer from locally.
 #[derive(Debug, Clone)]
@@ -206,49 +216,6 @@ impl Context {
     }
 }
 
-/// `[commands] deny`: command names refused with an error, lowercase as in the command
-/// table (`flushall`; a subcommand as `config|set`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DenyList {
-    names: HashSet<String>,
-}
-
-impl DenyList {
-    /// From the configuration's entries (`FLUSHALL`, `CONFIG|SET` or `CONFIG SET`).
-    pub fn new(entries: &[String]) -> DenyList {
-        DenyList {
-            names: entries
-                .iter()
-                .map(|e| e.to_ascii_lowercase().replace(' ', "|"))
-                .collect(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// Whether a command is denied: by its top-level name (`args[0]`), or by its full
-    /// name in the command table (`config|set`).
-    pub fn denies(&self, first: &[u8], table_name: Option<&str>) -> bool {
-        if self.names.is_empty() {
-            return false;
-        }
-        if let Some(name) = table_name {
-            if self.names.contains(name) {
-                return true;
-            }
-            if let Some((container, _)) = name.split_once('|') {
-                return self.names.contains(container);
-            }
-            return false;
-        }
-        std::str::from_utf8(first)
-            .map(|f| self.names.contains(&f.to_ascii_lowercase()))
-            .unwrap_or(false)
-    }
-}
-
 /// The key/value frames of a `HELLO` reply (a RESP3 map or a RESP2 flat array).
 fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
     let el = reply::elements(frame)?;
@@ -263,22 +230,4 @@ fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
             })
             .collect(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DenyList;
-
-    #[test]
-    fn deny_list_matches_commands_and_subcommands() {
-        let deny = DenyList::new(&["FLUSHALL".into(), "CONFIG|SET".into()]);
-        assert!(deny.denies(b"FlushAll", Some("flushall")));
-        assert!(deny.denies(b"flushall", None));
-        assert!(deny.denies(b"config", Some("config|set")));
-        assert!(!deny.denies(b"config", Some("config|get")));
-        assert!(!deny.denies(b"get", Some("get")));
-        let container = DenyList::new(&["CONFIG".into()]);
-        assert!(container.denies(b"config", Some("config|get")));
-        assert!(!DenyList::default().denies(b"flushall", Some("flushall")));
-    }
 }

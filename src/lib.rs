@@ -42,6 +42,7 @@ pub mod command;
 pub mod config;
 pub mod context;
 pub mod engine;
+pub mod glob;
 pub mod key_lock;
 pub mod keyspace;
 pub mod listener;

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
         },
     };
     // Every problem of the file and the overrides is reported at once.
-    let config = match source.load() {
+    let config = match cachet::reload::load(&source) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

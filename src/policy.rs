@@ -2,12 +2,11 @@
 //! `rename-command`), the deny list, and refusing scripts. Swapped whole by a reload;
 //! a session reads it once per batch of commands.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::config::{CommandsConfig, ScriptPolicy};
-use crate::context::DenyList;
 use crate::resp::{Request, reply};
 
 /// Script commands `[commands] scripts = "refuse"` refuses, by command-table name.
@@ -161,6 +160,85 @@ pub fn unknown_subcommand(args: &[Bytes]) -> Bytes {
     ))
 }
 
+/// `[commands] deny`: command names refused with an error, lowercase as in the command
+/// table (`flushall`; a subcommand as `config|set`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DenyList {
+    names: HashSet<String>,
+}
+
+impl DenyList {
+    /// From the configuration's entries (`FLUSHALL`, `CONFIG|SET` or `CONFIG SET`).
+    pub fn new(entries: &[String]) -> DenyList {
+        DenyList {
+            names: entries
+                .iter()
+                .map(|e| e.to_ascii_lowercase().replace(' ', "|"))
+                .collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Whether a command is denied: by its top-level name (`args[0]`), or by its full
+    /// name in the command table (`config|set`).
+    pub fn denies(&self, first: &[u8], table_name: Option<&str>) -> bool {
+        if self.names.is_empty() {
+            return false;
+        }
+        if let Some(name) = table_name {
+            if self.names.contains(name) {
+                return true;
+            }
+            if let Some((container, _)) = name.split_once('|') {
+                return self.names.contains(container);
+            }
+            return false;
+        }
+        std::str::from_utf8(first)
+            .map(|f| self.names.contains(&f.to_ascii_lowercase()))
+            .unwrap_or(false)
+    }
+}
+
+/// `[commands] rename`, as Redis's `rename-command`: each new name once, and not the
+/// name of a command that is still there under its own name (a
+/// [`Check`](crate::config::Check) for the loader).
+pub fn check(config: &crate::config::Config) -> Vec<(String, String)> {
+    let renames = &config.commands.rename;
+    let mut out = Vec::new();
+    let mut fail = |key: String, message: String| out.push((key, message));
+    if renames.is_empty() {
+        return out;
+    }
+    let builtin = crate::command::CommandTable::builtin();
+    let mut taken = std::collections::HashSet::new();
+    for (from, to) in renames {
+        let key = format!("commands.rename.{from}");
+        if from.contains('|') || to.contains('|') {
+            fail(
+                key,
+                "only whole commands can be renamed, not subcommands".into(),
+            );
+            continue;
+        }
+        if to.is_empty() {
+            continue;
+        }
+        if !taken.insert(to.as_str()) {
+            fail(key, format!("{to} is the new name of another command too"));
+        } else if to != from
+            && !renames.contains_key(to)
+            && builtin.get(&to.to_ascii_lowercase()).is_some()
+        {
+            fail(key, format!("{to} is already a Redis command"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -261,5 +339,66 @@ mod tests {
             policy.rename(Request::from_args(Vec::<Bytes>::new())),
             Renamed::Run(_)
         ));
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::{DenyList, check};
+
+    /// Problems of `text` with the rename check, as `line: key: message`.
+    fn errors(text: &str) -> Vec<String> {
+        match crate::config::Config::parse_with(text, "", &[check]) {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .errors
+                .iter()
+                .map(|e| format!("{}: {}: {}", e.line.unwrap_or(0), e.key, e.message))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rename_errors() {
+        assert_eq!(
+            errors(
+                "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\", SCRIPT = \"a b\" }\nscripts = \"maybe\"\n"
+            ),
+            [
+                "2: commands.rename.CONFIG: GET is already a Redis command",
+                "2: commands.rename.FLUSHDB: X is the new name of another command too",
+                "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
+                "2: commands.rename.SCRIPT: invalid command name \"a b\": command names contain no spaces",
+                "3: commands.scripts: unknown variant `maybe`, expected `allow` or `refuse`",
+            ]
+        );
+        assert_eq!(
+            errors(
+                "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\" }\n"
+            ),
+            [
+                "2: commands.rename.CONFIG: GET is already a Redis command",
+                "2: commands.rename.FLUSHDB: X is the new name of another command too",
+                "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
+            ]
+        );
+        // Swapping two names is allowed: neither stays under its own name.
+        assert_eq!(
+            errors("[commands]\nrename = { GET = \"SET\", SET = \"GET\" }\n"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn deny_list_matches_commands_and_subcommands() {
+        let deny = DenyList::new(&["FLUSHALL".into(), "CONFIG|SET".into()]);
+        assert!(deny.denies(b"FlushAll", Some("flushall")));
+        assert!(deny.denies(b"flushall", None));
+        assert!(deny.denies(b"config", Some("config|set")));
+        assert!(!deny.denies(b"config", Some("config|get")));
+        assert!(!deny.denies(b"get", Some("get")));
+        let container = DenyList::new(&["CONFIG".into()]);
+        assert!(container.denies(b"config", Some("config|get")));
+        assert!(!DenyList::default().denies(b"flushall", Some("flushall")));
     }
 }

@@ -17,52 +17,24 @@
 //! restart and left as it runs.
 
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::config::{Config, Overrides};
+use crate::config::Config;
 use crate::context::Context;
 use crate::resp::Limits;
 
-/// Where the running configuration came from.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigSource {
-    /// The `--config` file; `None`: the built-in defaults.
-    pub path: Option<PathBuf>,
-    pub overrides: Overrides,
-}
+/// What the modules that own settings check beyond the configuration's own rules: the
+/// TLS files, the command names of `[commands] rename`.
+pub const CHECKS: [crate::config::Check; 2] = [crate::tls::check, crate::policy::check];
 
-impl ConfigSource {
-    /// Loads the file (or the defaults), applies the overrides and validates; every
-    /// problem is reported at once, one per line.
-    pub fn load(&self) -> Result<Config, String> {
-        let mut config = match &self.path {
-            Some(path) => Config::load(path).map_err(|e| e.to_string().trim_end().to_owned())?,
-            None => Config::default(),
-        };
-        let mut problems = self.overrides.apply(&mut config);
-        if let Err(e) = config.validate() {
-            problems.push(e.to_string().trim_end().to_owned());
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(problems.join("\n"))
-        }
-    }
-}
+pub use crate::config::ConfigSource;
+pub use crate::context::{LogReloader, SetLogFilter};
 
-/// Sets the log filter to a directive (`info`, `warn,cachet::session=debug`).
-pub type SetLogFilter = dyn Fn(&str) -> Result<(), String> + Send + Sync;
-
-/// What a reload calls to change the log filter.
-pub struct LogReloader(pub Box<SetLogFilter>);
-
-impl fmt::Debug for LogReloader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LogReloader")
-    }
+/// Loads `source` with every owner's checks ([`CHECKS`]): what a start and a reload
+/// run.
+pub fn load(source: &ConfigSource) -> Result<Config, String> {
+    source.load_with(&CHECKS)
 }
 
 /// What a reload did.
@@ -99,7 +71,7 @@ impl Context {
         let Some(source) = self.source.get() else {
             return Err("cachet was started without a configuration source to reload".into());
         };
-        let new = match source.load() {
+        let new = match load(source) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);

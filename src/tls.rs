@@ -46,6 +46,31 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// The acceptor for `[listen.tls]`: cachet's certificate, and client certificates
 /// required and verified when `client_ca` is set.
+/// The TLS settings' problems, found as a start would find them (reading and parsing
+/// every file they name): a [`Check`](crate::config::Check) for the loader.
+pub fn check(config: &Config) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(tls) = &config.listen.tls
+        && tls.certificate.is_some()
+        && tls.key.is_some()
+        && let Err(e) = acceptor(tls)
+    {
+        out.push((format!("listen.tls.{}", e.key), e.message));
+    }
+    let upstream = &config.upstream;
+    if upstream.url.tls && !upstream.url.host.is_empty() {
+        let tls = upstream.tls.clone().unwrap_or_default();
+        if let Err(e) = connector(&upstream.url.host, &tls) {
+            let key = match e.key {
+                "url" => "upstream.url".to_owned(),
+                key => format!("upstream.tls.{key}"),
+            };
+            out.push((key, e.message));
+        }
+    }
+    out
+}
+
 pub fn acceptor(tls: &ListenTls) -> Result<TlsAcceptor, TlsError> {
     let certificate = tls
         .certificate

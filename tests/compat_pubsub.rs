@@ -258,7 +258,7 @@ fn monitor_sees_commands_of_other_clients() {
     let mut other = support::raw::Raw::connect(cachet.addr);
     assert_eq!(monitor.call(&words("MONITOR")), b"+OK\r\n");
     assert_eq!(other.call(&words("SET mk 1")), b"+OK\r\n");
-    // cachet runs a write together with its invalidation (DESIGN G2), so the monitor
+    // cachet runs a write together with its invalidation (docs/design.md, G2), so the monitor
     // also shows the MULTI around it; upstream connections opening meanwhile (in any
     // order) ask ROLE, PING, INFO server and TIME and load cachet's scripts. The SET
     // must come right after the transaction opens, with nothing but connection set-up

@@ -1,4 +1,4 @@
-//! Invalidate-plus-set (DESIGN G2): every write of a `strict` or `cache` key publishes
+//! Invalidate-plus-set (docs/design.md, G2): every write of a `strict` or `cache` key publishes
 //! one invalidation message per key, atomically with the write; `passthrough` and
 //! `lock` keys publish nothing; `lock` keys get an expiry; reserved keys are out of
 //! reach.

@@ -344,7 +344,7 @@ async fn garbage_on_the_tls_listener_closes_only_that_connection() {
 
 /// The configuration errors of `text` (loaded as `tls.toml`), one per line.
 fn errors(text: &str) -> Vec<String> {
-    match Config::parse(text, "tls.toml") {
+    match Config::parse_with(text, "tls.toml", &cachet::reload::CHECKS) {
         Ok(_) => Vec::new(),
         Err(e) => e.errors.iter().map(ToString::to_string).collect(),
     }

@@ -14,6 +14,7 @@
 //! | `procs.rs` | Redis's command-specific key procedures (SORT, MIGRATE, …) |
 //! | `kind.rs` | [`CommandKind`] and blocking detection, by name |
 //! | `flags.rs` | [`CommandFlags`], [`KeyFlags`] |
+//! | `tally.rs` | a command's reply counters (exposed by `metrics.rs`) |
 
 mod flags;
 mod keys;
@@ -21,6 +22,7 @@ mod kind;
 mod parse;
 mod procs;
 mod table;
+pub mod tally;
 
 #[cfg(test)]
 mod tests;
@@ -47,7 +49,7 @@ pub struct CommandInfo {
     pub legacy_keys: (i32, i32, i32),
     pub kind: CommandKind,
     /// This command's reply counters (see `metrics.rs`); ignored by equality.
-    pub tally: crate::metrics::Tally,
+    pub tally: tally::Tally,
 }
 
 impl CommandInfo {

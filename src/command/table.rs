@@ -176,7 +176,7 @@ impl CommandTable {
     }
 
     /// Gives every command the counters `tally_for` returns for its name.
-    pub fn set_tallies(&mut self, mut tally_for: impl FnMut(&str) -> crate::metrics::Tally) {
+    pub fn set_tallies(&mut self, mut tally_for: impl FnMut(&str) -> super::tally::Tally) {
         for entry in self.by_name.values_mut() {
             let tally = tally_for(&entry.info.name);
             if !Arc::ptr_eq(&tally.0, &entry.info.tally.0) {

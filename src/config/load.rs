@@ -40,7 +40,11 @@ struct RawRule {
     write_through: Option<WriteThrough>,
 }
 
-pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
+pub(super) fn parse(
+    text: &str,
+    origin: &str,
+    checks: &[super::Check],
+) -> Result<Config, ConfigErrors> {
     let mut loader = Loader {
         text,
         origin,
@@ -77,7 +81,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
             ),
         }
     }
-    for error in validate::check(&config) {
+    let owned = checks
+        .iter()
+        .flat_map(|check| check(&config))
+        .map(|(key, message)| ConfigError::new(key, message));
+    for error in validate::check(&config).into_iter().chain(owned) {
         let scope = error.key.split('.').next().unwrap_or_default();
         let rests_on_a_failure = loader.failed.contains(&error.key)
             || loader.failed.contains(scope)

@@ -12,6 +12,7 @@
 mod error;
 mod load;
 mod overrides;
+mod source;
 mod units;
 mod url;
 mod validate;
@@ -28,9 +29,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::keyspace::DEFAULT_LOCK_MAX_TTL;
+/// `max_ttl` of a `lock` keyspace that does not set one.
+pub const DEFAULT_LOCK_MAX_TTL: Duration = Duration::from_secs(30);
 pub use error::{ConfigError, ConfigErrors};
 pub use overrides::Overrides;
+pub use source::ConfigSource;
+pub use units::fmt_duration;
 pub use units::{parse_duration, parse_size};
 pub use url::{DEFAULT_REDIS_PORT, UpstreamUrl};
 
@@ -277,7 +281,7 @@ pub struct KeyspaceRule {
     pub write_through: Option<WriteThrough>,
 }
 
-/// How a keyspace's keys are handled (DESIGN section 3).
+/// How a keyspace's keys are handled (docs/design.md, "Keyspaces").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyspaceMode {
@@ -459,12 +463,22 @@ impl Default for Config {
     }
 }
 
+/// A check of settings another module owns (the TLS files it reads, the command names
+/// it knows): each problem as the key it is about and a message. The loader attaches
+/// files and lines to them as to its own.
+pub type Check = fn(&Config) -> Vec<(String, String)>;
+
 impl Config {
     /// Reads, parses and validates the file at `path`; errors name it as given.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::load_with(path, &[])
+    }
+
+    /// [`Config::load`], with the owners' `checks` too.
+    pub fn load_with(path: &Path, checks: &[Check]) -> Result<Config, ConfigErrors> {
         let origin = path.display().to_string();
         match std::fs::read_to_string(path) {
-            Ok(text) => Config::parse(&text, &origin),
+            Ok(text) => load::parse(&text, &origin, checks),
             Err(err) => Err(ConfigErrors::from(vec![ConfigError {
                 origin,
                 line: None,
@@ -478,13 +492,26 @@ impl Config {
     /// Parses and validates TOML `text`; `origin` (a file name) prefixes every error.
     /// Reports every problem found, not just the first.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigErrors> {
-        load::parse(text, origin)
+        load::parse(text, origin, &[])
+    }
+
+    /// [`Config::parse`], with the owners' `checks` too.
+    pub fn parse_with(text: &str, origin: &str, checks: &[Check]) -> Result<Config, ConfigErrors> {
+        load::parse(text, origin, checks)
     }
 
     /// The semantic rules (ranges, mode-specific keys, unreachable rules, ...). Errors
     /// carry keys but no origin or line: use [`ConfigErrors::with_origin`] to label them.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
-        let errors = validate::check(self);
+        self.validate_with(&[])
+    }
+
+    /// [`Config::validate`], with the owners' `checks` too.
+    pub fn validate_with(&self, checks: &[Check]) -> Result<(), ConfigErrors> {
+        let mut errors = validate::check(self);
+        for check in checks {
+            errors.extend(check(self).into_iter().map(|(k, m)| ConfigError::new(k, m)));
+        }
         if errors.is_empty() {
             Ok(())
         } else {

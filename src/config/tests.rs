@@ -714,31 +714,3 @@ fn auth_errors_name_line_and_key() {
         "{missing:?}"
     );
 }
-
-#[test]
-fn rename_errors() {
-    assert_eq!(
-        errors(
-            "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\", SCRIPT = \"a b\" }\nscripts = \"maybe\"\n"
-        ),
-        [
-            "2: commands.rename.CONFIG: GET is already a Redis command",
-            "2: commands.rename.FLUSHDB: X is the new name of another command too",
-            "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
-            "2: commands.rename.SCRIPT: invalid command name \"a b\": command names contain no spaces",
-            "3: commands.scripts: unknown variant `maybe`, expected `allow` or `refuse`",
-        ]
-    );
-    assert_eq!(
-        errors(
-            "[commands]\nrename = { CONFIG = \"GET\", FLUSHALL = \"X\", FLUSHDB = \"x\", \"CLIENT|KILL\" = \"\" }\n"
-        ),
-        [
-            "2: commands.rename.CONFIG: GET is already a Redis command",
-            "2: commands.rename.FLUSHDB: X is the new name of another command too",
-            "2: commands.rename.CLIENT|KILL: only whole commands can be renamed, not subcommands",
-        ]
-    );
-    // Swapping two names is allowed: neither stays under its own name.
-    parse("[commands]\nrename = { GET = \"SET\", SET = \"GET\" }\n").unwrap();
-}

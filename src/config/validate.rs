@@ -1,7 +1,8 @@
 //! Semantic rules over a typed [`Config`]: ranges, combinations, unreachable keyspace
-//! rules, and the TLS files it names (read and checked as a start would). Runs after
-//! parsing and again after command-line overrides, so it knows nothing of the
-//! configuration file; the loader attaches lines by looking the keys up.
+//! rules. What other modules own (the TLS files, command names) they check themselves,
+//! through [`Check`](super::Check)s the loader is given. Runs after parsing and again
+//! after command-line overrides, so it knows nothing of the configuration file; the
+//! loader attaches lines by looking the keys up.
 
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 
 use super::{Config, ConfigError, KeyspaceMode, units};
-use crate::keyspace::Matcher;
+use crate::glob::Matcher;
 
 /// Leases and lock expiries are set with `PX`, whose unit is the millisecond.
 const MIN_REDIS_TTL: Duration = Duration::from_millis(1);
@@ -48,11 +49,6 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
         for name in &missing {
             fail(format!("listen.tls.{name}"), "missing required key".into());
         }
-        if missing.is_empty()
-            && let Err(e) = crate::tls::acceptor(tls)
-        {
-            fail(format!("listen.tls.{}", e.key), e.message);
-        }
     }
 
     let upstream = &config.upstream;
@@ -82,22 +78,11 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             fail(key.into(), "must be greater than 0s".into());
         }
     }
-    match (&upstream.tls, upstream.url.tls) {
-        (Some(_), false) => fail(
+    if upstream.tls.is_some() && !upstream.url.tls {
+        fail(
             "upstream.tls".into(),
             "set, but upstream.url is redis://; use rediss:// to connect with TLS".into(),
-        ),
-        (tls, true) if !upstream.url.host.is_empty() => {
-            let tls = tls.clone().unwrap_or_default();
-            if let Err(e) = crate::tls::connector(&upstream.url.host, &tls) {
-                let key = match e.key {
-                    "url" => "upstream.url".to_owned(),
-                    key => format!("upstream.tls.{key}"),
-                };
-                fail(key, e.message);
-            }
-        }
-        _ => {}
+        );
     }
     if !(1..=64).contains(&upstream.shared_connections) {
         fail(
@@ -160,7 +145,7 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             "consistency.fill_window".into(),
             format!(
                 "must be at least lease_ttl ({})",
-                crate::upstream::connect::fmt_duration(consistency.lease_ttl)
+                units::fmt_duration(consistency.lease_ttl)
             ),
         );
     }
@@ -217,7 +202,6 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             fail("commands.deny".into(), message);
         }
     }
-    check_renames(&config.commands.rename, &mut fail);
 
     if let Some(auth) = &config.auth {
         if auth.password_sha256.is_none() && auth.users.is_empty() {
@@ -286,40 +270,6 @@ fn check_sha256(digest: &str) -> Result<(), String> {
              for example the output of `printf %s 'password' | sha256sum`), got {} characters",
             digest.chars().count()
         ))
-    }
-}
-
-/// `[commands] rename`, as Redis's `rename-command`: each new name once, and not the
-/// name of a command that is still there under its own name.
-fn check_renames(
-    renames: &std::collections::BTreeMap<String, String>,
-    fail: &mut impl FnMut(String, String),
-) {
-    if renames.is_empty() {
-        return;
-    }
-    let builtin = crate::command::CommandTable::builtin();
-    let mut taken = std::collections::HashSet::new();
-    for (from, to) in renames {
-        let key = format!("commands.rename.{from}");
-        if from.contains('|') || to.contains('|') {
-            fail(
-                key,
-                "only whole commands can be renamed, not subcommands".into(),
-            );
-            continue;
-        }
-        if to.is_empty() {
-            continue;
-        }
-        if !taken.insert(to.as_str()) {
-            fail(key, format!("{to} is the new name of another command too"));
-        } else if to != from
-            && !renames.contains_key(to)
-            && builtin.get(&to.to_ascii_lowercase()).is_some()
-        {
-            fail(key, format!("{to} is already a Redis command"));
-        }
     }
 }
 

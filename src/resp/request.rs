@@ -12,7 +12,7 @@ use thiserror::Error;
 
 use super::reply::{push_bulk, push_header};
 
-/// Limits on what a client may send (DESIGN section 6, `[limits]`).
+/// Limits on what a client may send (`[limits]`, docs/configuration.md).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest accepted bulk string (`proto-max-bulk-len`).

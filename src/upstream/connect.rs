@@ -2,8 +2,6 @@
 //! handshake for a `rediss://` upstream (within `connect_timeout` again), then the Redis
 //! handshake that gives it its identity (credentials, protocol version, database).
 
-use std::time::Duration;
-
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -140,11 +138,4 @@ pub async fn roundtrip(
     Ok(replies)
 }
 
-/// `1s`, `250ms`: durations as the configuration writes them.
-pub fn fmt_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 && d.as_secs() > 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
+pub use crate::config::fmt_duration;

@@ -1,7 +1,7 @@
 # cachet container image: a static-enough release build on Debian slim, run as non-root.
 #
 #   docker build -t cachet .
-#   docker run --rm -p 6380:6380 cachet --listen 0.0.0.0:6380 --upstream redis://host.docker.internal:6379/0
+#   docker run --rm -p 127.0.0.1:6380:6380 cachet --listen 0.0.0.0:6380 --upstream redis://host.docker.internal:6379/0
 
 FROM rust:1.95-slim-trixie AS build
 # jemalloc, cachet's allocator, builds with make (the image has the C compiler).

@@ -2,6 +2,7 @@
 """Side-by-side load benchmark: direct Redis, cachet, twemproxy (nutcracker) and HAProxy.
 
     python3 benches/load.py [--rounds 3] [--requests 100000] [--quick] [--out DIR]
+                            [--baseline PATH/TO/OLD/cachet [--focus]]
 
 Starts its own redis-server, a release-built cachet (every key `strict`, plus a second
 cachet with every key `cache` for the cache-read test), nutcracker and haproxy (TCP
@@ -13,6 +14,11 @@ time per 100k commands and its peak memory, then the latency each target adds at
 load (open-loop GETs from `benches/paced.rs` at 50 % of direct Redis's throughput), then
 cachet's resident memory with 10,000 idle client connections. Writes `results.md`, `results.json` and
 `throughput.svg` into --out (default: target/bench).
+
+With --baseline, another cachet binary (an earlier build) runs beside this one with the
+same configurations ("baseline", "baseline-cache") and takes part in every cachet case,
+so old and new are compared in the same run; --focus keeps only the 50-client cases,
+direct Redis and the two cachets.
 """
 
 import argparse
@@ -90,7 +96,7 @@ class Proc:
             self.p.kill()
 
 
-def start_targets(work):
+def start_targets(work, baseline=None, focus=False):
     redis_port = free_port()
     procs = {}
     procs["redis"] = Proc(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
@@ -98,7 +104,11 @@ def start_targets(work):
     wait_port(redis_port)
     ports = {"direct": redis_port}
     cachet_bin = os.path.join(ROOT, "target", "release", "cachet")
-    for name, mode in (("cachet", "strict"), ("cachet-passthrough", "passthrough"), ("cachet-cache", "cache")):
+    builds = [("cachet", "strict", cachet_bin), ("cachet-passthrough", "passthrough", cachet_bin),
+              ("cachet-cache", "cache", cachet_bin)]
+    if baseline:
+        builds += [("baseline", "strict", baseline), ("baseline-cache", "cache", baseline)]
+    for name, mode, binary in builds:
         port = free_port()
         cfg = os.path.join(work, f"{name}.toml")
         with open(cfg, "w") as f:
@@ -115,9 +125,9 @@ level = "warn"
 pattern = "*"
 mode = "{mode}"
 """)
-        procs[name] = Proc([cachet_bin, "--config", cfg])
+        procs[name] = Proc([binary, "--config", cfg])
         ports[name] = port
-    if ensure_installed("nutcracker", "nutcracker"):
+    if not focus and ensure_installed("nutcracker", "nutcracker"):
         port = free_port()
         cfg = os.path.join(work, "nutcracker.yml")
         with open(cfg, "w") as f:
@@ -133,7 +143,7 @@ mode = "{mode}"
         procs["twemproxy"] = Proc([which("nutcracker"), "-c", cfg, "-s", str(free_port()),
                                    "-o", os.path.join(work, "nutcracker.log")])
         ports["twemproxy"] = port
-    if ensure_installed("haproxy", "haproxy"):
+    if not focus and ensure_installed("haproxy", "haproxy"):
         port = free_port()
         cfg = os.path.join(work, "haproxy.cfg")
         with open(cfg, "w") as f:
@@ -256,28 +266,33 @@ def main():
     ap.add_argument("--requests", type=int, default=100000)
     ap.add_argument("--quick", action="store_true", help="fewer cases, for a smoke run")
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench"))
+    ap.add_argument("--baseline", help="another cachet binary to compare in the same run")
+    ap.add_argument("--focus", action="store_true", help="50-client cases, direct and cachets only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "cachet"], cwd=ROOT, check=True)
     subprocess.run(["cargo", "bench", "--quiet", "--bench", "paced", "--no-run"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="cachet-bench-")
-    procs, ports = start_targets(work)
-    peers = [t for t in ("direct", "cachet", "twemproxy", "haproxy") if t in ports]
+    procs, ports = start_targets(work, args.baseline, args.focus)
+    peers = [t for t in ("direct", "cachet", "baseline", "twemproxy", "haproxy") if t in ports]
+    cache_targets = [t for t in ("direct", "cachet-cache", "baseline-cache") if t in ports]
     cases = []
-    for clients in ([50] if args.quick else [1, 50, 500]):
+    for clients in ([50] if args.quick or args.focus else [1, 50, 500]):
         for pipeline in (1, 16):
             for test in ("get", "set"):
                 targets = list(peers)
-                if test == "set" and clients == 50:
+                if test == "set" and clients == 50 and not args.focus:
                     # The proxy's own cost, without invalidate-plus-set.
                     targets.insert(2, "cachet-passthrough")
                 cases.append((f"{test.upper()} c={clients} P={pipeline} 32B", test, clients, pipeline, 32, targets))
-    if not args.quick:
+    if not args.quick and not args.focus:
         for test in ("get", "set"):
             cases.append((f"{test.upper()} c=50 P=1 16KiB", test, 50, 1, 16384, peers))
     # Every key is written (32-byte values) just before this case, so reads hit.
-    cases.append(("GET c=50 P=1 cache keyspace (hits)", "get", 50, 1, 32, ["direct", "cachet-cache"]))
-    cases.append(("mixed GET/SET/DEL c=50 P=1 (cache-aside)", "get,set,del", 50, 1, 32, ["direct", "cachet"]))
+    cases.append(("GET c=50 P=1 cache keyspace (hits)", "get", 50, 1, 32, cache_targets))
+    cases.append(("mixed GET/SET/DEL c=50 P=1 (cache-aside)", "get,set,del", 50, 1, 32,
+                  [t for t in ("direct", "cachet", "baseline") if t in ports]))
+    cases.append(("mixed GET/SET/DEL c=50 P=1 cache keyspace", "get,set,del", 50, 1, 32, cache_targets))
 
     samples = {}
     cpu = {"cachet": [0.0, 0]}

@@ -4,7 +4,8 @@
 //!
 //! The session keeps whether it is authenticated; this holds the credentials (swapped
 //! whole by a reload: a new password applies to new `AUTH` attempts, sessions already
-//! authenticated stay so, as in Redis).
+//! authenticated stay so, as in Redis), and for each user the upstream user its
+//! commands run as (`upstream_user`; cachet's own when unset).
 
 use std::collections::HashMap;
 
@@ -33,8 +34,79 @@ pub struct Auth {
 
 #[derive(Debug, Clone)]
 struct Users {
-    default: Option<Sha>,
-    named: HashMap<Vec<u8>, Sha>,
+    default: Option<Local>,
+    named: HashMap<Vec<u8>, Local>,
+}
+
+/// One local user: its password's digest and who its commands run as upstream.
+#[derive(Debug, Clone)]
+struct Local {
+    sha: Sha,
+    runs_as: RunsAs,
+}
+
+/// The upstream user a local user's commands run as.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RunsAs {
+    /// cachet's own upstream user (no `upstream_user`).
+    Own,
+    /// `upstream_user` and the password read from `upstream_password_file`.
+    User { name: Bytes, password: Bytes },
+    /// `upstream_user` whose password file could not be read: the user cannot log in
+    /// (running as cachet's own user would give it rights it was not meant to have).
+    Unreadable(String),
+}
+
+impl std::fmt::Debug for RunsAs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RunsAs::Own => f.write_str("Own"),
+            RunsAs::User { name, .. } => write!(f, "User({})", String::from_utf8_lossy(name)),
+            RunsAs::Unreadable(e) => write!(f, "Unreadable({e})"),
+        }
+    }
+}
+
+fn runs_as(user: Option<&str>, file: Option<&std::path::Path>) -> RunsAs {
+    let (Some(name), Some(file)) = (user, file) else {
+        return RunsAs::Own;
+    };
+    match read_password(file) {
+        Ok(password) => RunsAs::User {
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            password,
+        },
+        Err(e) => RunsAs::Unreadable(e),
+    }
+}
+
+/// A password file's first line (a trailing newline is not part of the password).
+fn read_password(file: &std::path::Path) -> Result<Bytes, String> {
+    let text = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let line = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok(Bytes::copy_from_slice(line))
+}
+
+/// `[auth]`'s password files must be readable: checked when the configuration loads.
+pub fn check(config: &crate::Config) -> Vec<(String, String)> {
+    let Some(auth) = &config.auth else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(file) = &auth.upstream_password_file
+        && let Err(e) = read_password(file)
+    {
+        out.push(("auth.upstream_password_file".to_owned(), e));
+    }
+    for (i, user) in auth.users.iter().enumerate() {
+        if let Some(file) = &user.upstream_password_file
+            && let Err(e) = read_password(file)
+        {
+            out.push((format!("auth.users[{i}].upstream_password_file"), e));
+        }
+    }
+    out
 }
 
 impl Auth {
@@ -42,11 +114,26 @@ impl Auth {
     /// not 64 hex digits matches no password).
     pub fn new(config: Option<&AuthConfig>) -> Auth {
         let users = config.map(|c| Users {
-            default: c.password_sha256.as_deref().map(parse_hex),
+            default: c.password_sha256.as_deref().map(|sha| Local {
+                sha: parse_hex(sha),
+                runs_as: runs_as(
+                    c.upstream_user.as_deref(),
+                    c.upstream_password_file.as_deref(),
+                ),
+            }),
             named: c
                 .users
                 .iter()
-                .map(|u| (u.name.as_bytes().to_vec(), parse_hex(&u.password_sha256)))
+                .map(|u| {
+                    let local = Local {
+                        sha: parse_hex(&u.password_sha256),
+                        runs_as: runs_as(
+                            u.upstream_user.as_deref(),
+                            u.upstream_password_file.as_deref(),
+                        ),
+                    };
+                    (u.name.as_bytes().to_vec(), local)
+                })
                 .collect(),
         });
         Auth { users }
@@ -59,36 +146,42 @@ impl Auth {
 
     /// Checks `AUTH [user] password`: `user` `None` or `default` is the default user.
     pub fn check(&self, user: Option<&[u8]>, password: &[u8]) -> bool {
-        let Some(users) = &self.users else {
-            return false;
+        self.login(user, password).is_some()
+    }
+
+    /// Checks `AUTH [user] password` and says who the user's commands run as upstream.
+    pub fn login(&self, user: Option<&[u8]>, password: &[u8]) -> Option<&RunsAs> {
+        let users = self.users.as_ref()?;
+        let local = match user {
+            None | Some(b"default") => users.default.as_ref(),
+            Some(name) => users.named.get(name),
         };
-        let expected = match user {
-            None | Some(b"default") => users.default,
-            Some(name) => users.named.get(name).copied(),
-        };
+        let expected = local.map(|l| l.sha);
         let given: Sha = Sha256::digest(password).into();
         // Hash and compare even for an unknown user, so the bulk of the work takes
         // the same time either way. The name lookup itself is not constant-time (a
         // hash of the name, then comparing it with the few names in its bucket): a
         // difference of nanoseconds that network jitter hides, not one this removes.
         let equal = constant_time_eq(&given, &expected.unwrap_or([0xff; 32]));
-        equal && expected.is_some()
+        if equal {
+            local.map(|l| &l.runs_as)
+        } else {
+            None
+        }
     }
 
     /// `AUTH`'s reply: arity and syntax as Redis checks them, then the credentials.
-    /// `Ok` carries `+OK`.
-    pub fn auth_command(&self, args: &[Bytes]) -> Result<Bytes, Bytes> {
+    /// `Ok` carries who the user runs as upstream.
+    pub fn auth_command(&self, args: &[Bytes]) -> Result<RunsAs, Bytes> {
         let (user, password) = match args {
             [_, password] => (None, password),
             [_, user, password] => (Some(&user[..]), password),
             [_] | [] => return Err(reply::wrong_arity("auth")),
             _ => return Err(reply::error("ERR syntax error")),
         };
-        if self.check(user, password) {
-            Ok(Bytes::from_static(reply::OK))
-        } else {
-            Err(Bytes::from_static(WRONGPASS))
-        }
+        self.login(user, password)
+            .cloned()
+            .ok_or_else(|| Bytes::from_static(WRONGPASS))
     }
 }
 
@@ -159,7 +252,10 @@ mod tests {
             users: vec![AuthUser {
                 name: "app".into(),
                 password_sha256: sha_hex("app-pass").to_uppercase(),
+                upstream_user: None,
+                upstream_password_file: None,
             }],
+            ..AuthConfig::default()
         };
         let auth = Auth::new(Some(&config));
         assert!(auth.enabled());
@@ -182,6 +278,11 @@ mod tests {
         assert_eq!(
             auth.auth_command(&[bytes("AUTH"), bytes("x")]).unwrap_err(),
             Bytes::from_static(WRONGPASS)
+        );
+        assert_eq!(
+            auth.auth_command(&[bytes("AUTH"), bytes("secret")])
+                .unwrap(),
+            RunsAs::Own
         );
     }
 
@@ -225,12 +326,64 @@ mod tests {
             users: vec![AuthUser {
                 name: "app".into(),
                 password_sha256: sha_hex(""),
+                upstream_user: None,
+                upstream_password_file: None,
             }],
+            ..AuthConfig::default()
         };
         let auth = Auth::new(Some(&config));
         assert!(!auth.check(None, b""));
         assert!(auth.check(Some(b"app"), b""));
         assert!(!Auth::default().enabled());
         assert!(!Auth::default().check(None, b""));
+    }
+
+    #[test]
+    fn users_run_as_their_upstream_user() {
+        let dir = std::env::temp_dir().join(format!("cachet-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("app.pass");
+        std::fs::write(&file, "up-secret\n").unwrap();
+        let config = AuthConfig {
+            password_sha256: None,
+            users: vec![
+                AuthUser {
+                    name: "app".into(),
+                    password_sha256: sha_hex("p"),
+                    upstream_user: Some("app_rw".into()),
+                    upstream_password_file: Some(file.clone()),
+                },
+                AuthUser {
+                    name: "broken".into(),
+                    password_sha256: sha_hex("p"),
+                    upstream_user: Some("x".into()),
+                    upstream_password_file: Some(dir.join("missing")),
+                },
+            ],
+            ..AuthConfig::default()
+        };
+        let auth = Auth::new(Some(&config));
+        assert_eq!(
+            auth.login(Some(b"app"), b"p"),
+            Some(&RunsAs::User {
+                name: Bytes::from("app_rw"),
+                password: Bytes::from("up-secret"),
+            })
+        );
+        assert!(matches!(
+            auth.login(Some(b"broken"), b"p"),
+            Some(RunsAs::Unreadable(_))
+        ));
+        assert_eq!(auth.login(Some(b"app"), b"wrong"), None);
+        let whole = crate::Config {
+            auth: Some(config),
+            ..crate::Config::default()
+        };
+        let errors: Vec<String> = check(&whole).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            errors,
+            vec!["auth.users[1].upstream_password_file".to_owned()]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

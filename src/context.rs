@@ -18,7 +18,7 @@ use crate::engine::Engine;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::resp::{Limits, reply};
-use crate::upstream::connect::{Identity, connect, roundtrip};
+use crate::upstream::connect::{connect, roundtrip};
 use crate::upstream::{Settings, Upstream, UpstreamError};
 
 /// Sets the log filter to a directive (`info`, `warn,cachet::session=debug`).
@@ -157,7 +157,8 @@ impl Context {
     /// built-in table and defaults stay in place.
     pub async fn discover(&self) -> Result<(), UpstreamError> {
         let settings: &Settings = self.upstream.settings();
-        let mut conn = connect(settings, Identity { db: 0, proto: 2 }).await?;
+        let own = self.upstream.logins.own().clone();
+        let mut conn = connect(settings, self.upstream.own(0, 2), &own).await?;
         let cmd = |args: &[&str]| -> Vec<Bytes> {
             args.iter()
                 .map(|a| Bytes::copy_from_slice(a.as_bytes()))

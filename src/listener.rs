@@ -100,6 +100,7 @@ impl Server {
             connect_timeout: config.upstream.connect_timeout,
             command_timeout: config.upstream.command_timeout,
             shared_connections: config.upstream.shared_connections,
+            max_users: config.upstream.max_users,
             preload: Vec::new(),
             tls: upstream_tls,
             on_connect: None,
@@ -136,17 +137,15 @@ impl Server {
         ctx.tls_files = crate::tls::files_digest(config);
         let ctx = Arc::new(ctx);
         spawn_retries(&ctx);
+        spawn_sweeper(&ctx);
         match ctx.discover().await {
             Ok(()) => {
+                // Whether clients must log in, before the first one connects.
+                crate::upstream::probe_anonymous(ctx.upstream.settings(), &ctx.upstream.logins)
+                    .await;
                 // Open the default shared connections now so the first client does not
                 // pay for them.
-                let _ = ctx.upstream.shared(
-                    crate::upstream::Identity {
-                        db: url.db,
-                        proto: 2,
-                    },
-                    0,
-                );
+                let _ = ctx.upstream.shared(ctx.upstream.own(url.db, 2), 0);
             }
             Err(e) => {
                 tracing::warn!(upstream = %ctx.upstream.settings().address, error = %e, "upstream not reachable at start-up; serving with the built-in command table and retrying");
@@ -159,6 +158,11 @@ impl Server {
                             return;
                         }
                         if ctx.discover().await.is_ok() {
+                            crate::upstream::probe_anonymous(
+                                ctx.upstream.settings(),
+                                &ctx.upstream.logins,
+                            )
+                            .await;
                             tracing::info!("upstream reachable; command table read");
                             return;
                         }
@@ -306,9 +310,7 @@ fn spawn_retries(ctx: &Arc<Context>) {
     let queue = ctx.engine.load().retries.clone();
     let (send_ctx, landed_ctx, replica_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
     let send = move |db: u32, data: bytes::Bytes, frames: u32| {
-        let conn = send_ctx
-            .upstream
-            .shared(crate::upstream::Identity { db, proto: 2 }, 0);
+        let conn = send_ctx.upstream.shared(send_ctx.upstream.own(db, 2), 0);
         async move {
             let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
             conn.send(crate::upstream::Job {
@@ -332,10 +334,31 @@ fn spawn_retries(ctx: &Arc<Context>) {
     let on_replica = move |db: u32| {
         replica_ctx
             .upstream
-            .shared(crate::upstream::Identity { db, proto: 2 }, 0)
+            .shared(replica_ctx.upstream.own(db, 2), 0)
             .suspect_replica();
     };
     tokio::spawn(queue.run(send, landed, on_replica));
+}
+
+/// How often connections of client logins nobody uses are looked for; one unused for a
+/// whole period is closed.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// Closes client logins' connections once no session uses them (`Upstream::sweep`).
+fn spawn_sweeper(ctx: &Arc<Context>) {
+    let ctx = Arc::downgrade(ctx);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let Some(ctx) = ctx.upgrade() else { return };
+            if *ctx.shutdown.borrow() {
+                return;
+            }
+            ctx.upstream.sweep();
+        }
+    });
 }
 
 /// Live client connections, and a way to wait for there to be none.

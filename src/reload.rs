@@ -26,7 +26,8 @@ use crate::resp::Limits;
 
 /// What the modules that own settings check beyond the configuration's own rules: the
 /// TLS files, the command names of `[commands] rename`.
-pub const CHECKS: [crate::config::Check; 2] = [crate::tls::check, crate::policy::check];
+pub const CHECKS: [crate::config::Check; 3] =
+    [crate::tls::check, crate::policy::check, crate::auth::check];
 
 pub use crate::config::ConfigSource;
 pub use crate::context::{LogReloader, SetLogFilter};

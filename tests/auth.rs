@@ -38,7 +38,10 @@ fn auth_config() -> AuthConfig {
         users: vec![AuthUser {
             name: "app".into(),
             password_sha256: sha_hex(APP_PASSWORD),
+            upstream_user: None,
+            upstream_password_file: None,
         }],
+        ..AuthConfig::default()
     }
 }
 
@@ -257,7 +260,8 @@ fn auth_inside_multi_is_refused_and_aborts_the_transaction() {
     let r = c.call(&auth_cmd(&["AUTH", PASSWORD]));
     assert_eq!(
         r,
-        "-ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI when cachet authenticates clients ([auth])\r\n".as_bytes()
+        "-ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI through cachet\r\n"
+            .as_bytes()
     );
     assert_eq!(
         c.call(&words("EXEC")),
@@ -353,15 +357,23 @@ fn other_clients_are_served_while_one_fails_to_log_in() {
 }
 
 #[test]
-fn without_auth_section_auth_is_checked_upstream_as_before() {
+fn without_auth_section_clients_log_in_to_redis() {
     let upstream = RedisServer::start_with(&["--requirepass", PASSWORD]);
     let url = format!("redis://:{PASSWORD}@{}/", upstream.addr());
     let cachet = Cachet::start(&url);
     let mut c = Raw::connect(cachet.addr);
-    // cachet serves with its own upstream credentials; AUTH is the upstream's answer.
-    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+    // cachet holds the password, but a client is asked for it as Redis would ask.
+    assert_eq!(
+        c.call(&words("PING")),
+        b"-NOAUTH Authentication required.\r\n"
+    );
     assert!(c.call(&words("AUTH wrong")).starts_with(b"-WRONGPASS"));
+    assert_eq!(
+        c.call(&words("PING")),
+        b"-NOAUTH Authentication required.\r\n"
+    );
     assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
 }
 
 /// Without `[auth]`, `AUTH` is checked on a connection of its own: an upstream that
@@ -375,6 +387,7 @@ fn upstream_auth_check_is_bounded_by_command_timeout() {
     config.upstream.command_timeout = Duration::from_millis(300);
     let cachet = Cachet::start_with(config);
     let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&auth_cmd(&["AUTH", PASSWORD])), b"+OK\r\n");
     assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
     shim.set(Fault::Stall {
         to_server: false,

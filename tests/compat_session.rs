@@ -579,11 +579,9 @@ fn reset_ends_tracking() {
 }
 
 /// With a password on the upstream, Redis answers `NOAUTH` until the client has
-/// authenticated. cachet holds the upstream password itself and today serves any
-/// client that connects; DESIGN section 4 puts client authentication in the policy
-/// stage, which is not built yet.
+/// authenticated, and so does cachet, although it holds the upstream password itself
+/// (docs/security.md).
 #[test]
-#[ignore = "client AUTH enforcement belongs to the policy stage (DESIGN 4), not built yet: cachet serves unauthenticated clients with its own upstream credentials"]
 fn unauthenticated_clients_are_refused_like_redis_refuses_them() {
     let direct = RedisServer::start_with(&["--requirepass", "secret"]);
     let upstream = RedisServer::start_with(&["--requirepass", "secret"]);

@@ -5,6 +5,11 @@
 //!
 //! (Each of these failed on the previous protocol: a lease per client connection, a
 //! "recently leased" mark per cachet, `hold_off` checked when the fill arrives.)
+//!
+//! Every race runs twice: with clients that never log in, and with clients logged in
+//! as an ACL user of their own against a Redis with `requirepass` (their commands then
+//! run on that user's connections, and cachet's scripts check that user's rights), so
+//! that authentication changes none of the guarantees.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -23,6 +28,69 @@ const HOLD_OFF: Duration = Duration::from_millis(300);
 const LEASE: Duration = Duration::from_millis(600);
 const WINDOW: Duration = Duration::from_secs(3);
 
+/// Who the clients of a race are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Clients that never log in; Redis has no password.
+    Anonymous,
+    /// Redis has `requirepass`; clients log in as the ACL user `app`.
+    AclUser,
+}
+
+thread_local! {
+    static CLIENTS: std::cell::Cell<Clients> = const { std::cell::Cell::new(Clients::Anonymous) };
+}
+
+const ADMIN_PASSWORD: &str = "admin-pw";
+const APP_LOGIN: &str = "AUTH app app-pw";
+
+fn clients() -> Clients {
+    CLIENTS.with(|c| c.get())
+}
+
+/// The Redis of a race: with a password and the user `app` for `Clients::AclUser`.
+fn start_redis() -> RedisServer {
+    match clients() {
+        Clients::Anonymous => RedisServer::start(),
+        Clients::AclUser => {
+            let redis = RedisServer::start_with(&["--requirepass", ADMIN_PASSWORD]);
+            let mut admin = admin(&redis);
+            assert_eq!(
+                admin.call(&words("ACL SETUSER app on >app-pw ~* &* +@all -@dangerous")),
+                OK
+            );
+            redis
+        }
+    }
+}
+
+/// An upstream URL with cachet's own credentials (the admin's) when Redis has them.
+fn with_admin(url: &str) -> String {
+    match clients() {
+        Clients::Anonymous => url.to_owned(),
+        Clients::AclUser => url.replacen("://", &format!("://:{ADMIN_PASSWORD}@"), 1),
+    }
+}
+
+/// A client of `cachet`, logged in as `app` when the race is run with an ACL user.
+fn client(cachet: &Cachet) -> Raw {
+    let mut c = Raw::connect(cachet.addr);
+    if clients() == Clients::AclUser {
+        assert_eq!(c.call(&words(APP_LOGIN)), OK);
+        assert_eq!(c.call(&words("ACL WHOAMI")), b"$3\r\napp\r\n");
+    }
+    c
+}
+
+/// A connection straight to Redis, as its administrator.
+fn admin(redis: &RedisServer) -> Raw {
+    let mut c = Raw::connect(redis.addr());
+    if clients() == Clients::AclUser {
+        assert_eq!(c.call(&words(&format!("AUTH {ADMIN_PASSWORD}"))), OK);
+    }
+    c
+}
+
 fn config(url: &str) -> cachet::Config {
     let mut config = config_for(url);
     config.consistency.hold_off = HOLD_OFF;
@@ -33,7 +101,7 @@ fn config(url: &str) -> cachet::Config {
 }
 
 fn cachet(redis: &RedisServer) -> Cachet {
-    Cachet::start_with(config(&redis.url()))
+    Cachet::start_with(config(&with_admin(&redis.url())))
 }
 
 fn get(c: &mut Raw, key: &str) -> Vec<u8> {
@@ -42,16 +110,15 @@ fn get(c: &mut Raw, key: &str) -> Vec<u8> {
 
 /// What Redis itself holds for `key` (a GET through cachet would record a miss).
 fn upstream(redis: &RedisServer, key: &str) -> Vec<u8> {
-    Raw::connect(redis.addr()).call(&words(&format!("GET {key}")))
+    admin(redis).call(&words(&format!("GET {key}")))
 }
 
-#[test]
 fn a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let (a, b) = (cachet(&redis), cachet(&redis));
-    let mut r2 = Raw::connect(b.addr);
-    let mut r1 = Raw::connect(a.addr);
-    let mut writer = Raw::connect(b.addr);
+    let mut r2 = client(&b);
+    let mut r1 = client(&a);
+    let mut writer = client(&b);
     // R2 misses through cachet B and takes the lease; R1 misses through cachet A,
     // waits for R2's fill, gets nil and reads the database (the old row).
     assert_eq!(get(&mut r2, ":1:item"), NIL);
@@ -64,15 +131,10 @@ fn a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation() {
     assert_eq!(upstream(&redis, ":1:item"), NIL);
 }
 
-#[test]
 fn a_coalesced_fill_after_the_holders_fill_and_a_delete_is_refused() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let (mut holder, mut waiter, mut writer) = (
-        Raw::connect(a.addr),
-        Raw::connect(a.addr),
-        Raw::connect(a.addr),
-    );
+    let (mut holder, mut waiter, mut writer) = (client(&a), client(&a), client(&a));
     assert_eq!(get(&mut holder, ":1:item"), NIL);
     assert_eq!(get(&mut waiter, ":1:item"), NIL, "coalesced, then nil");
     assert_eq!(holder.call(&words("SET :1:item v0 EX 600")), OK);
@@ -82,11 +144,10 @@ fn a_coalesced_fill_after_the_holders_fill_and_a_delete_is_refused() {
     assert_eq!(upstream(&redis, ":1:item"), NIL);
 }
 
-#[test]
 fn a_miss_answered_within_hold_off_is_never_filled() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let (mut reader, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    let (mut reader, mut writer) = (client(&a), client(&a));
     assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
     // Answered at once (a pipelined command follows it), within hold_off...
     reader.send(&[words("GET :1:item"), words("PING")].concat());
@@ -99,11 +160,10 @@ fn a_miss_answered_within_hold_off_is_never_filled() {
     assert_eq!(upstream(&redis, ":1:item"), NIL);
 }
 
-#[test]
 fn a_fill_after_its_lease_expired_is_still_judged_by_its_miss() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let (mut reader, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    let (mut reader, mut writer) = (client(&a), client(&a));
     assert_eq!(get(&mut reader, ":1:item"), NIL);
     assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
     std::thread::sleep(LEASE + HOLD_OFF);
@@ -111,27 +171,25 @@ fn a_fill_after_its_lease_expired_is_still_judged_by_its_miss() {
     assert_eq!(upstream(&redis, ":1:item"), NIL);
 }
 
-#[test]
 fn a_cachet_restarted_between_a_miss_and_its_fill_still_refuses_it() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let mut a = cachet(&redis);
-    let mut reader = Raw::connect(a.addr);
+    let mut reader = client(&a);
     assert_eq!(get(&mut reader, ":1:item"), NIL);
     a.stop();
     let restarted = cachet(&redis);
-    let mut writer = Raw::connect(restarted.addr);
+    let mut writer = client(&restarted);
     assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
     std::thread::sleep(HOLD_OFF * 2);
-    let mut reader = Raw::connect(restarted.addr);
+    let mut reader = client(&restarted);
     assert_eq!(reader.call(&words("SET :1:item old EX 600")), OK);
     assert_eq!(upstream(&redis, ":1:item"), NIL);
 }
 
-#[test]
 fn django_set_many_in_a_transaction_is_judged_like_a_set() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let (mut app, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    let (mut app, mut writer) = (client(&a), client(&a));
     // get_many misses both keys; a writer invalidates one of them.
     assert_eq!(app.call(&words("MGET :1:a :1:b")), b"*2\r\n$-1\r\n$-1\r\n");
     assert_eq!(writer.call(&words("DEL :1:b")), b":0\r\n");
@@ -152,11 +210,10 @@ fn django_set_many_in_a_transaction_is_judged_like_a_set() {
     assert_eq!(upstream(&redis, ":1:b"), NIL);
 }
 
-#[test]
 fn every_set_form_is_judged_and_other_writes_invalidate() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let (mut app, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    let (mut app, mut writer) = (client(&a), client(&a));
     let stale_after = |app: &mut Raw, writer: &mut Raw, key: &str| {
         assert_eq!(get(app, key), NIL);
         assert_eq!(writer.call(&words(&format!("DEL {key}"))), b":0\r\n");
@@ -206,12 +263,11 @@ fn every_set_form_is_judged_and_other_writes_invalidate() {
     }
 }
 
-#[test]
 fn a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let a = cachet(&redis);
-    let mut conns: Vec<Raw> = (0..3).map(|_| Raw::connect(a.addr)).collect();
-    let mut writer = Raw::connect(a.addr);
+    let mut conns: Vec<Raw> = (0..3).map(|_| client(&a)).collect();
+    let mut writer = client(&a);
     // Thread 1 misses on connection 0 and reads the old row.
     assert_eq!(get(&mut conns[0], ":1:item"), NIL);
     assert_eq!(writer.call(&words("DEL :1:item")), b":0\r\n");
@@ -225,17 +281,18 @@ fn a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused() {
     assert_ne!(upstream(&redis, ":1:item"), b"$3\r\nold\r\n");
 }
 
-#[test]
 fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let shim = Shim::start(redis.addr());
-    let mut config = config(&shim.url());
+    let mut config = config(&with_admin(&shim.url()));
     config.upstream.command_timeout = Duration::from_millis(300);
     let a = Cachet::start_with(config);
-    let mut direct = Raw::connect(redis.addr());
+    let mut direct = admin(&redis);
     assert_eq!(direct.call(&words("SET :1:item old")), OK);
-    let mut writer = Raw::connect(a.addr);
+    let mut writer = client(&a);
     assert_eq!(get(&mut writer, ":1:item"), b"$3\r\nold\r\n");
+    // A first write while all is well (an ACL user's rights are checked with it).
+    assert_eq!(writer.call(&words("DEL :1:other")), b":0\r\n");
     // The writer's delete never reaches Redis: its connection stalls and is dropped.
     shim.set(Fault::Stall {
         to_server: true,
@@ -259,11 +316,10 @@ fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
     }
 }
 
-#[test]
 fn a_refused_set_nx_never_claims_the_mutex() {
-    let redis = RedisServer::start();
+    let redis = start_redis();
     let (a, b) = (cachet(&redis), cachet(&redis));
-    let (mut one, mut two) = (Raw::connect(a.addr), Raw::connect(b.addr));
+    let (mut one, mut two) = (client(&a), client(&b));
     // A client checks the lock key (a miss), another releases it meanwhile...
     assert_eq!(get(&mut one, ":1:lock"), NIL);
     assert_eq!(two.call(&words("DEL :1:lock")), b":0\r\n");
@@ -276,3 +332,36 @@ fn a_refused_set_nx_never_claims_the_mutex() {
     assert_eq!(one.call(&words("SET :1:lock one NX EX 30")), NIL);
     assert_eq!(upstream(&redis, ":1:lock"), b"$3\r\ntwo\r\n");
 }
+
+/// Each race as a test with anonymous clients and as one with an ACL user.
+macro_rules! races {
+    ($($name:ident),* $(,)?) => {
+        mod anonymous_clients {
+            $(#[test]
+            fn $name() {
+                super::CLIENTS.with(|c| c.set(super::Clients::Anonymous));
+                super::$name();
+            })*
+        }
+        mod acl_user_clients {
+            $(#[test]
+            fn $name() {
+                super::CLIENTS.with(|c| c.set(super::Clients::AclUser));
+                super::$name();
+            })*
+        }
+    };
+}
+
+races!(
+    a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation,
+    a_coalesced_fill_after_the_holders_fill_and_a_delete_is_refused,
+    a_miss_answered_within_hold_off_is_never_filled,
+    a_fill_after_its_lease_expired_is_still_judged_by_its_miss,
+    a_cachet_restarted_between_a_miss_and_its_fill_still_refuses_it,
+    django_set_many_in_a_transaction_is_judged_like_a_set,
+    every_set_form_is_judged_and_other_writes_invalidate,
+    a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused,
+    an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete,
+    a_refused_set_nx_never_claims_the_mutex,
+);

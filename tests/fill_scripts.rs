@@ -161,6 +161,7 @@ fn set_script_and_judge_set_agree() {
                 flags.as_bytes(),
                 a.as_bytes(),
                 b"tagged",
+                b"0",
                 b"v",
             ],
         );

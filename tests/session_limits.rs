@@ -81,14 +81,19 @@ fn upstream_credentials_come_from_the_url_and_stay_cachets() {
     config.upstream.url = UpstreamUrl::parse(&url).unwrap();
     let cachet = Cachet::start_with(config);
     let mut c = Raw::connect(cachet.addr);
-    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
-    assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
+    // cachet's credentials are its own: a client logs in as it would to Redis.
+    assert_eq!(
+        c.call(&words("SET k v")),
+        b"-NOAUTH Authentication required.\r\n"
+    );
     // A client's own AUTH is checked by the upstream and answered in its words.
     assert_eq!(
         c.call(&words("AUTH wrong")),
         b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
     );
     assert_eq!(c.call(&words("AUTH s3cret")), b"+OK\r\n");
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    assert_eq!(c.call(&words("GET k")), b"$1\r\nv\r\n");
     assert!(!format!("{:?}", UpstreamUrl::parse(&url).unwrap()).contains("s3cret"));
 }
 

@@ -139,6 +139,10 @@ fn every_upstream_connection_uses_tls() {
     config.upstream.tls = Some(upstream_ca(&pki));
     let cachet = Cachet::start_with(config);
     let mut c = Raw::connect(cachet.addr);
+    // The login is checked on a connection of its own, over TLS too.
+    let wrong = c.call(&words("AUTH wrong"));
+    assert!(wrong.starts_with(b"-WRONGPASS"), "{wrong:?}");
+    assert_eq!(c.call(&words("AUTH sekret")), b"+OK\r\n");
 
     // Shared connections.
     assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
@@ -167,6 +171,7 @@ fn every_upstream_connection_uses_tls() {
     assert_eq!(accepted[0], accepted[2], "idle TLS connection not reused");
     assert_eq!(c.call(&words("BLPOP nothing 0.1")), b"*-1\r\n");
     let mut sub = Raw::connect(cachet.addr);
+    assert_eq!(sub.call(&words("AUTH sekret")), b"+OK\r\n");
     assert_eq!(
         sub.call(&words("SUBSCRIBE ch")),
         b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
@@ -176,10 +181,6 @@ fn every_upstream_connection_uses_tls() {
         sub.frame(),
         b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$5\r\nhello\r\n"
     );
-    // AUTH is checked on an auxiliary connection of its own.
-    assert_eq!(c.call(&words("AUTH sekret")), b"+OK\r\n");
-    let wrong = c.call(&words("AUTH wrong"));
-    assert!(wrong.starts_with(b"-WRONGPASS"), "{wrong:?}");
 }
 
 #[test]

@@ -128,8 +128,12 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "units::duration")]
     pub command_timeout: Duration,
-    /// Multiplexed connections shared by all clients (1..=64).
+    /// Multiplexed connections shared by all clients of one upstream user, per
+    /// database and protocol (1..=64).
     pub shared_connections: usize,
+    /// Upstream users other than cachet's own that clients may be logged in as at
+    /// once (each has connections of its own).
+    pub max_users: usize,
     /// `[upstream.tls]`: how to verify the upstream (with a `rediss://` URL).
     pub tls: Option<UpstreamTls>,
 }
@@ -179,6 +183,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(5),
             shared_connections: 1,
+            max_users: 64,
             tls: None,
         }
     }
@@ -194,6 +199,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("shared_connections", &self.shared_connections)
+            .field("max_users", &self.max_users)
             .field("tls", &self.tls)
             .finish()
     }
@@ -354,6 +360,10 @@ pub struct AuthConfig {
     pub password_sha256: Option<String>,
     /// `[[auth.users]]`: named users, for `AUTH <name> <password>`.
     pub users: Vec<AuthUser>,
+    /// The upstream user the `default` user's commands run as (with
+    /// `upstream_password_file`); unset: cachet's own.
+    pub upstream_user: Option<String>,
+    pub upstream_password_file: Option<PathBuf>,
 }
 
 /// One `[[auth.users]]` entry.
@@ -362,6 +372,13 @@ pub struct AuthConfig {
 pub struct AuthUser {
     pub name: String,
     pub password_sha256: String,
+    /// The upstream user this user's commands run as, so that Redis enforces that
+    /// user's ACL on them; unset: cachet's own user.
+    #[serde(default)]
+    pub upstream_user: Option<String>,
+    /// A file holding `upstream_user`'s password (one line).
+    #[serde(default)]
+    pub upstream_password_file: Option<PathBuf>,
 }
 
 /// Written by hand: a digest of a weak password is as good as the password, so it
@@ -375,6 +392,8 @@ impl fmt::Debug for AuthConfig {
                 &self.password_sha256.as_ref().map(|_| "***"),
             )
             .field("users", &users)
+            .field("upstream_user", &self.upstream_user)
+            .field("upstream_password_file", &self.upstream_password_file)
             .finish()
     }
 }

@@ -84,6 +84,12 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             "set, but upstream.url is redis://; use rediss:// to connect with TLS".into(),
         );
     }
+    if !(1..=100_000).contains(&upstream.max_users) {
+        fail(
+            "upstream.max_users".into(),
+            format!("must be 1 to 100000, not {}", upstream.max_users),
+        );
+    }
     if !(1..=64).contains(&upstream.shared_connections) {
         fail(
             "upstream.shared_connections".into(),
@@ -236,6 +242,18 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             if let Err(message) = check_sha256(&user.password_sha256) {
                 fail(key("password_sha256"), message);
             }
+            if user.upstream_user.is_some() != user.upstream_password_file.is_some() {
+                fail(
+                    key("upstream_user"),
+                    "upstream_user and upstream_password_file go together".into(),
+                );
+            }
+        }
+        if auth.upstream_user.is_some() != auth.upstream_password_file.is_some() {
+            fail(
+                "auth.upstream_user".into(),
+                "upstream_user and upstream_password_file go together".into(),
+            );
         }
     }
 

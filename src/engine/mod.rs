@@ -19,6 +19,7 @@
 //! | `retry.rs` | invalidations of unknown fate, re-sent until they land |
 //! | `stats.rs` | counters of what the engine decided |
 
+pub mod acl;
 pub mod fill;
 mod invalidate;
 pub mod lock_mode;
@@ -53,6 +54,16 @@ pub use translate::Translate;
 
 /// How many random keys the `RANDOMKEY` script draws before it scans for a visible one.
 const RANDOM_KEY_DRAWS: &[u8] = b"64";
+
+/// Where a command runs: the client's protocol and database, and whether cachet's
+/// scripts must check the client's own ACL rights before acting for it (the client
+/// runs as an upstream user other than cachet's own, docs/security.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Scope {
+    pub proto: u8,
+    pub db: u32,
+    pub check_acl: bool,
+}
 
 /// What a command becomes upstream.
 #[derive(Debug)]
@@ -256,16 +267,15 @@ impl Engine {
     }
 
     /// Plans a command for a shared connection. `Err` is the error reply for a command
-    /// that must not run (it touches cachet's reserved keys). `db`: the database the
-    /// command runs in.
+    /// that must not run (it touches cachet's reserved keys).
     pub fn plan(
         &self,
         req: &Request,
         info: Option<&CommandInfo>,
         keys: &mut Vec<KeyRef>,
-        proto: u8,
-        db: u32,
+        scope: Scope,
     ) -> Result<Plan, Bytes> {
+        let Scope { proto, db, .. } = scope;
         let Some(info) = info else {
             return Ok(Plan::forward(req));
         };
@@ -276,7 +286,7 @@ impl Engine {
             if let Some(plan) = self.read_plan(req, info, proto) {
                 return Ok(plan);
             }
-            if let Some(plan) = self.store_plan(req, info, proto) {
+            if let Some(plan) = self.store_plan(req, info, scope) {
                 return Ok(plan);
             }
         }

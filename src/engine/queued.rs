@@ -18,7 +18,7 @@
 use bytes::Bytes;
 
 use super::settle::Settle;
-use super::{Engine, eval, eval_args, ms_bytes};
+use super::{Engine, Scope, eval, eval_args, ms_bytes};
 use crate::command::{CommandInfo, KeyRef};
 use crate::resp::Request;
 
@@ -59,12 +59,12 @@ impl Engine {
         req: &Request,
         info: &CommandInfo,
         keys: &mut Vec<KeyRef>,
-        proto: u8,
-        db: u32,
+        scope: Scope,
         situation: Situation,
     ) -> Result<Queued, Bytes> {
+        let Scope { proto, db, .. } = scope;
         if situation == Situation::Other {
-            let plan = self.plan(req, Some(info), keys, proto, db)?;
+            let plan = self.plan(req, Some(info), keys, scope)?;
             return Ok(Queued {
                 data: Some(plan.data),
                 extra_frames: plan.frames.saturating_sub(1),
@@ -78,7 +78,7 @@ impl Engine {
         let arity = info.arity_ok(req.args.len());
         let in_multi = situation == Situation::Transaction;
         if self.has_cache() && arity && situation != Situation::Blocking {
-            if let Some(call) = self.store_call(req, info, proto, in_multi) {
+            if let Some(call) = self.store_call(req, info, scope, in_multi) {
                 return Ok(Queued {
                     data: Some(eval(call.script, &call.keys, &call.argv)),
                     settle: if in_multi {

@@ -237,6 +237,7 @@ impl Engine {
             delay,
             script: true,
             holds_later: holds,
+            own: true,
         })
     }
 }

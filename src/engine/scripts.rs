@@ -40,6 +40,15 @@ local function load(S, now)
   if math.max(st.m, st.s, st.t, st.l, st.w) <= now then st.m, st.s, st.t, st.l, st.w = 0, 0, 0, 0, 0 end
   return st
 end
+-- Whether the client's own user may run its command, the c arguments after ARGV[at]
+-- (c = 0: not asked). Redis before 7.0 cannot tell; the command's own calls are then
+-- checked as they run.
+local function may_run(at, c)
+  if c == 0 or not redis.acl_check_cmd then return true end
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(ARGV, at + 1, at + c))
+  return not ok or allowed
+end
+local DENIED = 'NOPERM this user has no permissions to run this command'
 local function save(S, st, now)
   local e = math.max(st.m, st.s, st.t, st.l, st.w)
   if e <= now then redis.call('DEL', S) return end
@@ -89,14 +98,22 @@ return out
 
 /// A `SET` of a `cache` key (`fill::judge_set`). KEYS: key, state key. ARGV: policy
 /// (`set`, `collapse`, `invalidate`), fill window (ms), channel, flags (`n`: NX, `x`: XX,
-/// `g`: GET, `i`: answer as `SETNX`), amnesia-until (ms), reply (`tagged` or `bare`), then
-/// `SET`'s arguments after the key, the value first. `tagged` returns `{verdict}` or,
-/// with GET, `{verdict, old value}`; `bare` returns the reply the command itself would
-/// give (inside a client's transaction). An error of the `SET` itself changes nothing.
+/// `g`: GET, `i`: answer as `SETNX`), amnesia-until (ms), reply (`tagged` or `bare`), the
+/// ACL check (a count c, then c arguments: the client's command as it sent it, values
+/// blanked, or c = 0 for none), then `SET`'s arguments after the key, the value first.
+/// `tagged` returns `{verdict}` or, with GET, `{verdict, old value}`, or `{8}` when the
+/// client's own user may not run its command (nothing is done; cachet lets Redis refuse
+/// the command itself); `bare` returns the reply the command itself would give (inside a
+/// client's transaction). An error of the `SET` itself changes nothing.
 const SET: &str = r#"
 local k, S = KEYS[1], KEYS[2]
 local policy, W, chan, flags = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local amnesia, bare, value = tonumber(ARGV[5]), ARGV[6] == 'bare', ARGV[7]
+local amnesia, bare, c = tonumber(ARGV[5]), ARGV[6] == 'bare', tonumber(ARGV[7])
+if not may_run(7, c) then
+  if bare then return redis.error_reply(DENIED) end
+  return {8}
+end
+local value = ARGV[8 + c]
 local nx, xx = string.find(flags, 'n', 1, true), string.find(flags, 'x', 1, true)
 local get, int = string.find(flags, 'g', 1, true), string.find(flags, 'i', 1, true)
 local old = false
@@ -136,7 +153,7 @@ else
   else v = 5 end
 end
 if v == 1 or v == 2 then
-  local r = redis.pcall('SET', k, unpack(ARGV, 7))
+  local r = redis.pcall('SET', k, unpack(ARGV, 8 + c))
   if type(r) == 'table' and r.err then return r end
   if v == 2 then st.s = st.m end
   st.l = 0
@@ -155,18 +172,23 @@ return reply(v)
 
 /// `MSET`/`MSETNX` with at least one `cache` key. KEYS: the n keys, then their n state
 /// keys. ARGV: fill window (ms), channel, amnesia-until (ms), `nx` or `all`, reply
-/// (`tagged` or `bare`), then per key its policy (`set`, `collapse`, `invalidate`;
-/// `strict` and `pass` keys are simply set, `strict` ones invalidated) and its value.
-/// `MSETNX` sets nothing unless every key is absent and every `SET` would be stored.
-/// `tagged` returns the verdicts; `bare` what the command returns.
+/// (`tagged` or `bare`), the ACL check (as `SET`'s), then per key its policy (`set`,
+/// `collapse`, `invalidate`; `strict` and `pass` keys are simply set, `strict` ones
+/// invalidated) and its value. `MSETNX` sets nothing unless every key is absent and
+/// every `SET` would be stored. `tagged` returns the verdicts (`{8}`: refused by the
+/// ACL check); `bare` what the command returns.
 const MSET: &str = r#"
 local n = #KEYS / 2
 local W, chan, amnesia = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
-local nx, bare = ARGV[4] == 'nx', ARGV[5] == 'bare'
+local nx, bare, c = ARGV[4] == 'nx', ARGV[5] == 'bare', tonumber(ARGV[6])
+if not may_run(6, c) then
+  if bare then return redis.error_reply(DENIED) end
+  return {8}
+end
 local now = now_ms()
 local function judge(i, apply)
   local k, S = KEYS[i], KEYS[n + i]
-  local policy, value = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local policy, value = ARGV[5 + c + 2 * i], ARGV[6 + c + 2 * i]
   if policy == 'strict' or policy == 'pass' then
     if apply then
       redis.call('SET', k, value)
@@ -296,6 +318,29 @@ end
 local r = redis.pcall('KEYS', ARGV[2])
 if r.err then return r end
 return visible(r)
+"#;
+
+/// What an upstream user other than cachet's own must be allowed for cachet to act for
+/// it: the commands cachet adds to its writes, on cachet's state keys and channel.
+/// Run as that user with `EVAL` (not loaded: it is run as users that may not load
+/// scripts). KEYS: one state key. ARGV: the channel. Returns the commands (with the
+/// state key or channel they name) it may not run; empty when it may run them all or
+/// when Redis cannot tell (before 7.0).
+pub const CAPABILITY: &str = r#"
+if not redis.acl_check_cmd then return {} end
+local S, C = KEYS[1], ARGV[1]
+local checks = {
+  {'multi'}, {'exec'}, {'select', '0'}, {'time'},
+  {'eval', 'return 0', '1', S}, {'evalsha', 'x', '1', S},
+  {'hmget', S, 'm'}, {'hset', S, 'm', '1'}, {'pexpireat', S, '1'}, {'del', S},
+  {'exists', S}, {'publish', C, 'x'},
+}
+local missing = {}
+for _, c in ipairs(checks) do
+  local ok, allowed = pcall(redis.acl_check_cmd, unpack(c))
+  if not ok or not allowed then missing[#missing + 1] = table.concat(c, ' ') end
+end
+return missing
 "#;
 
 /// All scripts, loaded together.

@@ -49,6 +49,9 @@ pub struct FollowUp {
     /// The command waits for other clients (a fill, a tombstone): nothing the client
     /// sends later may go upstream before it is answered.
     pub holds_later: bool,
+    /// Runs as cachet's own upstream user (recording a miss is cachet's work; the
+    /// client's read already passed its ACL), not as the client's.
+    pub own: bool,
 }
 
 /// What settling may take into account besides the reply.
@@ -73,6 +76,8 @@ impl Engine {
             self.stats
                 .noscript_recoveries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // A miss's record is cachet's own; a store runs as the client.
+            let own = matches!(settle, Settle::Read(_));
             return Settled::Again(FollowUp {
                 data: again,
                 frames: 1,
@@ -80,13 +85,14 @@ impl Engine {
                 delay: Duration::ZERO,
                 script: false,
                 holds_later: false,
+                own,
             });
         }
         match settle {
             Settle::Forward => Settled::Reply(reply),
             Settle::Translate(t) => Settled::Reply(t.apply(reply)),
             Settle::Read(state) => self.settle_read(*state, reply, cx),
-            Settle::Store(s) => Settled::Reply(self.settle_store(&s, reply)),
+            Settle::Store(s) => self.settle_store(&s, reply),
         }
     }
 

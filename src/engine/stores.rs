@@ -13,8 +13,8 @@ use bytes::Bytes;
 
 use super::fill::Verdict;
 use super::scripts::Script;
-use super::settle::{Settle, is_null, null, slice_of};
-use super::{CacheKey, Engine, Plan, Retry, evalsha, ms_bytes};
+use super::settle::{FollowUp, Settle, Settled, is_null, null, slice_of};
+use super::{CacheKey, Engine, Plan, Retry, Scope, evalsha, ms_bytes};
 use crate::command::CommandInfo;
 use crate::resp::Request;
 use crate::resp::reply::{elements, int_value};
@@ -35,10 +35,13 @@ pub enum StoreKind {
 }
 
 /// The settlement of a judged store.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StoreReply {
     kind: StoreKind,
     proto: u8,
+    /// The client's command as it sent it, when the script checks the client's ACL:
+    /// sent as is when the check refuses it, so that Redis answers its own refusal.
+    resend: Option<Bytes>,
 }
 
 /// A `SET`'s options that matter to the judgement, parsed as Redis parses them.
@@ -104,8 +107,13 @@ pub(super) struct StoreCall<'a> {
 
 impl Engine {
     /// The plan of a command that stores whole string values, when a key is `cache`.
-    pub(super) fn store_plan(&self, req: &Request, info: &CommandInfo, proto: u8) -> Option<Plan> {
-        let call = self.store_call(req, info, proto, false)?;
+    pub(super) fn store_plan(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        scope: Scope,
+    ) -> Option<Plan> {
+        let call = self.store_call(req, info, scope, false)?;
         Some(Plan {
             data: evalsha(call.script, &call.keys, &call.argv),
             frames: 1,
@@ -122,19 +130,26 @@ impl Engine {
         &self,
         req: &Request,
         info: &CommandInfo,
-        proto: u8,
+        scope: Scope,
         bare: bool,
     ) -> Option<StoreCall<'_>> {
         let style = Bytes::from_static(if bare { b"bare" } else { b"tagged" });
         let args = &req.args;
+        let proto = scope.proto;
         let (set_args, kind, flags) = match info.name.as_str() {
-            "mset" => return self.mset_call(req, StoreKind::MSet, proto, style),
+            "mset" => return self.mset_call(req, StoreKind::MSet, scope, style),
             "msetnx" => {
                 let keys = args.len().saturating_sub(1) / 2;
-                return self.mset_call(req, StoreKind::MSetNx { keys }, proto, style);
+                return self.mset_call(req, StoreKind::MSetNx { keys }, scope, style);
             }
             name => set_form(name, args)?,
         };
+        let value_at = if matches!(info.name.as_str(), "setex" | "psetex") {
+            3
+        } else {
+            2
+        };
+        let (check, resend) = acl_check(req, scope, |i| i == value_at);
         let key = args.get(1)?;
         let c = self.cache_key(key)?;
         let mut argv = vec![
@@ -145,6 +160,7 @@ impl Engine {
             self.amnesia_until(),
             style,
         ];
+        argv.extend(check);
         argv.extend(set_args);
         self.stats.invalidations(1);
         let retry = self.invalidate_command(&[(key.clone(), c.clone())], true);
@@ -152,7 +168,11 @@ impl Engine {
             script: &self.scripts.set,
             keys: vec![key.clone(), c.state],
             argv,
-            reply: StoreReply { kind, proto },
+            reply: StoreReply {
+                kind,
+                proto,
+                resend,
+            },
             written: vec![key.clone()],
             retry: Retry::of(&[retry], vec![key.clone()]),
         })
@@ -163,7 +183,7 @@ impl Engine {
         &self,
         req: &Request,
         kind: StoreKind,
-        proto: u8,
+        scope: Scope,
         style: Bytes,
     ) -> Option<StoreCall<'_>> {
         let pairs = req.args.get(1..)?;
@@ -215,6 +235,8 @@ impl Engine {
             }),
             style,
         ];
+        let (check, resend) = acl_check(req, scope, |i| i >= 2 && i % 2 == 0);
+        argv.extend(check);
         argv.extend(tail);
         self.stats.invalidations(written.len() as u64);
         let retry = self.invalidate_command(&cache, true);
@@ -222,14 +244,37 @@ impl Engine {
             script: &self.scripts.mset,
             keys,
             argv,
-            reply: StoreReply { kind, proto },
+            reply: StoreReply {
+                kind,
+                proto: scope.proto,
+                resend,
+            },
             retry: Retry::of(&[retry], written.clone()),
             written,
         })
     }
 
-    /// The client's reply to a judged store, from the script's verdicts.
-    pub(super) fn settle_store(&self, s: &StoreReply, reply: Bytes) -> Bytes {
+    /// The client's reply to a judged store, from the script's verdicts; or, when the
+    /// script's ACL check refused the client's command, that command sent as is for
+    /// Redis to refuse in its own words.
+    pub(super) fn settle_store(&self, s: &StoreReply, reply: Bytes) -> Settled {
+        if let Some(resend) = &s.resend
+            && reply.as_ref() == b"*1\r\n:8\r\n"
+        {
+            return Settled::Again(FollowUp {
+                data: resend.clone(),
+                frames: 1,
+                settle: Settle::Forward,
+                delay: std::time::Duration::ZERO,
+                script: false,
+                holds_later: false,
+                own: false,
+            });
+        }
+        Settled::Reply(self.store_reply(s, reply))
+    }
+
+    fn store_reply(&self, s: &StoreReply, reply: Bytes) -> Bytes {
         let Some(el) = elements(&reply) else {
             // An error (the key holds another type, for `GET`): Redis's own.
             return reply;
@@ -277,6 +322,24 @@ impl Engine {
             }
         }
     }
+}
+
+/// The ACL check arguments of a judged store (`0` for none) and the command to send as
+/// is if the check refuses it.
+fn acl_check(
+    req: &Request,
+    scope: Scope,
+    values: impl Fn(usize) -> bool,
+) -> (Vec<Bytes>, Option<Bytes>) {
+    if !scope.check_acl {
+        return (vec![Bytes::from_static(b"0")], None);
+    }
+    let mut resend = bytes::BytesMut::new();
+    crate::resp::request::encode_command(&mut resend, &req.args);
+    (
+        super::acl::check_args(&req.args, values),
+        Some(resend.freeze()),
+    )
 }
 
 /// A store command as `SET`'s arguments after the key, how it answers, and the

@@ -110,11 +110,13 @@ pub fn dispatch(
                     .iter()
                     .skip(2)
                     .any(|a| a.eq_ignore_ascii_case(b"AUTH")));
-        if v.auth_enabled && logs_in {
-            // The upstream must never see a client's password, and cachet cannot
-            // answer inside the upstream's transaction.
+        if logs_in {
+            // With `[auth]` the upstream must never see a client's password; without
+            // it, a login inside the transaction would change the user of a
+            // connection cachet thinks it knows. Either way cachet cannot answer
+            // inside the upstream's transaction.
             return Route::Refuse(reply::error(
-                "ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI when cachet authenticates clients ([auth])",
+                "ERR cachet: AUTH and HELLO … AUTH cannot be queued in MULTI through cachet",
             ));
         }
         return Route::Pinned { blocking: false };
@@ -373,13 +375,14 @@ mod tests {
             "SELECT 1",
             "CLIENT SETNAME x",
             "HELLO 3",
-            "AUTH p",
             "GET k",
             "EXEC",
             "RESET x",
         ] {
             assert_eq!(route(line, &v), Route::Pinned { blocking: false }, "{line}");
         }
+        // A login would change the user of the dedicated connection behind cachet's back.
+        assert!(matches!(route("AUTH p", &v), Route::Refuse(_)));
         assert_eq!(route("QUIT", &v), Route::Quit);
         assert_eq!(route("RESET", &v), Route::Reset);
         let auth = View {

@@ -18,6 +18,9 @@ pub(super) enum Event {
     Shutdown,
     /// The client sent nothing for `idle_timeout`.
     Idle,
+    /// Redis no longer accepts the client's login (its user was deleted): the
+    /// connection ends, as Redis ends it.
+    Revoked,
 }
 
 /// What the loop does after an event.
@@ -47,6 +50,10 @@ impl Session {
             Event::ClientRead(Ok(n)) => self.client_read(n).await,
             Event::Idle => {
                 tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
+                return Step::End;
+            }
+            Event::Revoked => {
+                tracing::debug!(session = self.id, peer = %self.peer, "the client's upstream user is gone; closing the connection");
                 return Step::End;
             }
             Event::ClientRead(Err(e)) => {

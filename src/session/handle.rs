@@ -31,7 +31,7 @@ impl Session {
         });
         let view = View {
             id: self.id,
-            authed: self.authed,
+            authed: self.logged_in(),
             auth_enabled: self.auth.enabled(),
             in_multi: self.pinned.as_ref().is_some_and(|p| p.multi),
             resp2_subscribed: self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed),

@@ -1,22 +1,32 @@
 //! A session's login and protocol: `AUTH` (against `[auth]`, or checked upstream on a
 //! connection of its own), `HELLO` (protocol, name, `AUTH`), `RESET`, and the access
-//! rules a reload may swap.
+//! rules a reload may swap. A login decides who the client's commands run as upstream
+//! (docs/security.md).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::replies::Post;
 use super::{Route, Session, local};
+use crate::auth::RunsAs;
 use crate::resp::{Request, reply};
-use crate::upstream::{Identity, UpstreamError, connect};
+use crate::upstream::login::TooManyUsers;
+use crate::upstream::{Login, UpstreamError, connect};
 
 impl Session {
-    /// `AUTH` checked by cachet (`[auth]`).
+    /// `AUTH` checked by cachet (`[auth]`): the user's commands then run as the
+    /// upstream user it names, or as cachet's own.
     pub(super) fn auth_local(&mut self, req: &Request) {
         let r = match self.auth.auth_command(&req.args) {
-            Ok(ok) => {
-                self.authed = true;
-                ok
-            }
+            Ok(runs_as) => match self.runs_as(&runs_as) {
+                Ok(login) => {
+                    self.authed = true;
+                    self.login = login;
+                    Bytes::from_static(reply::OK)
+                }
+                Err(e) => e,
+            },
             Err(e) => {
                 if e.starts_with(b"-WRONGPASS") {
                     self.auth_failed();
@@ -27,24 +37,50 @@ impl Session {
         self.reply(r);
     }
 
-    /// `AUTH`, checked against the upstream on a connection of its own: the reply is
-    /// the upstream's own, and no shared connection changes user.
+    /// The login a local user's commands run as.
+    fn runs_as(&self, runs_as: &RunsAs) -> Result<Arc<Login>, Bytes> {
+        match runs_as {
+            RunsAs::Own => Ok(self.ctx.upstream.logins.own().clone()),
+            RunsAs::User { name, password } => self.intern(Some(name.clone()), password.clone()),
+            RunsAs::Unreadable(why) => {
+                tracing::warn!(error = %why, "a user's upstream password cannot be read; refusing its login");
+                Err(reply::error(
+                    "ERR cachet: this user's upstream password cannot be read; see cachet's log",
+                ))
+            }
+        }
+    }
+
+    /// The login for credentials Redis (or `[auth]`) accepted.
+    fn intern(&self, user: Option<Bytes>, password: Bytes) -> Result<Arc<Login>, Bytes> {
+        self.ctx
+            .upstream
+            .login(user, password)
+            .map_err(|TooManyUsers(max)| {
+                reply::error(&format!(
+                    "ERR cachet: too many upstream users logged in at once (upstream.max_users = {max})"
+                ))
+            })
+    }
+
+    /// `AUTH`, checked against the upstream on a connection of its own that presents
+    /// no credentials: the reply is Redis's own, and on success the client's commands
+    /// run as that user from then on.
     pub(super) fn auth_upstream(&mut self, req: Request, post: Post) -> Option<Request> {
         if self.inflight > 0 && self.route != Some(Route::Aux) {
             return Some(req);
         }
-        let mut settings = self.ctx.upstream.settings().clone();
-        settings.username = None;
-        settings.password = None;
-        settings.preload = Vec::new();
+        let upstream = self.ctx.clone();
         let tx = self.reply_tx.clone();
         let args = req.args.clone();
         tokio::spawn(async move {
+            let upstream = &upstream.upstream;
             let result = async {
-                let mut conn = connect::connect(&settings, Identity { db: 0, proto: 2 }).await?;
+                let anonymous = upstream.logins.anonymous().clone();
+                let mut conn = upstream.connect_as(&anonymous).await?;
                 // `connect` is bounded by `connect_timeout`; the check by
                 // `command_timeout`, as any command is.
-                let limit = settings.command_timeout;
+                let limit = upstream.settings().command_timeout;
                 let mut replies =
                     tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[args]))
                         .await
@@ -54,9 +90,23 @@ impl Session {
             .await;
             let _ = tx.send(result);
         });
+        let post = match post {
+            Post::Nothing => Post::Login(Box::new(credentials(&req.args))),
+            other => other,
+        };
         self.route = Some(Route::Aux);
         self.await_reply(crate::engine::Settle::Forward, None, post);
         None
+    }
+
+    /// Redis accepted `credentials`: the client runs as that user from now on. `Err`
+    /// replaces Redis's `+OK` (no room for another user).
+    pub(super) fn logged_in_upstream(&mut self, credentials: Credentials) -> Result<(), Bytes> {
+        let (user, password) = credentials;
+        let login = self.intern(user, password)?;
+        self.login = login;
+        self.authed = true;
+        Ok(())
     }
 
     pub(super) async fn hello(&mut self, req: Request) -> Option<Request> {
@@ -70,10 +120,17 @@ impl Session {
         let proto = hello.proto.unwrap_or(self.proto);
         if self.auth.enabled() {
             if let Some((user, pass)) = &hello.auth {
-                if !self.auth.check(Some(user), pass) {
+                let Some(runs_as) = self.auth.login(Some(user), pass).cloned() else {
                     self.auth_failed();
                     self.reply(Bytes::from_static(crate::auth::WRONGPASS));
                     return None;
+                };
+                match self.runs_as(&runs_as) {
+                    Ok(login) => self.login = login,
+                    Err(e) => {
+                        self.reply(e);
+                        return None;
+                    }
                 }
                 self.authed = true;
             }
@@ -86,8 +143,12 @@ impl Session {
             let post = Post::Hello {
                 proto,
                 setname: hello.setname,
+                login: Box::new((Some(user), pass)),
             };
             return self.auth_upstream(auth, post).map(|_| req);
+        } else if !self.logged_in() {
+            self.reply(Bytes::from_static(crate::auth::NOAUTH_HELLO));
+            return None;
         }
         if proto != self.proto && self.pinned.is_some() {
             // Replies still owed on the pinned connection may end its mode (a blocking
@@ -114,9 +175,12 @@ impl Session {
 
     /// `RESET`: back to a fresh connection's state.
     pub(super) fn reset(&mut self) {
-        // Redis logs a reset client in as `default` only when that user needs no
-        // password, which is never the case while cachet authenticates clients.
-        self.authed = !self.auth.enabled();
+        // Redis logs a reset client in as `default`, which serves it only when that
+        // user needs no password (`logged_in` asks); never while cachet authenticates
+        // clients itself.
+        self.authed = false;
+        self.login = self.ctx.upstream.logins.anonymous().clone();
+        self.shared = None;
         self.pinned = None;
         self.db = self.ctx.default_db;
         self.proto = 2;
@@ -137,10 +201,17 @@ impl Session {
     pub(super) fn load_access(&mut self) {
         self.policy = self.ctx.policy.load_full();
         self.auth = self.ctx.auth.load_full();
-        // With `[auth]` removed nobody needs a login any more (Redis: a `default` user
-        // without a password serves clients that never authenticated).
-        if !self.auth.enabled() {
-            self.authed = true;
-        }
+    }
+}
+
+/// A client's `AUTH` credentials: the user (`None`: the `default` user) and password.
+pub(super) type Credentials = (Option<Bytes>, Bytes);
+
+/// The credentials of a well-formed `AUTH [user] password` (Redis checks the form).
+fn credentials(args: &[Bytes]) -> Credentials {
+    match args {
+        [_, user, password] => (Some(user.clone()), password.clone()),
+        [_, password] => (None, password.clone()),
+        _ => (None, Bytes::new()),
     }
 }

@@ -39,7 +39,7 @@ use crate::metrics::{CommandTally, Outcome};
 use crate::policy::Policy;
 use crate::resp::{Decoder, Request};
 use crate::stream::Stream;
-use crate::upstream::{Identity, Reply, ReplyRx, ReplyTx, SharedConn};
+use crate::upstream::{Identity, Login, Reply, ReplyRx, ReplyTx, SharedConn};
 use events::{Event, Step};
 use local::ReplyMode;
 use pinned::Pinned;
@@ -84,10 +84,14 @@ pub struct Session {
     engine: Arc<Engine>,
     policy: Arc<Policy>,
     auth: Arc<Auth>,
-    /// Whether the client may run commands: logged in with `AUTH`/`HELLO … AUTH`, or
-    /// connected while `[auth]` was off. Kept across reloads, as Redis keeps its
-    /// clients' logins when passwords change.
+    /// Whether the client logged in (`AUTH`, `HELLO … AUTH`). Kept across reloads, as
+    /// Redis keeps its clients' logins when passwords change. Without `[auth]` a client
+    /// that has not logged in may still run commands if Redis serves connections
+    /// without credentials (`logged_in`).
     authed: bool,
+    /// The upstream user the client's commands run as: nobody (anonymous) until it
+    /// logs in to Redis, or the one its `[auth]` user names.
+    login: Arc<Login>,
     /// Counters of the command being handled, until its reply (or slot) takes them.
     tally: Option<Arc<CommandTally>>,
     /// The command being routed, for the slow-command log.
@@ -158,7 +162,8 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         engine: ctx.engine.load_full(),
         policy: ctx.policy.load_full(),
         auth: ctx.auth.load_full(),
-        authed: !ctx.auth.load().enabled(),
+        authed: false,
+        login: ctx.upstream.logins.anonymous().clone(),
         tally: None,
         current: None,
         slow: std::time::Duration::ZERO,
@@ -221,6 +226,10 @@ impl Session {
             }
             let (want_read, deadline, wake) = self.arm();
             let timeout = self.ctx.upstream.settings().command_timeout;
+            // Only a client's own login can be revoked (cachet's and the anonymous one
+            // cannot); watching costs a waiter registration per turn, so only then.
+            let login = &self.login;
+            let revocable = !login.is_anonymous() && login.id != self.ctx.upstream.logins.own().id;
             let event = {
                 let rbuf = &mut self.rbuf;
                 let out = &self.out;
@@ -240,6 +249,7 @@ impl Session {
                         }
                     }
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
+                    _ = login.revoked(), if revocable => Event::Revoked,
                 }
             };
             match self.on_event(event, &mut reply_rx, timeout).await {
@@ -446,7 +456,19 @@ impl Session {
         Identity {
             db: self.db,
             proto: self.proto,
+            login: self.login.id,
         }
+    }
+
+    /// Whether the client may run commands: it logged in, or it need not (no `[auth]`,
+    /// and Redis serves connections that present no credentials). While cachet has not
+    /// reached Redis to find out, the client's commands go on connections without
+    /// credentials, and Redis refuses them itself if it must.
+    fn logged_in(&self) -> bool {
+        self.authed
+            || (!self.auth.enabled()
+                && self.ctx.upstream.logins.anonymous_access()
+                    != crate::upstream::Anonymous::NeedsAuth)
     }
 }
 

@@ -46,6 +46,15 @@ impl Session {
                 return None;
             }
         };
+        let adds = rewrite.data.as_ref().is_some_and(|d| *d != req.raw)
+            || !rewrite.after.is_empty()
+            || !rewrite.invalidations.is_empty();
+        if adds && let crate::upstream::Capability::Lacks(what) = self.capability().await {
+            // The user may not run what cachet adds: inside a transaction the refusal
+            // aborts it, as Redis's own queueing errors do.
+            let err = self.engine.lacking_reply(&self.login.user, &what);
+            return self.refuse(err).await;
+        }
         self.route = Some(Route::Pinned);
         let p = self.pinned.as_mut()?;
         match p.send(&req, kind, blocking, rewrite).await {
@@ -75,9 +84,10 @@ impl Session {
             Some(p) if p.watching() => Situation::Watching,
             _ => Situation::Other,
         };
-        let q =
-            self.engine
-                .plan_queued(req, &info, &mut self.keys, self.proto, self.db, situation)?;
+        let scope = self.scope();
+        let q = self
+            .engine
+            .plan_queued(req, &info, &mut self.keys, scope, situation)?;
         Ok((
             Rewrite {
                 data: q.data,

@@ -52,11 +52,14 @@ pub(super) enum Slot {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Post {
     Nothing,
-    /// `HELLO … AUTH` verified upstream: on success, switch protocol, set the name and
-    /// answer with the `HELLO` reply instead.
+    /// `AUTH` verified upstream: on success, run as that user.
+    Login(Box<super::login::Credentials>),
+    /// `HELLO … AUTH` verified upstream: on success, run as that user, switch
+    /// protocol, set the name and answer with the `HELLO` reply instead.
     Hello {
         proto: u8,
         setname: Option<Bytes>,
+        login: Box<super::login::Credentials>,
     },
 }
 
@@ -242,7 +245,7 @@ impl Session {
                 if self.holding.is_none() {
                     self.hurried = false;
                 }
-                self.follow_up(seq, f.data, f.frames, f.delay);
+                self.follow_up(seq, f.data, f.frames, f.delay, f.own);
             }
         }
     }
@@ -291,13 +294,26 @@ impl Session {
             bytes
         };
         let bytes = match post {
-            Post::Hello { proto, setname } if !is_error && bytes.starts_with(b"+OK") => {
-                self.proto = proto;
-                if let Some(name) = setname {
-                    self.name = (!name.is_empty()).then_some(name);
+            Post::Login(credentials) if !is_error && bytes.starts_with(b"+OK") => {
+                match self.logged_in_upstream(*credentials) {
+                    Ok(()) => bytes,
+                    Err(e) => e,
                 }
-                super::local::hello_reply(&self.ctx.server.load(), proto, self.id)
             }
+            Post::Hello {
+                proto,
+                setname,
+                login,
+            } if !is_error && bytes.starts_with(b"+OK") => match self.logged_in_upstream(*login) {
+                Ok(()) => {
+                    self.proto = proto;
+                    if let Some(name) = setname {
+                        self.name = (!name.is_empty()).then_some(name);
+                    }
+                    super::local::hello_reply(&self.ctx.server.load(), proto, self.id)
+                }
+                Err(e) => e,
+            },
             _ => bytes,
         };
         if let Some(slot) = self.slots.get_mut(idx) {

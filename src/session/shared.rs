@@ -11,10 +11,10 @@ use tokio::time::Instant;
 use super::replies::{Post, Slot};
 use super::{Route, Session};
 use crate::command::CommandInfo;
-use crate::engine::{Retry, Settle};
+use crate::engine::{Retry, Scope, Settle};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
-use crate::upstream::{Job, UpstreamError, connect};
+use crate::upstream::{Capability, Job, UpstreamError, connect};
 
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
@@ -36,10 +36,8 @@ impl Session {
         if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
             self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
         }
-        let plan = match self
-            .engine
-            .plan(&req, info, &mut self.keys, self.proto, self.db)
-        {
+        let scope = self.scope();
+        let plan = match self.engine.plan(&req, info, &mut self.keys, scope) {
             Ok(plan) => plan,
             Err(refusal) => {
                 self.reply(refusal);
@@ -48,6 +46,16 @@ impl Session {
         };
         if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On {
             self.batch_plain(&plan.data, plan.frames);
+            return None;
+        }
+        if (plan.script || plan.frames > 1)
+            && let Capability::Lacks(what) = self.capability().await
+        {
+            // The user may not run what cachet adds: nothing is rewritten for it.
+            if self.inflight > 0 {
+                return Some(req);
+            }
+            self.refuse_for_rights(req, what);
             return None;
         }
         self.flush_batch();
@@ -167,10 +175,24 @@ impl Session {
     }
 
     /// Sends a request the engine asked for on behalf of the parked slot `seq`, after
-    /// `delay`, on a shared connection of the database and protocol the slot's command
-    /// ran in; its reply comes back through the resolve channel.
-    pub(super) fn follow_up(&mut self, seq: u64, data: Bytes, frames: u32, delay: Duration) {
-        let conn = self.ctx.upstream.shared(self.owed_identity(), self.id);
+    /// its delay, on a shared connection of the database and protocol the slot's
+    /// command ran in (as cachet's own user, or the client's, as the engine says); its
+    /// reply comes back through the resolve channel.
+    pub(super) fn follow_up(
+        &mut self,
+        seq: u64,
+        data: Bytes,
+        frames: u32,
+        delay: Duration,
+        own: bool,
+    ) {
+        let id = self.owed_identity();
+        let id = if own {
+            self.ctx.upstream.own(id.db, id.proto)
+        } else {
+            id
+        };
+        let conn = self.ctx.upstream.shared(id, self.id);
         let tx = self.resolve_tx.clone();
         let hurry = self.hurry.clone();
         tokio::spawn(async move {
@@ -204,7 +226,11 @@ impl Session {
         for c in &commands {
             crate::resp::request::encode_command(&mut data, c);
         }
-        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        // cachet's own work: the write already ran, as the client.
+        let conn = self
+            .ctx
+            .upstream
+            .shared(self.ctx.upstream.own(self.db, self.proto), self.id);
         conn.send(Job {
             data: data.freeze(),
             frames: commands.len() as u32,
@@ -212,5 +238,131 @@ impl Session {
             held: None,
             on_fail: None,
         });
+    }
+}
+
+impl Session {
+    /// Where the client's commands run, for the engine's plans.
+    pub(super) fn scope(&self) -> Scope {
+        Scope {
+            proto: self.proto,
+            db: self.db,
+            check_acl: self.acts_for_other(),
+        }
+    }
+
+    /// The client runs as an upstream user other than cachet's own, whose rights
+    /// cachet must not exceed.
+    fn acts_for_other(&self) -> bool {
+        self.login.id != self.ctx.upstream.logins.own().id
+    }
+
+    /// Whether the client's user may run what cachet adds to a rewritten command
+    /// (`engine/acl.rs`). Checked once for a new user (the command waits), then again
+    /// at most once per `CAPABILITY_FRESH`: in the background while it is able, before
+    /// the command while it is not.
+    pub(super) async fn capability(&mut self) -> Capability {
+        if !self.acts_for_other() {
+            return Capability::Able;
+        }
+        let login = self.login.clone();
+        let (known, due) = login.capability();
+        // A user not known to be able is checked now (a refusal must not outlive the
+        // grant that ends it); an able one again in the background.
+        if known == Capability::Unknown || (due && known != Capability::Able) {
+            self.check_capability().await;
+            return login.capability().0;
+        }
+        if login.start_check() {
+            tokio::spawn(self.check_capability_task());
+        }
+        known
+    }
+
+    async fn check_capability(&self) {
+        self.check_capability_task().await;
+    }
+
+    /// Runs the `CAPABILITY` script as the client's user and records what it found.
+    fn check_capability_task(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let conn = self.ctx.upstream.shared(self.identity(), self.id);
+        let engine = self.engine.clone();
+        let login = self.login.clone();
+        let limit = self.ctx.upstream.settings().command_timeout;
+        let mut data = BytesMut::new();
+        crate::resp::request::encode_command(&mut data, &engine.capability_command());
+        async move {
+            let reply = ask(&conn, data.freeze(), limit).await;
+            let found = match reply {
+                Ok(reply) => match engine.read_capability(&reply) {
+                    Some(crate::engine::acl::Checked::Able) => Some(Capability::Able),
+                    Some(crate::engine::acl::Checked::Lacks(what)) => {
+                        Some(Capability::Lacks(what.join(", ")))
+                    }
+                    // Redis answered something else (scripting refused otherwise):
+                    // it will answer the rewrite the same way.
+                    None => Some(Capability::Able),
+                },
+                Err(_) => None,
+            };
+            login.set_capability(found);
+        }
+    }
+
+    /// A command cachet would rewrite, for a user that may not run what the rewrite
+    /// adds: Redis's own refusal if Redis would refuse the command itself (asked with
+    /// `ACL DRYRUN` as cachet's user, then the command sent as is), else an error that
+    /// says what the user lacks. Nothing is written either way.
+    fn refuse_for_rights(&mut self, req: Request, lacks: String) {
+        let own = self
+            .ctx
+            .upstream
+            .shared(self.ctx.upstream.own(self.db, 2), self.id);
+        let user_conn = self.ctx.upstream.shared(self.identity(), self.id);
+        let limit = self.ctx.upstream.settings().command_timeout;
+        let lacking = self.engine.lacking_reply(&self.login.user, &lacks);
+        let mut dryrun = vec![
+            Bytes::from_static(b"ACL"),
+            Bytes::from_static(b"DRYRUN"),
+            self.login.user.clone(),
+        ];
+        dryrun.extend(req.args.iter().cloned());
+        let mut data = BytesMut::new();
+        crate::resp::request::encode_command(&mut data, &dryrun);
+        let tx = self.reply_tx.clone();
+        tokio::spawn(async move {
+            let verdict = ask(&own, data.freeze(), limit).await;
+            let reply = match verdict {
+                // A bulk string: why Redis would refuse the command.
+                Ok(v) if v.first() == Some(&b'$') && !v.starts_with(b"$-1") => {
+                    ask(&user_conn, req.raw.clone(), limit).await
+                }
+                _ => Ok(lacking),
+            };
+            let _ = tx.send(reply);
+        });
+        self.route = Some(super::Route::Aux);
+        self.await_reply(Settle::Forward, None, Post::Nothing);
+    }
+}
+
+/// One request on a shared connection, and its reply.
+async fn ask(
+    conn: &crate::upstream::SharedConn,
+    data: Bytes,
+    limit: Duration,
+) -> crate::upstream::Reply {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    conn.send(Job {
+        data,
+        frames: 1,
+        reply: Some(tx),
+        held: None,
+        on_fail: None,
+    });
+    match tokio::time::timeout(limit + Duration::from_millis(100), rx.recv()).await {
+        Ok(Some(r)) => r,
+        Ok(None) => Err(UpstreamError::Lost),
+        Err(_) => Err(UpstreamError::Timeout(limit)),
     }
 }

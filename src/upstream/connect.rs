@@ -6,22 +6,28 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::login::{Login, LoginId};
 use super::{Settings, UpstreamError};
 use crate::resp::Scanner;
 use crate::resp::request::encode_command;
 use crate::stream::Stream;
 
-/// What an upstream connection is set up as: cachet's credentials, the database and the
+/// What an upstream connection is set up as: the login it runs as, the database and the
 /// protocol version of the sessions it serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub db: u32,
     pub proto: u8,
+    pub login: LoginId,
 }
 
-/// Connects and runs the handshake; fails with the upstream's own error text (for
-/// example a wrong password) or a timeout.
-pub async fn connect(settings: &Settings, id: Identity) -> Result<Stream, UpstreamError> {
+/// Connects and runs the handshake as `login`; fails with the upstream's own error text
+/// (for example a wrong password) or a timeout.
+pub async fn connect(
+    settings: &Settings,
+    id: Identity,
+    login: &Login,
+) -> Result<Stream, UpstreamError> {
     let timeout = settings.connect_timeout;
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&settings.address)).await {
         Ok(Ok(s)) => s,
@@ -56,12 +62,7 @@ pub async fn connect(settings: &Settings, id: Identity) -> Result<Stream, Upstre
         }
     };
     let mut commands: Vec<Vec<Bytes>> = Vec::new();
-    if let Some(password) = &settings.password {
-        let mut auth = vec![Bytes::from_static(b"AUTH")];
-        if let Some(user) = &settings.username {
-            auth.push(Bytes::from(user.clone()));
-        }
-        auth.push(Bytes::from(password.clone()));
+    if let Some(auth) = login.auth_command() {
         commands.push(auth);
     }
     if id.proto >= 3 {

@@ -3,6 +3,7 @@
 //! mode, kept in a small idle pool for reuse.
 
 pub mod connect;
+pub mod login;
 pub mod shared;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 
 pub use connect::Identity;
+pub use login::{Anonymous, Capability, Login, LoginId, Logins};
 pub use shared::SharedConn;
 
 use crate::metrics::Histogram;
@@ -29,8 +31,10 @@ pub struct Settings {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
-    /// Shared connections per (database, protocol).
+    /// Shared connections per (database, protocol, login).
     pub shared_connections: usize,
+    /// Client logins (upstream users other than cachet's own) in use at once.
+    pub max_users: usize,
     /// Commands run on every new connection after the handshake, whose failure is
     /// not fatal (loading cachet's scripts).
     pub preload: Vec<Vec<Bytes>>,
@@ -135,8 +139,23 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// How a job that wraps a write in a transaction begins.
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+
 impl Job {
-    pub fn complete(self, bytes: Bytes) {
+    pub fn complete(mut self, bytes: Bytes) {
+        // A write sent as `MULTI`, the write, its invalidation, `EXEC` whose `MULTI`
+        // was refused (the client's user lost `+multi` since cachet last checked its
+        // rights) ran without its transaction: its fate is as unknown as if the
+        // connection had broken, and its owner re-sends the invalidation.
+        if bytes.first() == Some(&b'-')
+            && self.data.starts_with(MULTI)
+            && let Some(on_fail) = self.on_fail.take()
+        {
+            on_fail(&UpstreamError::Io(
+                "the upstream refused MULTI; the write may have run outside its transaction".into(),
+            ));
+        }
         if let Some(tx) = &self.reply {
             let _ = tx.send(Ok(bytes));
         }
@@ -155,21 +174,36 @@ impl Job {
 /// Idle dedicated connections kept per identity for reuse by the next pinned session.
 const IDLE_PINNED_PER_IDENTITY: usize = 8;
 
+/// A pool of shared connections for one identity.
+#[derive(Debug)]
+struct Pool {
+    conns: Arc<[SharedConn]>,
+    /// Found unused by the last sweep (no session holds any of its connections).
+    unused: std::sync::atomic::AtomicBool,
+}
+
 /// All upstream connections of one cachet.
 #[derive(Debug)]
 pub struct Upstream {
     settings: Arc<Settings>,
     /// Round trips of shared-connection requests (a metric).
     pub rtt: Arc<Histogram>,
-    pools: DashMap<Identity, Arc<[SharedConn]>>,
+    pub logins: Arc<Logins>,
+    pools: DashMap<Identity, Pool>,
     idle: DashMap<Identity, Vec<Stream>>,
 }
 
 impl Upstream {
     pub fn new(settings: Settings) -> Upstream {
+        let own = settings
+            .password
+            .clone()
+            .map(|p| (settings.username.clone(), p));
+        let logins = Arc::new(Logins::new(own, settings.max_users));
         Upstream {
             settings: Arc::new(settings),
             rtt: Arc::new(Histogram::default()),
+            logins,
             pools: DashMap::new(),
             idle: DashMap::new(),
         }
@@ -179,39 +213,126 @@ impl Upstream {
         &self.settings
     }
 
+    /// cachet's own identity for database `db` and protocol `proto` (its own work:
+    /// recording misses, re-sent invalidations, discovery).
+    pub fn own(&self, db: u32, proto: u8) -> Identity {
+        Identity {
+            db,
+            proto,
+            login: self.logins.own().id,
+        }
+    }
+
+    /// The login an identity runs as; a forgotten one (which no session can hold)
+    /// comes back revoked, so that nothing runs as anyone else.
+    fn login_of(&self, id: Identity) -> Arc<Login> {
+        self.logins.get(id.login).unwrap_or_else(|| {
+            let gone = Arc::new(Login::forgotten(id.login));
+            gone.revoke();
+            gone
+        })
+    }
+
     /// The shared connection serving `session` for `id`. A session always gets the same
     /// one for the same identity, which keeps its own pipeline in order.
     pub fn shared(&self, id: Identity, session: u64) -> SharedConn {
         let pool = match self.pools.get(&id) {
-            Some(p) => p.clone(),
+            Some(p) => {
+                p.unused.store(false, std::sync::atomic::Ordering::Relaxed);
+                p.conns.clone()
+            }
             None => self
                 .pools
                 .entry(id)
                 .or_insert_with(|| {
-                    (0..self.settings.shared_connections.max(1))
-                        .map(|_| SharedConn::spawn(self.settings.clone(), id, self.rtt.clone()))
-                        .collect()
+                    let login = self.login_of(id);
+                    Pool {
+                        conns: (0..self.settings.shared_connections.max(1))
+                            .map(|_| self.spawn_shared(id, &login))
+                            .collect(),
+                        unused: std::sync::atomic::AtomicBool::new(false),
+                    }
                 })
+                .conns
                 .clone(),
         };
         let i = (session % pool.len().max(1) as u64) as usize;
         match pool.get(i) {
             Some(c) => c.clone(),
             // Unreachable: pools are never empty. Spawning keeps it total anyway.
-            None => SharedConn::spawn(self.settings.clone(), id, self.rtt.clone()),
+            None => self.spawn_shared(id, &self.login_of(id)),
         }
     }
 
-    /// Whether a shared connection of database `db` (RESP2) is up and none that is up
-    /// has heard that the upstream does not serve data (loading, a replica cut off from
-    /// its primary).
+    fn spawn_shared(&self, id: Identity, login: &Arc<Login>) -> SharedConn {
+        SharedConn::spawn(
+            self.settings.clone(),
+            id,
+            login.clone(),
+            self.logins.clone(),
+            self.rtt.clone(),
+        )
+    }
+
+    /// The login for credentials Redis (or `[auth]`) accepted. When every place is
+    /// taken, connections no session holds are closed first to make room.
+    pub fn login(
+        &self,
+        user: Option<Bytes>,
+        password: Bytes,
+    ) -> Result<Arc<Login>, login::TooManyUsers> {
+        match self.logins.intern(user.clone(), password.clone()) {
+            Err(login::TooManyUsers(_)) => {
+                self.close_unheld(false);
+                self.logins.intern(user, password)
+            }
+            ok => ok,
+        }
+    }
+
+    /// Closes client logins' pools that no session holds: at once, or (`patient`) only
+    /// once they were found unheld by the previous call too.
+    fn close_unheld(&self, patient: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let own = self.logins.own().id;
+        self.pools.retain(|id, pool| {
+            if id.login == own || id.login == LoginId::ANONYMOUS {
+                return true;
+            }
+            if pool.conns.iter().any(SharedConn::held_elsewhere) {
+                pool.unused.store(false, Relaxed);
+                return true;
+            }
+            patient && !pool.unused.swap(true, Relaxed)
+        });
+        self.idle.retain(|id, _| {
+            id.login == own
+                || id.login == LoginId::ANONYMOUS
+                || self.logins.get(id.login).is_some_and(|l| !l.is_revoked())
+        });
+        self.logins.forget_unused();
+    }
+
+    /// Closes what client logins no longer use: a pool none of whose connections a
+    /// session has held since the last sweep, idle dedicated connections of logins that
+    /// are gone, and the logins themselves. cachet's own and the anonymous pools stay.
+    pub fn sweep(&self) {
+        self.close_unheld(true);
+    }
+
+    /// Whether a shared connection of database `db` (RESP2, cachet's own login) is up
+    /// and none that is up has heard that the upstream does not serve data (loading, a
+    /// replica cut off from its primary).
     pub fn is_up_db(&self, db: u32) -> bool {
-        let id = Identity { db, proto: 2 };
+        let id = self.own(db, 2);
         self.pools
             .get(&id)
             .map(|p| {
-                p.iter().any(SharedConn::is_up)
-                    && p.iter().filter(|c| c.is_up()).all(SharedConn::is_serving)
+                p.conns.iter().any(SharedConn::is_up)
+                    && p.conns
+                        .iter()
+                        .filter(|c| c.is_up())
+                        .all(SharedConn::is_serving)
             })
             .unwrap_or(false)
     }
@@ -219,7 +340,10 @@ impl Upstream {
     /// Shared connections connected now, and shared connections in all.
     pub fn connections_up(&self) -> (usize, usize) {
         self.pools.iter().fold((0, 0), |(up, all), p| {
-            (up + p.iter().filter(|c| c.is_up()).count(), all + p.len())
+            (
+                up + p.conns.iter().filter(|c| c.is_up()).count(),
+                all + p.conns.len(),
+            )
         })
     }
 
@@ -233,7 +357,14 @@ impl Upstream {
                 // skip it rather than hand the session a dead socket.
                 Some(conn) if conn.idle_and_open() => return Ok(conn),
                 Some(_) => continue,
-                None => return connect::connect(&self.settings, id).await,
+                None => {
+                    let login = self.login_of(id);
+                    let r = connect::connect(&self.settings, id, &login).await;
+                    if let Err(e) = &r {
+                        login::refused(&login, &self.logins, e);
+                    }
+                    return r;
+                }
             }
         }
     }
@@ -245,4 +376,63 @@ impl Upstream {
             idle.push(conn);
         }
     }
+
+    /// A one-off connection as `login` (database 0, RESP2, no scripts loaded), for a
+    /// check of cachet's such as a client's `AUTH`.
+    pub async fn connect_as(&self, login: &Login) -> Result<Stream, UpstreamError> {
+        let id = Identity {
+            db: 0,
+            proto: 2,
+            login: login.id,
+        };
+        let settings = Settings {
+            preload: Vec::new(),
+            ..(*self.settings).clone()
+        };
+        connect::connect(&settings, id, login).await
+    }
+}
+
+/// Finds out whether a connection without credentials may run commands: it connects
+/// without them and sends `PING`. `-NOAUTH` means clients must log in; any other
+/// reply (`+PONG`, or `-NOPERM` from a `default` user without `+ping`) that they may.
+/// Run at start-up and after every new shared connection, one at a time.
+pub async fn probe_anonymous(settings: &Settings, logins: &Logins) {
+    if !logins.start_probe() {
+        return;
+    }
+    let anonymous = logins.anonymous().clone();
+    let id = Identity {
+        db: 0,
+        proto: 2,
+        login: LoginId::ANONYMOUS,
+    };
+    let result = async {
+        let mut conn = connect::connect(settings, id, &anonymous).await?;
+        let ping = vec![Bytes::from_static(b"PING")];
+        tokio::time::timeout(
+            settings.command_timeout,
+            connect::roundtrip(&mut conn, &[ping]),
+        )
+        .await
+        .map_err(|_| UpstreamError::Timeout(settings.command_timeout))?
+    }
+    .await;
+    match result {
+        Ok(replies) => {
+            let needs = replies.first().is_some_and(|r| r.starts_with(b"-NOAUTH"));
+            logins.set_anonymous_access(if needs {
+                Anonymous::NeedsAuth
+            } else {
+                Anonymous::Open
+            });
+        }
+        // A handshake refused without credentials (`HELLO`, `SELECT` are not sent on
+        // this one, so this is rare): clients must log in.
+        Err(UpstreamError::Handshake(msg)) if msg.starts_with("NOAUTH") => {
+            logins.set_anonymous_access(Anonymous::NeedsAuth);
+        }
+        Err(e) => tracing::debug!(error = %e, "could not probe whether the upstream needs a login"),
+    }
+    logins.finish_probe();
 }

@@ -32,6 +32,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::connect::{Identity, connect};
+use super::login::{Login, Logins};
 use super::{Job, Settings, UpstreamError};
 use crate::metrics::Histogram;
 use crate::resp::Scanner;
@@ -56,6 +57,8 @@ pub struct SharedConn {
     tx: mpsc::UnboundedSender<Job>,
     health: Arc<Health>,
     id: u64,
+    /// Counts the handles: the pool's and each session's (see `held_elsewhere`).
+    handles: Arc<()>,
 }
 
 /// What the connection task knows about its upstream, read by readiness and metrics.
@@ -151,15 +154,31 @@ pub fn new_owner_id() -> u64 {
 impl SharedConn {
     /// Starts the connection task. It connects in the background and lives until every
     /// handle is dropped.
-    pub fn spawn(settings: Arc<Settings>, id: Identity, rtt: Arc<Histogram>) -> SharedConn {
+    pub fn spawn(
+        settings: Arc<Settings>,
+        id: Identity,
+        login: Arc<Login>,
+        logins: Arc<Logins>,
+        rtt: Arc<Histogram>,
+    ) -> SharedConn {
         let (tx, rx) = mpsc::unbounded_channel();
         let health = Arc::new(Health::default());
-        tokio::spawn(run(settings, id, rx, health.clone(), rtt));
+        let as_who = As {
+            login: Arc::downgrade(&login),
+            logins,
+        };
+        tokio::spawn(run(settings, id, as_who, rx, health.clone(), rtt));
         SharedConn {
             tx,
             health,
             id: new_owner_id(),
+            handles: Arc::new(()),
         }
+    }
+
+    /// Whether a handle other than the pool's exists (a session holds this connection).
+    pub fn held_elsewhere(&self) -> bool {
+        Arc::strong_count(&self.handles) > 1
     }
 
     /// A process-unique id of this connection.
@@ -192,9 +211,33 @@ impl SharedConn {
     }
 }
 
+/// Who a connection logs in as, and the registry that learns what Redis says of it.
+/// The login is held by the sessions logged in as it, not by their connections: one
+/// that no session holds any more is gone, and its connections connect no more.
+struct As {
+    login: std::sync::Weak<Login>,
+    logins: Arc<Logins>,
+}
+
+impl As {
+    async fn connect(&self, settings: &Settings, id: Identity) -> Result<Stream, UpstreamError> {
+        let Some(login) = self.login.upgrade() else {
+            return Err(UpstreamError::Unavailable(
+                "nobody is logged in as this connection's user any more".into(),
+            ));
+        };
+        let r = connect(settings, id, &login).await;
+        if let Err(e) = &r {
+            super::login::refused(&login, &self.logins, e);
+        }
+        r
+    }
+}
+
 async fn run(
     settings: Arc<Settings>,
     id: Identity,
+    as_who: As,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     health: Arc<Health>,
     rtt: Arc<Histogram>,
@@ -205,8 +248,14 @@ async fn run(
         if jobs.is_closed() && jobs.is_empty() {
             return;
         }
-        match connect(&settings, id).await {
+        match as_who.connect(&settings, id).await {
             Ok(stream) => {
+                // Whether clients that never log in may run commands can change with
+                // any restart or reconfiguration of the upstream: find out again.
+                let (probe_settings, logins) = (settings.clone(), as_who.logins.clone());
+                tokio::spawn(async move {
+                    super::probe_anonymous(&probe_settings, &logins).await;
+                });
                 if was_down {
                     tracing::info!(address = %settings.address, db = id.db, proto = id.proto, "upstream connection restored");
                 }

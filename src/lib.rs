@@ -10,28 +10,36 @@
 //!
 //! | stage | file |
 //! |---|---|
-//! | accept, connection limit, shutdown | `listener.rs` |
+//! | start-up wiring, accept, connection limit, shutdown, background tasks | `listener.rs` |
 //! | TLS: acceptor and upstream connector from the configuration | `tls.rs` |
 //! | a plain or TLS connection, and its two halves | `stream.rs` |
 //! | one client: read, order, reply | `session/mod.rs` |
+//! | where a command goes (a pure decision) | `session/dispatch.rs` |
 //! | decode requests with limits (RESP2/RESP3/inline) | `resp/request.rs` |
 //! | find reply frame boundaries, encode local replies | `resp/reply.rs` |
-//! | command table, flags, key positions | `command/` |
+//! | command table, flags, key positions, per-command counters | `command/` |
 //! | policy: renamed, disabled, denied commands; refused scripts | `policy.rs` |
-//! | client logins (`[auth]`: `AUTH`, `HELLO … AUTH`, `NOAUTH`) | `auth.rs` |
+//! | client logins answered by cachet (`[auth]`) | `auth.rs` |
+//! | logins checked by Redis, `HELLO`, `RESET` | `session/login.rs` |
+//! | glob patterns as Redis matches them | `glob.rs` |
 //! | key pattern -> keyspace mode | `keyspace.rs` |
-//! | session state answered locally (`SELECT`, `HELLO`, `CLIENT`, `AUTH`) | `session/local.rs` |
+//! | session state answered locally (`SELECT`, `HELLO`, `CLIENT`) | `session/local.rs` |
 //! | stateful modes on a dedicated connection (`MULTI`, subscribe, blocking) | `session/pinned.rs` |
-//! | the rewrite stage: invalidate-plus-set, lock expiries, reserved keys | `consistency/` |
+//! | the engine: plans, replies, the fill protocol, invalidations | `engine/` |
+//! | what a client's Redis user must be allowed for cachet's rewrites | `engine/acl.rs` |
 //! | per-key ordering tokens | `key_lock.rs` |
 //! | shared multiplexed upstream connections | `upstream/shared.rs` |
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
+//! | who upstream connections log in as | `upstream/login.rs` |
 //! | what all sessions share (upstream, table, server facts) | `context.rs` |
-//! | configuration: TOML schema, defaults, validation | `config.rs` |
+//! | configuration: TOML schema, defaults, validation | `config/` |
 //! | live reload (SIGHUP, `CACHET RELOAD`) | `reload.rs` |
 //! | `CACHET INFO`/`KEYSPACE`/`RELOAD`, answered by the session | `session/admin_cmd.rs` |
 //! | counters, latency histogram, Prometheus exposition | `metrics.rs` |
 //! | admin HTTP: `/metrics`, `/healthz`, `/readyz` | `admin.rs` |
+//!
+//! The design is in `docs/` (`design.md`, `fill-protocol.md`, `security.md`,
+//! `architecture.md`, `configuration.md`).
 //!
 //! The consistency checker (`cachet-check`) is a crate of its own in `check/`: the proxy
 //! links neither its database clients nor its Redis client.

@@ -9,8 +9,8 @@
 //! and compressor variants) fail that pass directly, and they are expected to: they
 //! set a key again after a miss and a delete of that same key, which to Redis is the
 //! same sequence as a stale fill landing after an invalidation. A `cache` keyspace
-//! refuses it; keys used that way belong in a `strict` keyspace (README "The fill
-//! protocol").
+//! refuses it; keys used that way belong in a `strict` keyspace
+//! (docs/fill-protocol.md, "Limits").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

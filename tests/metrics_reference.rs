@@ -1,0 +1,63 @@
+//! The README's metrics reference is `/metrics`: every metric cachet exposes is listed
+//! there with the help text it is exposed with, and nothing else is.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use support::cachet::{Cachet, config_for};
+use support::http::get;
+use support::redis::RedisServer;
+
+#[test]
+fn the_readme_lists_exactly_the_exposed_metrics() {
+    let redis = RedisServer::start();
+    let mut config = config_for(&redis.url());
+    config.admin.address = Some("127.0.0.1:0".parse().unwrap());
+    let cachet = Cachet::start_with(config);
+    let (status, body) = get(cachet.admin.unwrap(), "/metrics");
+    assert_eq!(status, 200);
+    let exposed: Vec<(String, String)> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# HELP "))
+        .map(|l| {
+            let (name, help) = l.split_once(' ').unwrap();
+            (name.to_owned(), help.to_owned())
+        })
+        .collect();
+    assert!(exposed.len() > 20, "{body}");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let listed: Vec<(String, String)> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `cachet_"))
+        .map(|l| {
+            let (name, rest) = l.split_once("` | ").unwrap();
+            let help = rest.trim_end().trim_end_matches('|').trim_end();
+            (format!("cachet_{name}"), help.to_owned())
+        })
+        .collect();
+    // Both ways, with the exact help text, so that the reference cannot drift.
+    let want: Vec<String> = exposed
+        .iter()
+        .map(|(n, h)| format!("| `{n}` | {h} |"))
+        .collect();
+    let missing: Vec<&String> = want
+        .iter()
+        .filter(|row| !readme.lines().any(|l| l == row.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "README rows missing or different; expected:\n{}",
+        want.join("\n")
+    );
+    let unknown: Vec<&String> = listed
+        .iter()
+        .map(|(n, _)| n)
+        .filter(|n| !exposed.iter().any(|(e, _)| e == *n))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "README lists metrics not exposed: {unknown:?}"
+    );
+}

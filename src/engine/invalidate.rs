@@ -58,6 +58,9 @@ impl Engine {
         keys: &[KeyRef],
         db: u32,
     ) -> Plan {
+        if let Some(plan) = self.strict_write_plan(req, info, keys) {
+            return plan;
+        }
         let inval = self.invalidation(req, info, keys, db);
         let base = self
             .lock_rewrite(req, info, keys)
@@ -68,9 +71,9 @@ impl Engine {
                 ..base
             };
         }
-        let inner = match base.settle {
-            Settle::Translate(t) => t,
-            _ => Translate::None,
+        let settle = match base.settle {
+            Settle::Translate(t) => Translate::ExecFirst(Box::new(t)),
+            _ => Translate::Exec,
         };
         let mut data = BytesMut::with_capacity(base.data.len() + 128 * inval.commands.len() + 32);
         data.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
@@ -83,11 +86,81 @@ impl Engine {
         Plan {
             data: data.freeze(),
             frames: 3 + inval.commands.len() as u32,
-            settle: Settle::Translate(Translate::ExecFirst(Box::new(inner))),
+            settle: Settle::Translate(settle),
             retry: Retry::of(&inval.retry, inval.written.clone()),
             written: inval.written,
             script: false,
         }
+    }
+
+    /// The plan of the most common write, built without intermediate lists: a command
+    /// cachet sends as is, whose written keys are all `strict`, in the current
+    /// database. `MULTI`, the command, one `PUBLISH` per key, `EXEC`; the re-sent
+    /// invalidation is a slice of the same bytes. `None` for anything else.
+    fn strict_write_plan(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+    ) -> Option<Plan> {
+        if info.flags.contains(CommandFlags::NO_MULTI)
+            || !matches!(info.kind, CommandKind::Plain)
+            || keys.is_empty()
+        {
+            return None;
+        }
+        let written_flags = KeyFlags::RW | KeyFlags::OW | KeyFlags::RM;
+        let mut written: Vec<Bytes> = Vec::with_capacity(keys.len());
+        for k in keys {
+            let key = req.args.get(k.index)?;
+            if !(k.flags.intersects(written_flags) || k.flags.is_empty())
+                || written.iter().any(|w| w == key)
+            {
+                continue;
+            }
+            if self.keyspaces().lookup(key).mode != KeyspaceMode::Strict {
+                return None;
+            }
+            written.push(key.clone());
+        }
+        if written.is_empty() {
+            return None;
+        }
+        let publish_len = |k: &Bytes| 40 + self.channel.len() + k.len();
+        let mut data = BytesMut::with_capacity(
+            req.raw.len() + 32 + written.iter().map(publish_len).sum::<usize>(),
+        );
+        data.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
+        data.extend_from_slice(&req.raw);
+        let start = data.len();
+        for k in &written {
+            encode_command(
+                &mut data,
+                &[
+                    Bytes::from_static(b"PUBLISH"),
+                    self.channel.clone(),
+                    k.clone(),
+                ],
+            );
+        }
+        let end = data.len();
+        data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
+        let data = data.freeze();
+        let n = written.len() as u32;
+        self.stats.invalidations(u64::from(n));
+        Some(Plan {
+            frames: 3 + n,
+            settle: Settle::Translate(Translate::Exec),
+            retry: Some(Retry {
+                data: data.slice(start..end),
+                frames: n,
+                db: 0,
+                keys: written.clone(),
+            }),
+            written,
+            data,
+            script: false,
+        })
     }
 
     /// The commands that invalidate what `req` writes, in the database `db`.

@@ -245,6 +245,12 @@ impl Engine {
         )
     }
 
+    /// Whether `key` is in a `cache` keyspace (what `cache_key` needs first, without
+    /// building anything).
+    pub(crate) fn cache_key_mode(&self, key: &[u8]) -> Option<()> {
+        (self.has_cache && self.keyspaces.lookup(key).mode == KeyspaceMode::Cache).then_some(())
+    }
+
     /// The fill-protocol view of `key`, if it is in a `cache` keyspace.
     pub(crate) fn cache_key(&self, key: &[u8]) -> Option<CacheKey> {
         if !self.has_cache {

@@ -59,6 +59,47 @@ impl Engine {
             "mget" => (req.args.get(1..)?, true),
             _ => return None,
         };
+        if !mget {
+            // A `GET`: most are hits, which need nothing but the key's mode; the rest of
+            // the read's state is made only for a miss.
+            let key = keys.first()?;
+            self.cache_key_mode(key)?;
+            return Some(Plan {
+                settle: Settle::Get(key.clone(), proto),
+                ..Plan::forward(req)
+            });
+        }
+        self.read_state(keys, mget, proto).map(|st| Plan {
+            settle: Settle::Read(Box::new(st)),
+            ..Plan::forward(req)
+        })
+    }
+
+    /// A plain `GET` of a `cache` key answered: a hit is the client's reply, a miss
+    /// goes on as any read of `cache` keys.
+    pub(super) fn settle_get(
+        &self,
+        key: Bytes,
+        proto: u8,
+        reply: Bytes,
+        cx: SettleContext<'_>,
+    ) -> Settled {
+        if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
+            return Settled::Reply(reply);
+        }
+        if !is_null(&reply) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Settled::Reply(reply);
+        }
+        match self.read_state(std::slice::from_ref(&key), false, proto) {
+            Some(st) => self.settle_read(st, reply, cx),
+            // The key has no state key (its braces): a plain read after all.
+            None => Settled::Reply(reply),
+        }
+    }
+
+    /// The state of a read of `keys`; `None` when none is a `cache` key.
+    fn read_state(&self, keys: &[Bytes], mget: bool, proto: u8) -> Option<ReadState> {
         let mut hold_off = Duration::ZERO;
         let states: Vec<Option<Bytes>> = keys
             .iter()
@@ -72,21 +113,18 @@ impl Engine {
         if states.iter().all(Option::is_none) {
             return None;
         }
-        Some(Plan {
-            settle: Settle::Read(Box::new(ReadState {
-                keys: keys.to_vec(),
-                values: vec![None; keys.len()],
-                states,
-                mget,
-                proto,
-                asking: Vec::new(),
-                round: Round::Plain,
-                deadline: None,
-                started: None,
-                hold_off,
-                waited_for_lease: false,
-            })),
-            ..Plan::forward(req)
+        Some(ReadState {
+            keys: keys.to_vec(),
+            values: vec![None; keys.len()],
+            states,
+            mget,
+            proto,
+            asking: Vec::new(),
+            round: Round::Plain,
+            deadline: None,
+            started: None,
+            hold_off,
+            waited_for_lease: false,
         })
     }
 

@@ -21,7 +21,9 @@ pub enum Settle {
     Forward,
     /// A rewritten command: the reply is translated back (`translate.rs`).
     Translate(Translate),
-    /// A `GET` or `MGET` of `cache` keys (`reads.rs`).
+    /// A `GET` of a `cache` key (`reads.rs`): the key and the client's protocol.
+    Get(Bytes, u8),
+    /// A `GET` that missed, or an `MGET`, of `cache` keys (`reads.rs`).
     Read(Box<ReadState>),
     /// A `SET` or one of its relatives judged by a script (`stores.rs`).
     Store(StoreReply),
@@ -77,7 +79,7 @@ impl Engine {
                 .noscript_recoveries
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // A miss's record is cachet's own; a store runs as the client.
-            let own = matches!(settle, Settle::Read(_));
+            let own = matches!(settle, Settle::Read(_) | Settle::Get(..));
             return Settled::Again(FollowUp {
                 data: again,
                 frames: 1,
@@ -91,6 +93,7 @@ impl Engine {
         match settle {
             Settle::Forward => Settled::Reply(reply),
             Settle::Translate(t) => Settled::Reply(t.apply(reply)),
+            Settle::Get(key, proto) => self.settle_get(key, proto, reply, cx),
             Settle::Read(state) => self.settle_read(*state, reply, cx),
             Settle::Store(s) => self.settle_store(&s, reply),
         }

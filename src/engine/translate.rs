@@ -5,7 +5,6 @@ use bytes::Bytes;
 
 use super::reserved;
 use crate::resp::Scanner;
-use crate::resp::reply::elements;
 
 /// How to translate a reply.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -14,8 +13,10 @@ pub enum Translate {
     #[default]
     None,
     /// `MULTI`, the command, invalidation commands, `EXEC`: the client's reply is the
-    /// first element of the `EXEC` array (then translated by the inner rule); if the
-    /// transaction was refused (`EXECABORT`), it is the command's own queueing error.
+    /// first element of the `EXEC` array; if the transaction was refused (`EXECABORT`),
+    /// it is the command's own queueing error.
+    Exec,
+    /// As `Exec`, then translated by the inner rule.
     ExecFirst(Box<Translate>),
     /// The client's reply is the first of several frames (cachet's own commands
     /// followed the client's).
@@ -41,6 +42,7 @@ impl Translate {
         match self {
             Translate::None => reply,
             Translate::Replace(with) => with.clone(),
+            Translate::Exec => exec_first(&reply).unwrap_or(reply),
             Translate::ExecFirst(inner) => match exec_first(&reply) {
                 Some(picked) => inner.apply(picked),
                 None => reply,
@@ -80,20 +82,36 @@ pub fn frames(bytes: &Bytes) -> Option<Vec<Bytes>> {
     Some(out)
 }
 
+/// The client's reply out of `MULTI`, the command, cachet's commands, `EXEC`: scanned
+/// frame by frame, without collecting them.
 fn exec_first(reply: &Bytes) -> Option<Bytes> {
-    let frames = frames(reply)?;
-    let exec = frames.last()?;
-    let queued = frames.get(1)?;
+    let mut scanner = Scanner::default();
+    let mut pos = 0;
+    let mut queued = None;
+    let mut last = (0, 0);
+    let mut index = 0;
+    while pos < reply.len() {
+        let f = scanner.scan(reply.get(pos..)?).ok()??;
+        if index == 1 {
+            queued = Some((pos, f.len));
+        }
+        last = (pos, f.len);
+        pos += f.len;
+        index += 1;
+    }
+    let (queued_at, queued_len) = queued?;
+    let exec = reply.slice(last.0..last.0 + last.1);
     match exec.first()? {
         b'*' if !exec.starts_with(b"*-1") => {
-            let el = elements(exec)?;
-            let first = el.first()?;
-            // `first` borrows from `exec`; slice the shared buffer instead of copying.
-            let start = first.as_ptr() as usize - exec.as_ptr() as usize;
-            Some(exec.slice(start..start + first.len()))
+            // The first element of the array: past the header line.
+            let header = exec.iter().position(|&b| b == b'\n')? + 1;
+            let f = scanner.scan(exec.get(header..)?).ok()??;
+            Some(exec.slice(header..header + f.len))
         }
-        b'-' if queued.first() == Some(&b'-') => Some(queued.clone()),
-        _ => Some(exec.clone()),
+        b'-' if reply.get(queued_at) == Some(&b'-') => {
+            Some(reply.slice(queued_at..queued_at + queued_len))
+        }
+        _ => Some(exec),
     }
 }
 
@@ -104,7 +122,7 @@ mod tests {
 
     #[test]
     fn exec_first_picks_the_commands_reply() {
-        let t = Translate::ExecFirst(Box::new(Translate::None));
+        let t = Translate::Exec;
         let r = Bytes::from_static(b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n$3\r\nold\r\n:0\r\n");
         assert_eq!(&t.apply(r)[..], b"$3\r\nold\r\n");
         let aborted = Bytes::from_static(

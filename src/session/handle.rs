@@ -39,8 +39,8 @@ impl Session {
             proto: self.proto,
             name: self.name.as_ref(),
             reply_mode: self.reply_mode,
-            databases: self.ctx.server.load().databases,
-            has_setinfo: self.ctx.server.load().has_setinfo,
+            databases: self.server.0,
+            has_setinfo: self.server.1,
         };
         let route = dispatch::dispatch(&req, info.as_deref(), &self.table, &self.policy, &view);
         let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);

@@ -98,6 +98,9 @@ pub struct Session {
     current: Option<Arc<crate::command::CommandInfo>>,
     /// `[log] slow_command` (zero: off).
     slow: std::time::Duration,
+    /// What the upstream told about itself that routing needs (its number of
+    /// databases, whether it knows `CLIENT SETINFO`), as of this batch of commands.
+    server: (u32, bool),
     /// `[limits] client_output_buffer`: a subscriber (or monitor) owing more than this
     /// is disconnected, as Redis does with its pub/sub output buffer limit.
     output_limit: u64,
@@ -146,6 +149,9 @@ pub struct Session {
     batch: Option<(u64, BytesMut, u32)>,
     /// Replies of follow-up requests for parked slots, by slot sequence number.
     resolve_tx: mpsc::UnboundedSender<(u64, Reply)>,
+    /// Follow-up requests sent and not yet answered (their channel is watched only
+    /// then: polling it costs every turn of the loop).
+    follow_ups: usize,
 }
 
 /// Runs one client connection to its end.
@@ -166,6 +172,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         login: ctx.upstream.logins.anonymous().clone(),
         tally: None,
         current: None,
+        server: (16, false),
         slow: std::time::Duration::ZERO,
         output_limit: u64::MAX,
         peer,
@@ -196,6 +203,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         last_active: Instant::now(),
         batch: None,
         resolve_tx,
+        follow_ups: 0,
         ctx,
     };
     session.serve(stream, reply_rx, resolve_rx).await;
@@ -237,7 +245,7 @@ impl Session {
                 tokio::select! {
                     r = client_rd.read_buf(rbuf), if want_read => Event::ClientRead(r),
                     Some(r) = reply_rx.recv() => Event::Upstream(r),
-                    Some((seq, reply)) = resolve_rx.recv() => Event::Resolved(seq, reply),
+                    Some((seq, reply)) = resolve_rx.recv(), if self.follow_ups > 0 => Event::Resolved(seq, reply),
                     // With nothing left to write, a TLS client may still be owed a flush.
                     r = client_wr.write_or_flush(out), if !out.is_empty() || client_wr.needs_flush() => Event::Wrote(r),
                     r = read_pinned(pinned), if pinned.is_some() => Event::PinnedRead(r),
@@ -379,6 +387,8 @@ impl Session {
         self.table = self.ctx.table.load_full();
         self.engine = self.ctx.engine.load_full();
         self.load_access();
+        let server = self.ctx.server.load();
+        self.server = (server.databases, server.has_setinfo);
         let config = self.ctx.config.load();
         self.slow = config.log.slow_command;
         self.output_limit = config.limits.client_output_buffer;

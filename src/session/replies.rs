@@ -174,6 +174,7 @@ impl Session {
 
     /// A follow-up request's reply for the parked slot `seq`.
     pub(super) fn on_resolved(&mut self, seq: u64, reply: Reply) {
+        self.follow_ups = self.follow_ups.saturating_sub(1);
         let Some(idx) = self
             .slots
             .iter()
@@ -212,6 +213,15 @@ impl Session {
         }
         let settle = std::mem::take(settle);
         let sent_before = sent.take();
+        if matches!(settle, Settle::Forward) && sent_before.is_none() {
+            // The common case: the reply is the client's as it is.
+            let post = match self.slots.get_mut(idx) {
+                Some(Slot::Await { post, .. }) => std::mem::replace(post, Post::Nothing),
+                _ => Post::Nothing,
+            };
+            self.finish(idx, bytes, post, false);
+            return;
+        }
         let cx = SettleContext {
             now: Instant::now(),
             may_wait: last,

@@ -193,6 +193,7 @@ impl Session {
             id
         };
         let conn = self.ctx.upstream.shared(id, self.id);
+        self.follow_ups += 1;
         let tx = self.resolve_tx.clone();
         let hurry = self.hurry.clone();
         tokio::spawn(async move {

@@ -86,7 +86,11 @@ impl Server {
             None
         };
         let settings = Settings {
-            address: url.address(),
+            address: crate::upstream::Target::new(match &url.sentinel {
+                // Named by Sentinel before the first connection (below).
+                Some(_) => String::new(),
+                None => url.address(),
+            }),
             username: config
                 .upstream
                 .username
@@ -138,6 +142,9 @@ impl Server {
         let ctx = Arc::new(ctx);
         spawn_retries(&ctx);
         spawn_sweeper(&ctx);
+        if let Some(sentinel) = &url.sentinel {
+            follow_sentinels(&ctx, sentinel, config).await;
+        }
         match ctx.discover().await {
             Ok(()) => {
                 // Whether clients must log in, before the first one connects.
@@ -338,6 +345,41 @@ fn spawn_retries(ctx: &Arc<Context>) {
             .suspect_replica();
     };
     tokio::spawn(queue.run(send, landed, on_replica));
+}
+
+/// Finds the primary the sentinels name before the first connection, then follows it
+/// (`upstream/sentinel.rs`): after a failover every connection is replaced and the
+/// invalidations of the last `failover_replay` are sent again to the new primary.
+async fn follow_sentinels(ctx: &Arc<Context>, sentinel: &crate::config::Sentinel, config: &Config) {
+    let sentinels = crate::upstream::sentinel::Sentinels {
+        addresses: sentinel.addresses.clone(),
+        master: sentinel.master.clone(),
+        timeout: config.upstream.connect_timeout,
+    };
+    let target = ctx.upstream.settings().address.clone();
+    match sentinels.ask().await {
+        Ok(primary) => {
+            tracing::info!(master = %sentinel.master, primary = %primary, "Sentinel names the primary");
+            target.set(primary);
+        }
+        Err(e) => {
+            tracing::warn!(master = %sentinel.master, error = %e, "no sentinel names the primary yet; asking again")
+        }
+    }
+    ctx.engine
+        .load()
+        .retries
+        .keep_recent(config.upstream.failover_replay);
+    let weak = Arc::downgrade(ctx);
+    tokio::spawn(sentinels.follow(target, move |_primary| {
+        let Some(ctx) = weak.upgrade() else { return };
+        ctx.upstream.retarget();
+        let replayed = ctx.engine.load().retries.replay_recent();
+        tracing::info!(
+            replayed,
+            "invalidations of recent writes sent again to the new primary"
+        );
+    }));
 }
 
 /// How often connections of client logins nobody uses are looked for; one unused for a

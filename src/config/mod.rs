@@ -36,7 +36,7 @@ pub use overrides::Overrides;
 pub use source::ConfigSource;
 pub use units::fmt_duration;
 pub use units::{parse_duration, parse_size};
-pub use url::{DEFAULT_REDIS_PORT, UpstreamUrl};
+pub use url::{DEFAULT_REDIS_PORT, DEFAULT_SENTINEL_PORT, Sentinel, UpstreamUrl, join_host_port};
 
 /// The whole configuration; one field per TOML section.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,6 +134,10 @@ pub struct UpstreamConfig {
     /// Upstream users other than cachet's own that clients may be logged in as at
     /// once (each has connections of its own).
     pub max_users: usize,
+    /// With Sentinel: after a failover, the invalidations of the writes of this long
+    /// before it are sent again to the new primary (which may lack them).
+    #[serde(deserialize_with = "units::duration")]
+    pub failover_replay: Duration,
     /// `[upstream.tls]`: how to verify the upstream (with a `rediss://` URL).
     pub tls: Option<UpstreamTls>,
 }
@@ -174,6 +178,7 @@ impl Default for UpstreamConfig {
                 tls: false,
                 host: "127.0.0.1".to_owned(),
                 port: DEFAULT_REDIS_PORT,
+                sentinel: None,
                 db: 0,
                 username: None,
                 password: None,
@@ -184,6 +189,7 @@ impl Default for UpstreamConfig {
             command_timeout: Duration::from_secs(5),
             shared_connections: 1,
             max_users: 64,
+            failover_replay: Duration::from_secs(10),
             tls: None,
         }
     }
@@ -200,6 +206,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("command_timeout", &self.command_timeout)
             .field("shared_connections", &self.shared_connections)
             .field("max_users", &self.max_users)
+            .field("failover_replay", &self.failover_replay)
             .field("tls", &self.tls)
             .finish()
     }

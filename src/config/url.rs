@@ -1,4 +1,7 @@
-//! The upstream Redis URL: `redis[s]://[user[:password]@]host[:port][/db]`.
+//! The upstream Redis URL: `redis[s]://[user[:password]@]host[:port][/db]`, or for a
+//! primary found through Sentinel
+//! `redis[s]+sentinel://[user[:password]@]host[:port],host[:port]…/master-name[/db]`
+//! (sentinels' default port 26379; the credentials are the primary's).
 //!
 //! Parsed by hand (the grammar is small and fixed) so that no error message and no
 //! `Display` or `Debug` output ever contains the password: URLs end up in logs.
@@ -10,35 +13,58 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 /// Port used when the URL names none, as Redis clients do.
 pub const DEFAULT_REDIS_PORT: u16 = 6379;
+/// Port of a sentinel the URL names without one.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
-/// A parsed `redis://` or `rediss://` URL. Credentials are percent-decoded.
+/// A parsed `redis://`, `rediss://` or `redis+sentinel://` URL. Credentials are
+/// percent-decoded.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
     /// `rediss://`: connect with TLS.
     pub tls: bool,
-    /// Host name or IP address; IPv6 addresses without brackets.
+    /// Host name or IP address; IPv6 addresses without brackets. With Sentinel, the
+    /// first sentinel's.
     pub host: String,
     pub port: u16,
+    /// With Sentinel: the sentinels' addresses (`host:port`) and the primary's name.
+    pub sentinel: Option<Sentinel>,
     /// Database selected after connecting (the URL path `/N`).
     pub db: u32,
     pub username: Option<String>,
     pub password: Option<String>,
 }
 
+/// The primary a set of sentinels watches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// `host:port` of each sentinel, in the order given.
+    pub addresses: Vec<String>,
+    pub master: String,
+}
+
 impl UpstreamUrl {
-    /// Parses `redis[s]://[user[:password]@]host[:port][/db]`. Messages never repeat the
-    /// credentials.
+    /// Parses `redis[s]://[user[:password]@]host[:port][/db]` or
+    /// `redis[s]+sentinel://[user[:password]@]host[:port],…/master[/db]`. Messages never
+    /// repeat the credentials.
     pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
         let fail = |why: String| format!("invalid upstream URL: {why}");
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             fail("expected redis://host:port/db or rediss://host:port/db".to_owned())
         })?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "redis" => false,
-            "rediss" => true,
+        let (tls, sentinel) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (false, false),
+            "rediss" => (true, false),
+            "redis+sentinel" => (false, true),
+            "rediss+sentinel" => (true, true),
+            "redis+cluster" | "rediss+cluster" => {
+                return Err(fail(
+                    "Redis Cluster upstreams are not supported yet (see the README's known gaps)"
+                        .to_owned(),
+                ));
+            }
             _ => {
                 return Err(fail(format!(
-                    "unsupported scheme {scheme:?}: expected redis or rediss"
+                    "unsupported scheme {scheme:?}: expected redis, rediss or redis+sentinel"
                 )));
             }
         };
@@ -72,18 +98,51 @@ impl UpstreamUrl {
                 )
             }
         };
-        let (host, port) = split_host_port(hostport).map_err(fail)?;
-        let db = match path {
-            "" => 0,
-            db => db
-                .parse()
-                .map_err(|_| fail(format!("invalid database {db:?}: expected a number")))?,
+        let parse_db = |db: &str| -> Result<u32, String> {
+            match db {
+                "" => Ok(0),
+                db => db
+                    .parse()
+                    .map_err(|_| fail(format!("invalid database {db:?}: expected a number"))),
+            }
         };
+        if !sentinel {
+            let (host, port) = split_host_port(hostport, DEFAULT_REDIS_PORT).map_err(fail)?;
+            return Ok(UpstreamUrl {
+                tls,
+                host,
+                port,
+                sentinel: None,
+                db: parse_db(path)?,
+                username,
+                password,
+            });
+        }
+        let mut addresses = Vec::new();
+        let mut first = None;
+        for node in hostport.split(',') {
+            let (host, port) = split_host_port(node, DEFAULT_SENTINEL_PORT).map_err(fail)?;
+            let address = join_host_port(&host, port);
+            first.get_or_insert((host, port));
+            addresses.push(address);
+        }
+        let (master, db) = path.split_once('/').unwrap_or((path, ""));
+        if master.is_empty() {
+            return Err(fail(
+                "expected the master's name after the sentinels: redis+sentinel://host:port,host:port/mymaster"
+                    .to_owned(),
+            ));
+        }
+        let (host, port) = first.ok_or_else(|| fail("missing host".to_owned()))?;
         Ok(UpstreamUrl {
             tls,
             host,
             port,
-            db,
+            sentinel: Some(Sentinel {
+                addresses,
+                master: master.to_owned(),
+            }),
+            db: parse_db(db)?,
             username,
             password,
         })
@@ -91,15 +150,20 @@ impl UpstreamUrl {
 
     /// `host:port`, IPv6 hosts bracketed: ready for a TCP connect.
     pub fn address(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        join_host_port(&self.host, self.port)
     }
 }
 
-fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
+/// `host:port`, an IPv6 host bracketed.
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(bracketed) = hostport.strip_prefix('[') {
         // An IPv6 address; the parse below is all the checking it needs.
         let (host, after) = bracketed
@@ -130,7 +194,7 @@ fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
         (host, port)
     };
     let port = match port {
-        None => DEFAULT_REDIS_PORT,
+        None => default_port,
         Some(port) => port
             .parse::<u16>()
             .ok()
@@ -160,14 +224,22 @@ fn percent_decode(s: &str) -> Option<String> {
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let scheme = if self.tls { "rediss" } else { "redis" };
-        write!(f, "{scheme}://")?;
+        let plus = if self.sentinel.is_some() {
+            "+sentinel"
+        } else {
+            ""
+        };
+        write!(f, "{scheme}{plus}://")?;
         match (&self.username, &self.password) {
             (Some(user), Some(_)) => write!(f, "{user}:***@")?,
             (Some(user), None) => write!(f, "{user}@")?,
             (None, Some(_)) => write!(f, ":***@")?,
             (None, None) => {}
         }
-        write!(f, "{}/{}", self.address(), self.db)
+        match &self.sentinel {
+            None => write!(f, "{}/{}", self.address(), self.db),
+            Some(s) => write!(f, "{}/{}/{}", s.addresses.join(","), s.master, self.db),
+        }
     }
 }
 
@@ -277,6 +349,30 @@ mod tests {
     }
 
     #[test]
+    fn sentinel() {
+        let u = url("redis+sentinel://:pw@s1,s2:26380,[::1]/mymaster/2");
+        let s = u.sentinel.clone().unwrap();
+        assert_eq!(s.addresses, vec!["s1:26379", "s2:26380", "[::1]:26379"]);
+        assert_eq!(s.master, "mymaster");
+        assert_eq!((u.db, u.password.as_deref()), (2, Some("pw")));
+        assert_eq!(
+            u.to_string(),
+            "redis+sentinel://:***@s1:26379,s2:26380,[::1]:26379/mymaster/2"
+        );
+        assert_eq!(url("redis+sentinel://s/m").db, 0);
+        assert!(
+            UpstreamUrl::parse("redis+sentinel://s1:1,s2:2")
+                .unwrap_err()
+                .contains("master's name")
+        );
+        assert!(
+            UpstreamUrl::parse("redis+cluster://a:1,b:2")
+                .unwrap_err()
+                .contains("not supported yet")
+        );
+    }
+
+    #[test]
     fn errors() {
         for (input, why) in [
             (
@@ -285,7 +381,7 @@ mod tests {
             ),
             (
                 "http://h:1/0",
-                "unsupported scheme \"http\": expected redis or rediss",
+                "unsupported scheme \"http\": expected redis, rediss or redis+sentinel",
             ),
             ("unix:///tmp/redis.sock", "unsupported scheme \"unix\""),
             (

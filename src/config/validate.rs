@@ -84,6 +84,12 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             "set, but upstream.url is redis://; use rediss:// to connect with TLS".into(),
         );
     }
+    if upstream.failover_replay > Duration::from_secs(600) {
+        fail(
+            "upstream.failover_replay".into(),
+            "must be at most 10m (the writes of that long are kept in memory)".into(),
+        );
+    }
     if !(1..=100_000).contains(&upstream.max_users) {
         fail(
             "upstream.max_users".into(),

@@ -59,6 +59,16 @@ pub struct RetryQueue {
     tx: mpsc::UnboundedSender<Retry>,
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Retry>>>,
     pending: DashMap<Bytes, u32>,
+    /// The invalidations of the writes of the last `window`, kept when the upstream can
+    /// fail over (Sentinel): a new primary may lack what the old one acknowledged.
+    recent: std::sync::Mutex<Recent>,
+    keeping: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    window: Duration,
+    entries: std::collections::VecDeque<(tokio::time::Instant, Retry)>,
 }
 
 impl Default for RetryQueue {
@@ -68,9 +78,14 @@ impl Default for RetryQueue {
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
             pending: DashMap::new(),
+            recent: std::sync::Mutex::new(Recent::default()),
+            keeping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
+
+/// Invalidations re-sent together after a failover, at most this many per request.
+const REPLAY_CHUNK: usize = 128;
 
 /// What a re-send came to, as [`RetryQueue::run`]'s transport reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +100,68 @@ pub enum Outcome {
 }
 
 impl RetryQueue {
+    /// Keeps the invalidations of every write of the last `window` (see [`remember`]).
+    pub fn keep_recent(&self, window: Duration) {
+        if let Ok(mut r) = self.recent.lock() {
+            r.window = window;
+        }
+        self.keeping
+            .store(!window.is_zero(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Remembers a write's invalidation, when recent ones are kept.
+    pub fn remember(&self, retry: &Retry) {
+        if !self.keeping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if let Ok(mut r) = self.recent.lock() {
+            let window = r.window;
+            while r
+                .entries
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > window)
+            {
+                r.entries.pop_front();
+            }
+            r.entries.push_back((now, retry.clone()));
+        }
+    }
+
+    /// Re-sends the invalidation of every write of the last window (the upstream failed
+    /// over: the new primary may lack writes the old one acknowledged, and with them
+    /// their invalidations), as deletes, in chunks. Returns how many.
+    pub fn replay_recent(&self) -> usize {
+        let entries: Vec<Retry> = match self.recent.lock() {
+            Ok(mut r) => r.entries.drain(..).map(|(_, retry)| retry).collect(),
+            Err(_) => return 0,
+        };
+        let n = entries.len();
+        let mut by_db: std::collections::BTreeMap<u32, Vec<Retry>> = Default::default();
+        for r in entries {
+            by_db.entry(r.db).or_default().push(r);
+        }
+        for (db, retries) in by_db {
+            for chunk in retries.chunks(REPLAY_CHUNK) {
+                let mut data = BytesMut::new();
+                let mut keys = Vec::new();
+                let mut frames = 0;
+                for r in chunk {
+                    data.extend_from_slice(&r.data);
+                    frames += r.frames;
+                    keys.extend(r.keys.iter().cloned());
+                }
+                self.submit(Retry {
+                    data: data.freeze(),
+                    frames,
+                    db,
+                    keys,
+                });
+            }
+        }
+        n
+    }
+
     /// Refuses fills of the retry's keys from now on and queues it.
     pub fn submit(&self, retry: Retry) {
         for k in &retry.keys {

@@ -84,6 +84,8 @@ impl Session {
     fn retry_on_fail(&self, mut retry: Retry) -> crate::upstream::OnFail {
         retry.db = self.db;
         let queue = self.engine.retries.clone();
+        // Kept for a while when a failover could lose the write (Sentinel).
+        queue.remember(&retry);
         Box::new(move |err: &UpstreamError| {
             if err.maybe_applied() {
                 queue.submit(retry);

@@ -29,7 +29,13 @@ pub async fn connect(
     login: &Login,
 ) -> Result<Stream, UpstreamError> {
     let timeout = settings.connect_timeout;
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&settings.address)).await {
+    let address = settings.address.get();
+    if address.is_empty() {
+        return Err(UpstreamError::Unavailable(
+            "no primary known yet (Sentinel has not named one)".into(),
+        ));
+    }
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address.as_str())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(UpstreamError::Unavailable(e.to_string())),
         Err(_) => {

@@ -4,6 +4,7 @@
 
 pub mod connect;
 pub mod login;
+pub mod sentinel;
 pub mod shared;
 
 use std::sync::Arc;
@@ -22,11 +23,46 @@ use crate::metrics::Histogram;
 use crate::resp::reply;
 use crate::stream::Stream;
 
+/// Where the upstream is: a fixed `host:port`, or the primary Sentinel names, which
+/// changes with a failover. Every new connection reads it.
+#[derive(Debug)]
+pub struct Target {
+    current: arc_swap::ArcSwap<String>,
+}
+
+impl Target {
+    pub fn new(address: String) -> Arc<Target> {
+        Arc::new(Target {
+            current: arc_swap::ArcSwap::from_pointee(address),
+        })
+    }
+
+    /// The address new connections go to (empty while Sentinel has named none).
+    pub fn get(&self) -> Arc<String> {
+        self.current.load_full()
+    }
+
+    /// Points new connections at `address`; whether it changed.
+    pub fn set(&self, address: String) -> bool {
+        if *self.current.load_full() == address {
+            return false;
+        }
+        self.current.store(Arc::new(address));
+        true
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.current.load())
+    }
+}
+
 /// How to reach the upstream and how long to wait for it.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// `host:port`.
-    pub address: String,
+    /// Where the upstream is now.
+    pub address: Arc<Target>,
     pub username: Option<String>,
     pub password: Option<String>,
     pub connect_timeout: Duration,
@@ -375,6 +411,18 @@ impl Upstream {
         if idle.len() < IDLE_PINNED_PER_IDENTITY {
             idle.push(conn);
         }
+    }
+
+    /// The upstream moved (Sentinel named a new primary): every shared connection is
+    /// replaced once its outstanding requests are answered, and idle dedicated ones are
+    /// dropped, so that nothing more is written to the old primary.
+    pub fn retarget(&self) {
+        for pool in self.pools.iter() {
+            for conn in pool.conns.iter() {
+                conn.reconnect();
+            }
+        }
+        self.idle.clear();
     }
 
     /// A one-off connection as `login` (database 0, RESP2, no scripts loaded), for a

@@ -209,6 +209,14 @@ impl SharedConn {
     pub fn suspect_replica(&self) {
         self.health.hint(true);
     }
+
+    /// The upstream moved: stop taking new jobs, let the outstanding ones be answered,
+    /// and connect again (to wherever the target now points).
+    pub fn reconnect(&self) {
+        self.health.reconnect.store(true, Ordering::Relaxed);
+        self.health.wake_writer.notify_one();
+        self.health.wake_reader.notify_one();
+    }
 }
 
 /// Who a connection logs in as, and the registry that learns what Redis says of it.
@@ -274,7 +282,7 @@ async fn run(
                             // Pointed at a replica: warned once on connect already.
                             tracing::debug!(address = %settings.address, db = id.db, "upstream is still a replica; reconnecting");
                         } else {
-                            tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now; reconnecting");
+                            tracing::warn!(address = %settings.address, db = id.db, error = %e, "upstream is a read-only replica now, or has moved; reconnecting");
                             was_down = true;
                         }
                     }

@@ -13,6 +13,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// Listens with TLS only (`--port 0 --tls-port`); `extra` carries the TLS files.
     tls: bool,
+    /// A configuration file given first (a sentinel's, which it rewrites).
+    conf: Option<PathBuf>,
 }
 
 /// A port that was free a moment ago (the OS picks it).
@@ -64,6 +66,30 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             tls,
+            conf: None,
+        };
+        server.spawn_on(free_port());
+        server
+    }
+
+    /// A Redis Sentinel (`redis-server <file> --sentinel`) whose configuration file holds
+    /// `conf`, such as `sentinel monitor mymaster 127.0.0.1 6379 1`.
+    pub fn start_sentinel(conf: &str) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "cachet-test-sentinel-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).expect("create sentinel dir");
+        let file = dir.join("sentinel.conf");
+        std::fs::write(&file, conf).expect("write sentinel.conf");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            extra: vec!["--sentinel".into()],
+            tls: false,
+            conf: Some(file),
         };
         server.spawn_on(free_port());
         server
@@ -77,6 +103,7 @@ impl RedisServer {
         for attempt in 0..5 {
             let port = if attempt == 0 { port } else { free_port() };
             let child = Command::new("redis-server")
+                .args(self.conf.iter())
                 .args(self.port_args(port))
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])
@@ -151,6 +178,7 @@ impl RedisServer {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let child = Command::new("redis-server")
+                .args(self.conf.iter())
                 .args(self.port_args(port))
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", "", "--appendonly", "no"])

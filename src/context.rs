@@ -107,6 +107,47 @@ pub struct Context {
     pub tls_files: u64,
     next_session: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    /// Every live session, by the id its client sees (`CLIENT ID`), for the commands
+    /// that name a client by id (`CLIENT UNBLOCK`, `CLIENT KILL ID`).
+    pub sessions: dashmap::DashMap<u64, Arc<SessionControl>>,
+}
+
+/// What other sessions may ask of a session, or know of it.
+#[derive(Debug, Default)]
+pub struct SessionControl {
+    /// The upstream connection the session holds for itself now (its address on
+    /// cachet's side, as `CLIENT LIST` shows it), if any.
+    pinned: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    killed: std::sync::atomic::AtomicBool,
+    kill: tokio::sync::Notify,
+}
+
+impl SessionControl {
+    pub fn set_pinned(&self, addr: Option<std::net::SocketAddr>) {
+        if let Ok(mut p) = self.pinned.lock()
+            && *p != addr
+        {
+            *p = addr;
+        }
+    }
+
+    pub fn pinned(&self) -> Option<std::net::SocketAddr> {
+        self.pinned.lock().ok().and_then(|p| *p)
+    }
+
+    /// Ends the session (`CLIENT KILL ID`).
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Release);
+        self.kill.notify_one();
+    }
+
+    /// Completes once the session is to end.
+    pub async fn killed(&self) {
+        if self.killed.load(Ordering::Acquire) {
+            return;
+        }
+        self.kill.notified().await;
+    }
 }
 
 impl Context {
@@ -139,6 +180,7 @@ impl Context {
             tls_files: 0,
             next_session: AtomicU64::new(1),
             shutdown,
+            sessions: dashmap::DashMap::new(),
         }
     }
 

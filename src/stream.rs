@@ -64,6 +64,11 @@ impl Stream {
         self.tcp().set_nodelay(nodelay)
     }
 
+    /// This end's address (an upstream connection's, as Redis lists it in `CLIENT LIST`).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp().local_addr().ok()
+    }
+
     /// Whether an idle connection is still usable: nothing to read (a closed one
     /// reads EOF; one with unexpected bytes waiting is not idle). Never waits, and reads
     /// nothing, so a TLS record stays intact.

@@ -9,7 +9,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::local::{self, ReplyMode};
-use crate::command::{CommandInfo, CommandKind, CommandTable};
+use crate::command::{CommandFlags, CommandInfo, CommandKind, CommandTable};
 use crate::policy::Policy;
 use crate::resp::{Request, reply};
 
@@ -68,6 +68,15 @@ pub enum Route {
     },
     /// Sent on a shared connection, through the engine's plan.
     Shared,
+    /// A command Redis serves while it runs a long script (`SCRIPT KILL`,
+    /// `FUNCTION KILL`, `FUNCTION STATS`, `SHUTDOWN`): on a connection of its own,
+    /// where nothing can be queued in front of it.
+    Control,
+    /// `CLIENT UNBLOCK <id>`: the id is a session's; its dedicated connection's is
+    /// what Redis knows.
+    ClientUnblock,
+    /// `CLIENT KILL ID <id>`: ends that session.
+    ClientKillId(u64),
 }
 
 /// Decides where `req` goes. `info` is its entry in `table` (`None`: unknown command).
@@ -162,6 +171,11 @@ fn by_kind(req: &Request, info: Option<&CommandInfo>, kind: CommandKind, v: &Vie
         K::Auth => Route::AuthUpstream,
         K::ClientId | K::ClientGetName | K::ClientSetName | K::ClientReply => client(req, kind, v),
         K::ClientSetInfo if v.has_setinfo => client(req, kind, v),
+        K::ClientUnblock if !v.pinned && unblock_form(&req.args) => Route::ClientUnblock,
+        K::ClientKill if !v.pinned => match kill_id(&req.args) {
+            Some(id) => Route::ClientKillId(id),
+            None => Route::Shared,
+        },
         K::Replication => Route::Local(
             Change::Nothing,
             Some(reply::error(
@@ -190,10 +204,38 @@ fn by_kind(req: &Request, info: Option<&CommandInfo>, kind: CommandKind, v: &Vie
             let blocking = info.is_some_and(|i| i.is_blocking(&req.args));
             if blocking || v.pinned {
                 Route::Pinned { blocking }
+            } else if info.is_some_and(|i| i.flags.contains(CommandFlags::ALLOW_BUSY)) {
+                Route::Control
             } else {
                 Route::Shared
             }
         }
+    }
+}
+
+/// `CLIENT UNBLOCK <id> [TIMEOUT|ERROR]` as Redis accepts it (anything else goes to
+/// Redis, which answers its own error).
+fn unblock_form(args: &[Bytes]) -> bool {
+    let id_ok = args
+        .get(2)
+        .and_then(|a| crate::resp::request::parse_int(a))
+        .is_some_and(|n| n > 0);
+    let mode_ok = match args.get(3) {
+        None => true,
+        Some(m) => m.eq_ignore_ascii_case(b"TIMEOUT") || m.eq_ignore_ascii_case(b"ERROR"),
+    };
+    id_ok && mode_ok && args.len() <= 4
+}
+
+/// The id of `CLIENT KILL ID <id>` (the only filter), if that is the form.
+fn kill_id(args: &[Bytes]) -> Option<u64> {
+    match args {
+        [_, _, filter, id] if filter.eq_ignore_ascii_case(b"ID") => {
+            u64::try_from(crate::resp::request::parse_int(id)?)
+                .ok()
+                .filter(|&n| n > 0)
+        }
+        _ => None,
     }
 }
 

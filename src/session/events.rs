@@ -21,6 +21,8 @@ pub(super) enum Event {
     /// Redis no longer accepts the client's login (its user was deleted): the
     /// connection ends, as Redis ends it.
     Revoked,
+    /// Another client ended this one (`CLIENT KILL ID`).
+    Killed,
 }
 
 /// What the loop does after an event.
@@ -50,6 +52,10 @@ impl Session {
             Event::ClientRead(Ok(n)) => self.client_read(n).await,
             Event::Idle => {
                 tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
+                return Step::End;
+            }
+            Event::Killed => {
+                tracing::debug!(session = self.id, peer = %self.peer, "killed by another client (CLIENT KILL)");
                 return Step::End;
             }
             Event::Revoked => {

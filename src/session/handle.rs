@@ -75,6 +75,21 @@ impl Session {
             Dispatched::AuthUpstream => self.auth_upstream(req, Post::Nothing),
             Dispatched::Pinned { blocking } => self.send_pinned(req, kind, blocking).await,
             Dispatched::Shared => self.send_shared(req, info.as_deref()).await,
+            Dispatched::Control => self.send_control(req),
+            Dispatched::ClientUnblock => self.client_unblock(req),
+            Dispatched::ClientKillId(id) => {
+                let killed = match self.ctx.sessions.get(&id) {
+                    Some(control) => {
+                        control.kill();
+                        1
+                    }
+                    None => 0,
+                };
+                let mut out = bytes::BytesMut::new();
+                crate::resp::reply::push_int(&mut out, killed);
+                self.reply(out.freeze());
+                None
+            }
         }
     }
 

@@ -99,6 +99,105 @@ impl Session {
         None
     }
 
+    /// A command Redis serves while busy with a script (`Route::Control`): sent on a
+    /// connection of its own, as the client's user, in its database and protocol, so
+    /// that no request of another client can be queued in front of it. `SHUTDOWN`
+    /// that succeeds ends the connection without a reply, as Redis does.
+    pub(super) fn send_control(&mut self, req: Request) -> Option<Request> {
+        if self.inflight > 0 && self.route != Some(Route::Aux) {
+            return Some(req);
+        }
+        let ctx = self.ctx.clone();
+        let tx = self.reply_tx.clone();
+        let login = self.login.clone();
+        let id = self.identity();
+        let shutdown = req
+            .args
+            .first()
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"SHUTDOWN"));
+        let args = req.args.clone();
+        tokio::spawn(async move {
+            let upstream = &ctx.upstream;
+            let result = async {
+                let mut conn = upstream.connect_as_identity(&login, id).await?;
+                let limit = upstream.settings().command_timeout;
+                let mut replies =
+                    tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[args]))
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(limit))??;
+                replies.pop().ok_or(UpstreamError::Lost)
+            }
+            .await;
+            let result = match result {
+                // The server went away on `SHUTDOWN`: the client's connection ends too.
+                Err(UpstreamError::Unavailable(_)) if shutdown => Ok(Bytes::new()),
+                other => other,
+            };
+            let _ = tx.send(result);
+        });
+        self.route = Some(Route::Aux);
+        self.await_reply(crate::engine::Settle::Forward, None, Post::CloseIfEmpty);
+        None
+    }
+
+    /// `CLIENT UNBLOCK <id> [TIMEOUT|ERROR]`: `id` is a session's. Its dedicated
+    /// connection (where its blocking command waits) is found in `CLIENT LIST` by
+    /// address, and Redis is asked to unblock that connection, as the client's user;
+    /// its reply (`:1`, `:0`) is the client's. A session that holds no dedicated
+    /// connection is not blocked: `:0`, as Redis answers.
+    pub(super) fn client_unblock(&mut self, req: Request) -> Option<Request> {
+        if self.inflight > 0 && self.route != Some(Route::Aux) {
+            return Some(req);
+        }
+        let target = req
+            .args
+            .get(2)
+            .and_then(|a| crate::resp::request::parse_int(a))
+            .and_then(|id| u64::try_from(id).ok())
+            .and_then(|id| self.ctx.sessions.get(&id).and_then(|c| c.pinned()));
+        let Some(addr) = target else {
+            self.reply(Bytes::from_static(b":0\r\n"));
+            return None;
+        };
+        let ctx = self.ctx.clone();
+        let tx = self.reply_tx.clone();
+        let login = self.login.clone();
+        let id = self.identity();
+        let mode = req.args.get(3).cloned();
+        tokio::spawn(async move {
+            let upstream = &ctx.upstream;
+            let limit = upstream.settings().command_timeout;
+            let result = async {
+                let own = upstream.logins.own().clone();
+                let mut conn = upstream.connect_as(&own).await?;
+                let list = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"LIST")];
+                let replies = tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[list]))
+                    .await
+                    .map_err(|_| UpstreamError::Timeout(limit))??;
+                let Some(upstream_id) = replies.first().and_then(|l| client_id_at(l, addr)) else {
+                    return Ok(Bytes::from_static(b":0\r\n"));
+                };
+                let mut unblock = vec![
+                    Bytes::from_static(b"CLIENT"),
+                    Bytes::from_static(b"UNBLOCK"),
+                    Bytes::from(upstream_id.to_string()),
+                ];
+                unblock.extend(mode);
+                let mut conn = upstream.connect_as_identity(&login, id).await?;
+                let mut replies =
+                    tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[unblock]))
+                        .await
+                        .map_err(|_| UpstreamError::Timeout(limit))??;
+                replies.pop().ok_or(UpstreamError::Lost)
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        self.route = Some(Route::Aux);
+        self.await_reply(crate::engine::Settle::Forward, None, Post::Nothing);
+        None
+    }
+
     /// Redis accepted `credentials`: the client runs as that user from now on. `Err`
     /// replaces Redis's `+OK` (no room for another user).
     pub(super) fn logged_in_upstream(&mut self, credentials: Credentials) -> Result<(), Bytes> {
@@ -202,6 +301,17 @@ impl Session {
         self.policy = self.ctx.policy.load_full();
         self.auth = self.ctx.auth.load_full();
     }
+}
+
+/// The id `CLIENT LIST` gives the connection at `addr` (`addr=ip:port` on its line).
+fn client_id_at(list: &[u8], addr: std::net::SocketAddr) -> Option<u64> {
+    let text = std::str::from_utf8(crate::resp::reply::string_value(list)?).ok()?;
+    let want = format!("addr={addr}");
+    text.lines().find_map(|line| {
+        let mut fields = line.split(' ');
+        let id = fields.next()?.strip_prefix("id=")?.parse().ok()?;
+        fields.any(|f| f == want).then_some(id)
+    })
 }
 
 /// A client's `AUTH` credentials: the user (`None`: the `default` user) and password.

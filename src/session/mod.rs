@@ -76,6 +76,10 @@ enum Route {
 
 pub struct Session {
     id: u64,
+    /// What other sessions may ask of this one (`CLIENT UNBLOCK`, `CLIENT KILL ID`).
+    control: Arc<crate::context::SessionControl>,
+    /// The pinned connection's address as last told to `control`.
+    pinned_at: Option<SocketAddr>,
     ctx: Arc<Context>,
     peer: SocketAddr,
     table: Arc<CommandTable>,
@@ -162,7 +166,12 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
     let (reply_tx, reply_rx) = mpsc::unbounded_channel();
     let (resolve_tx, resolve_rx) = mpsc::unbounded_channel();
     let id = ctx.next_session_id();
+    let control = Arc::new(crate::context::SessionControl::default());
+    ctx.sessions.insert(id, control.clone());
+    let _registered = Registered(ctx.clone(), id);
     let session = Session {
+        control,
+        pinned_at: None,
         id,
         table: ctx.table.load_full(),
         engine: ctx.engine.load_full(),
@@ -225,6 +234,9 @@ impl Session {
             let _ = shutdown.changed().await;
         };
         tokio::pin!(shutdown_signal);
+        let control = self.control.clone();
+        let kill_signal = control.killed();
+        tokio::pin!(kill_signal);
         if shutting_down {
             self.closing = true;
         }
@@ -233,6 +245,11 @@ impl Session {
                 break;
             }
             let (want_read, deadline, wake) = self.arm();
+            let pinned_at = self.pinned.as_ref().and_then(|p| p.local);
+            if pinned_at != self.pinned_at {
+                self.pinned_at = pinned_at;
+                self.control.set_pinned(pinned_at);
+            }
             let timeout = self.ctx.upstream.settings().command_timeout;
             // Only a client's own login can be revoked (cachet's and the anonymous one
             // cannot); watching costs a waiter registration per turn, so only then.
@@ -258,6 +275,7 @@ impl Session {
                     }
                     _ = &mut shutdown_signal, if !shutting_down => Event::Shutdown,
                     _ = login.revoked(), if revocable => Event::Revoked,
+                    _ = &mut kill_signal => Event::Killed,
                 }
             };
             match self.on_event(event, &mut reply_rx, timeout).await {
@@ -479,6 +497,15 @@ impl Session {
             || (!self.auth.enabled()
                 && self.ctx.upstream.logins.anonymous_access()
                     != crate::upstream::Anonymous::NeedsAuth)
+    }
+}
+
+/// Removes a session from the registry when it ends, however it ends.
+struct Registered(Arc<Context>, u64);
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.0.sessions.remove(&self.1);
     }
 }
 

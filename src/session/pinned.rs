@@ -113,6 +113,8 @@ pub enum SessionEffect {
 
 #[derive(Debug)]
 pub struct Pinned {
+    /// The connection's address on cachet's side (how `CLIENT LIST` names it).
+    pub local: Option<std::net::SocketAddr>,
     rd: ReadHalf,
     wr: WriteHalf,
     buf: BytesMut,
@@ -161,8 +163,10 @@ const CONFIRMATIONS: [&[u8]; 6] = [
 
 impl Pinned {
     pub fn new(conn: Stream, identity: Identity) -> Pinned {
+        let local = conn.local_addr();
         let (rd, wr) = conn.split();
         Pinned {
+            local,
             rd,
             wr,
             buf: BytesMut::with_capacity(4096),

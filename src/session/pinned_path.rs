@@ -59,7 +59,16 @@ impl Session {
         let p = self.pinned.as_mut()?;
         match p.send(&req, kind, blocking, rewrite).await {
             Ok(0) => {}
-            Ok(_) => self.await_reply(settle, None, Post::Nothing),
+            Ok(_) => {
+                self.await_reply(settle, None, Post::Nothing);
+                if is_subscription(kind)
+                    && let Some(Slot::Await { discard, .. }) = self.slots.back_mut()
+                {
+                    // A subscription's confirmations are pushes, not replies: `CLIENT
+                    // REPLY OFF|SKIP` does not suppress them (Redis 7 delivers them).
+                    *discard = false;
+                }
+            }
             Err(e) => {
                 self.reply(e.reply());
                 self.pinned_failed(e);
@@ -207,6 +216,20 @@ impl Session {
         }
         self.route = None;
     }
+}
+
+/// The subscribe family, whose confirmations are pushes.
+fn is_subscription(kind: CommandKind) -> bool {
+    use CommandKind as K;
+    matches!(
+        kind,
+        K::Subscribe
+            | K::PSubscribe
+            | K::SSubscribe
+            | K::Unsubscribe
+            | K::PUnsubscribe
+            | K::SUnsubscribe
+    )
 }
 
 /// Why a command takes a dedicated connection, for the metrics.

@@ -54,6 +54,9 @@ pub(super) enum Post {
     Nothing,
     /// `AUTH` verified upstream: on success, run as that user.
     Login(Box<super::login::Credentials>),
+    /// An empty reply means the upstream closed the connection (`SHUTDOWN`): close
+    /// the client's too, without a reply.
+    CloseIfEmpty,
     /// `HELLO … AUTH` verified upstream: on success, run as that user, switch
     /// protocol, set the name and answer with the `HELLO` reply instead.
     Hello {
@@ -304,6 +307,10 @@ impl Session {
             bytes
         };
         let bytes = match post {
+            Post::CloseIfEmpty if bytes.is_empty() => {
+                self.closing = true;
+                bytes
+            }
             Post::Login(credentials) if !is_error && bytes.starts_with(b"+OK") => {
                 match self.logged_in_upstream(*credentials) {
                     Ok(()) => bytes,

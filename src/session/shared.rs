@@ -36,6 +36,14 @@ impl Session {
         if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
             self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
         }
+        if self.inflight == 0
+            && let Some((_, conn)) = &self.shared
+            && let Some(other) = self.ctx.upstream.unstuck(id, conn)
+        {
+            // Another client's long request holds this connection up; nothing of ours
+            // is outstanding on it, so moving keeps our order.
+            self.shared = Some((id, other));
+        }
         let scope = self.scope();
         let plan = match self.engine.plan(&req, info, &mut self.keys, scope) {
             Ok(plan) => plan,
@@ -195,6 +203,7 @@ impl Session {
             id
         };
         let conn = self.ctx.upstream.shared(id, self.id);
+        let conn = self.ctx.upstream.unstuck(id, &conn).unwrap_or(conn);
         self.follow_ups += 1;
         let tx = self.resolve_tx.clone();
         let hurry = self.hurry.clone();

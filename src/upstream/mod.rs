@@ -209,6 +209,11 @@ impl Job {
 
 /// Idle dedicated connections kept per identity for reuse by the next pinned session.
 const IDLE_PINNED_PER_IDENTITY: usize = 8;
+/// A shared connection whose oldest request has waited this long (a long script,
+/// `DEBUG SLEEP`, a huge `KEYS`) takes no new session: they go to another one.
+pub const STUCK_AFTER: Duration = Duration::from_millis(100);
+/// Connections a pool may add beyond `shared_connections` while its own are stuck.
+const OVERFLOW: usize = 4;
 
 /// A pool of shared connections for one identity.
 #[derive(Debug)]
@@ -298,6 +303,35 @@ impl Upstream {
             // Unreachable: pools are never empty. Spawning keeps it total anyway.
             None => self.spawn_shared(id, &self.login_of(id)),
         }
+    }
+
+    /// Another shared connection for a session whose `current` one is stuck behind a
+    /// long request of another client (`STUCK_AFTER`): one of the pool's that is not,
+    /// or a new one while the pool has fewer than `shared_connections` + `OVERFLOW`.
+    /// `None` when `current` is not stuck, or every connection is and the pool is full.
+    /// Only a session with nothing outstanding may move (its pipeline stays in order).
+    pub fn unstuck(&self, id: Identity, current: &SharedConn) -> Option<SharedConn> {
+        if current.stuck_for() < STUCK_AFTER {
+            return None;
+        }
+        let mut pool = self.pools.get_mut(&id)?;
+        if let Some(free) = pool.conns.iter().find(|c| c.stuck_for() < STUCK_AFTER) {
+            return Some(free.clone());
+        }
+        if pool.conns.len() >= self.settings.shared_connections.max(1) + OVERFLOW {
+            return None;
+        }
+        let login = self.login_of(id);
+        let extra = self.spawn_shared(id, &login);
+        let mut conns: Vec<SharedConn> = pool.conns.iter().cloned().collect();
+        conns.push(extra.clone());
+        pool.conns = conns.into();
+        tracing::debug!(
+            db = id.db,
+            connections = pool.conns.len(),
+            "a shared connection is held up by a long request; opened another"
+        );
+        Some(extra)
     }
 
     fn spawn_shared(&self, id: Identity, login: &Arc<Login>) -> SharedConn {
@@ -433,6 +467,16 @@ impl Upstream {
             proto: 2,
             login: login.id,
         };
+        self.connect_as_identity(login, id).await
+    }
+
+    /// A one-off connection set up as `id` (no scripts loaded), for one command that
+    /// must not wait behind others.
+    pub async fn connect_as_identity(
+        &self,
+        login: &Login,
+        id: Identity,
+    ) -> Result<Stream, UpstreamError> {
         let settings = Settings {
             preload: Vec::new(),
             ..(*self.settings).clone()

@@ -88,6 +88,9 @@ struct Health {
     /// Warnings given once per shared connection rather than once per write.
     warned_replica: AtomicBool,
     warned_no_role: AtomicBool,
+    /// When the oldest request still unanswered was written, in milliseconds of
+    /// [`clock_ms`] (0: none is outstanding).
+    outstanding_since: AtomicU64,
 }
 
 impl Default for Health {
@@ -106,6 +109,7 @@ impl Default for Health {
             last_replica_reconnect: AtomicU64::new(NEVER),
             warned_replica: AtomicBool::new(false),
             warned_no_role: AtomicBool::new(false),
+            outstanding_since: AtomicU64::new(0),
         }
     }
 }
@@ -143,6 +147,15 @@ impl Health {
     }
 }
 
+/// Milliseconds since the first call, never 0 (0 means "none" where it is stored).
+fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
 /// Distinguishes connections as owners of key ordering tokens.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -173,6 +186,15 @@ impl SharedConn {
             health,
             id: new_owner_id(),
             handles: Arc::new(()),
+        }
+    }
+
+    /// How long the oldest request still unanswered on this connection has waited
+    /// (zero when none is outstanding): a long one holds up everything behind it.
+    pub fn stuck_for(&self) -> Duration {
+        match self.health.outstanding_since.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            since => Duration::from_millis(clock_ms().saturating_sub(since)),
         }
     }
 
@@ -275,6 +297,7 @@ async fn run(
                 health.up.store(true, Ordering::Relaxed);
                 let outcome = serve(stream, &settings, &mut jobs, &health, &rtt).await;
                 health.up.store(false, Ordering::Relaxed);
+                health.outstanding_since.store(0, Ordering::Relaxed);
                 match outcome {
                     Ok(()) => return,
                     Err(e) if health.reconnect.load(Ordering::Relaxed) => {
@@ -318,6 +341,8 @@ async fn run(
 struct Pending {
     job: Job,
     sent_at: Instant,
+    /// `sent_at` in [`clock_ms`].
+    written_ms: u64,
 }
 
 /// Serves jobs on one open socket until it breaks (`Err`) or every handle is gone (`Ok`).
@@ -402,16 +427,25 @@ async fn write_loop(
             }
         }
         let now = Instant::now();
+        let now_ms = clock_ms();
         buf.clear();
         for job in batch.drain(..) {
             buf.extend_from_slice(&job.data);
-            let _ = pending.send(Pending { job, sent_at: now });
+            let _ = pending.send(Pending {
+                job,
+                sent_at: now,
+                written_ms: now_ms,
+            });
         }
         while buf.len() < MAX_BATCH_BYTES {
             match jobs.try_recv() {
                 Ok(job) => {
                     buf.extend_from_slice(&job.data);
-                    let _ = pending.send(Pending { job, sent_at: now });
+                    let _ = pending.send(Pending {
+                        job,
+                        sent_at: now,
+                        written_ms: now_ms,
+                    });
                 }
                 Err(_) => break,
             }
@@ -634,6 +668,8 @@ async fn read_loop(
     loop {
         // Hand out every complete reply in the buffer.
         framing.hand_out(pending, current, rtt, health)?;
+        let since = current.as_ref().map_or(0, |c| c.written_ms);
+        health.outstanding_since.store(since, Ordering::Relaxed);
         let read = match current.as_ref() {
             Some(cur) => {
                 tokio::select! {

@@ -103,6 +103,9 @@ async fn answer(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
                 )
             }
             "/healthz" => (200, "text/plain", "ok\n".to_owned()),
+            // The running configuration, as `--print-config` prints it (secrets
+            // redacted by the configuration's own `Debug`).
+            "/config" => (200, "text/plain", format!("{:#?}\n", ctx.config.load())),
             "/readyz" if ready(ctx) => (200, "text/plain", "ready\n".to_owned()),
             "/readyz" => (503, "text/plain", "upstream unavailable\n".to_owned()),
             _ => (404, "text/plain", "not found\n".to_owned()),

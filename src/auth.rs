@@ -88,12 +88,16 @@ fn read_password(file: &std::path::Path) -> Result<Bytes, String> {
     Ok(Bytes::copy_from_slice(line))
 }
 
-/// `[auth]`'s password files must be readable: checked when the configuration loads.
+/// Password files (`[upstream] password_file`, `[auth]`'s) must be readable: checked
+/// when the configuration loads.
 pub fn check(config: &crate::Config) -> Vec<(String, String)> {
-    let Some(auth) = &config.auth else {
-        return Vec::new();
-    };
     let mut out = Vec::new();
+    if let Err(e) = config.upstream.resolved_password() {
+        out.push(("upstream.password_file".to_owned(), e));
+    }
+    let Some(auth) = &config.auth else {
+        return out;
+    };
     if let Some(file) = &auth.upstream_password_file
         && let Err(e) = read_password(file)
     {

@@ -35,6 +35,8 @@ pub enum ServerError {
     },
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("upstream.password_file: {0}")]
+    PasswordFile(String),
 }
 
 /// A bound, not yet running, cachet.
@@ -98,9 +100,8 @@ impl Server {
                 .or_else(|| url.username.clone()),
             password: config
                 .upstream
-                .password
-                .clone()
-                .or_else(|| url.password.clone()),
+                .resolved_password()
+                .map_err(ServerError::PasswordFile)?,
             connect_timeout: config.upstream.connect_timeout,
             command_timeout: config.upstream.command_timeout,
             shared_connections: config.upstream.shared_connections,
@@ -228,7 +229,7 @@ impl Server {
                 self.shutdown.subscribe(),
             ));
         }
-        tracing::info!(address = %self.local_addr(), tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), address = %self.local_addr(), tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
         loop {
             tokio::select! {
                 accepted = self.listener.accept() => match accepted {

@@ -28,8 +28,14 @@ struct Cli {
     /// Address to accept clients on, overriding [listen] address.
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// Upstream Redis URL, overriding [upstream] url.
-    #[arg(long, value_name = "URL")]
+    /// Upstream Redis URL, overriding [upstream] url (from the environment, it stays
+    /// out of `ps`).
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CACHET_UPSTREAM",
+        hide_env_values = true
+    )]
     upstream: Option<String>,
     /// Admin HTTP address, overriding [admin] address ("off" disables it).
     #[arg(long, value_name = "ADDR")]
@@ -40,6 +46,10 @@ struct Cli {
     /// Validate the configuration, print every problem, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Print the effective configuration (file, defaults and overrides; secrets
+    /// redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
 }
 
 fn main() -> ExitCode {
@@ -63,6 +73,11 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         println!("configuration ok");
+        return ExitCode::SUCCESS;
+    }
+    if cli.print_config {
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), "{config:#?}");
         return ExitCode::SUCCESS;
     }
     let reloader = match init_logging(&config) {

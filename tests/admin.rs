@@ -418,3 +418,74 @@ fn a_lease_granted_before_a_reload_still_fills_after_it() {
     assert_eq!(sample(&m, "cachet_fills_stored_total"), 1.0);
     assert_eq!(sample(&m, "cachet_fills_rejected_total"), 0.0);
 }
+
+/// `CACHET EXPLAIN <key>` says why a key is (not) cached: its rule and mode, its state
+/// in Redis, and what a `SET` of it would come to now. `CACHET HELP` lists the
+/// subcommands as Redis's `… HELP` does.
+#[test]
+fn explain_says_what_a_set_would_come_to_and_why() {
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis.url());
+    let mut c = Raw::connect(cachet.addr);
+    let help = c.call(&words("CACHET HELP"));
+    assert!(help.starts_with(b"*12\r\n+CACHET <subcommand>"), "{help:?}");
+    let explain = |c: &mut Raw, key: &str| -> String {
+        let r = c.call(&words(&format!("CACHET EXPLAIN {key}")));
+        String::from_utf8(r).unwrap()
+    };
+    // Nobody missed it: a SET is a write.
+    let text = explain(&mut c, ":1:abc");
+    assert!(text.contains("mode:cache"), "{text}");
+    assert!(text.contains("set_now:stored as a write"), "{text}");
+    // A miss: a SET now is its fill.
+    assert_eq!(c.call(&words("GET :1:abc")), b"$-1\r\n");
+    let text = explain(&mut c, ":1:abc");
+    assert!(text.contains("miss_horizon:in "), "{text}");
+    assert!(text.contains("set_now:stored as a fill"), "{text}");
+    // An invalidation since: refused, and how long for.
+    assert_eq!(c.call(&words("DEL :1:abc")), b":0\r\n");
+    let text = explain(&mut c, ":1:abc");
+    assert!(text.contains("tombstone:in "), "{text}");
+    assert!(text.contains("set_now:refused"), "{text}");
+    assert!(
+        text.contains("ms more no SET is trusted as a fill"),
+        "{text}"
+    );
+    // A strict key is not judged.
+    let text = explain(&mut c, "session:1");
+    assert!(text.contains("mode:strict"), "{text}");
+    assert!(text.contains("fills:not judged"), "{text}");
+}
+
+/// The upstream password may come from a file (and the URL from the environment); it is
+/// used, and never shown: not by `/config`, `--print-config` or `CACHET INFO`.
+#[test]
+fn secrets_from_files_and_the_environment_are_used_and_never_shown() {
+    let redis = RedisServer::start_with(&["--requirepass", "file-secret"]);
+    let dir = std::env::temp_dir().join(format!("cachet-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("redis-password");
+    std::fs::write(&file, "file-secret\n").unwrap();
+    let mut config = with_admin(config_for(&redis.url()));
+    config.upstream.password_file = Some(file.clone());
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("AUTH file-secret")), b"+OK\r\n");
+    assert_eq!(c.call(&words("SET k v")), b"+OK\r\n");
+    // cachet's own work ran with the file's password (the command table was read).
+    let info = String::from_utf8(c.call(&words("CACHET INFO"))).unwrap();
+    assert!(!info.contains("file-secret"));
+    let (status, body) = get(cachet.admin.unwrap(), "/config");
+    assert_eq!(status, 200);
+    assert!(body.contains("password_file"), "{body}");
+    assert!(!body.contains("file-secret"), "{body}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .arg("--print-config")
+        .env("CACHET_UPSTREAM", "redis://:env-secret@127.0.0.1:6390/2")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("redis://:***@127.0.0.1:6390/2"), "{text}");
+    assert!(!text.contains("env-secret"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,6 +1,6 @@
 //! The `cachet-check` binary: command line, set-up (database, `--spawn` processes),
 //! the suite, the table and JSON line, the exit status. The logic is in
-//! `cachet::check`.
+//! `cachet_check` (this crate's library).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

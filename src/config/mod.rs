@@ -124,6 +124,9 @@ pub struct UpstreamConfig {
     pub username: Option<String>,
     /// Overrides the URL's password.
     pub password: Option<String>,
+    /// A file holding the password (its first line), so that it need not sit in this
+    /// file or on the command line; overrides `password` and the URL's.
+    pub password_file: Option<PathBuf>,
     #[serde(deserialize_with = "units::duration")]
     pub connect_timeout: Duration,
     #[serde(deserialize_with = "units::duration")]
@@ -165,9 +168,24 @@ impl UpstreamConfig {
         self.username.as_deref().or(self.url.username.as_deref())
     }
 
-    /// The password to authenticate with: the field, else the URL's.
+    /// The password to authenticate with: the field, else the URL's (`password_file`
+    /// is read by [`UpstreamConfig::resolved_password`]).
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref().or(self.url.password.as_deref())
+    }
+
+    /// The password cachet logs in with: `password_file`'s first line, else
+    /// [`UpstreamConfig::password`].
+    pub fn resolved_password(&self) -> Result<Option<String>, String> {
+        match &self.password_file {
+            None => Ok(self.password().map(str::to_owned)),
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                let line = text.lines().next().unwrap_or_default();
+                Ok(Some(line.to_owned()))
+            }
+        }
     }
 }
 
@@ -185,6 +203,7 @@ impl Default for UpstreamConfig {
             },
             username: None,
             password: None,
+            password_file: None,
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(5),
             shared_connections: 1,
@@ -202,6 +221,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("url", &self.url)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("shared_connections", &self.shared_connections)

@@ -20,6 +20,7 @@
 //! | `stats.rs` | counters of what the engine decided |
 
 pub mod acl;
+pub mod explain;
 pub mod fill;
 mod invalidate;
 pub mod lock_mode;

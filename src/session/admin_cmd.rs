@@ -7,6 +7,9 @@
 //!   pattern (`rule:none` for the implicit `strict` default).
 //! - `CACHET RELOAD`: re-reads the configuration (`reload.rs`); `+OK …` naming what was
 //!   applied and what needs a restart, or `-ERR` with the file's problems.
+//! - `CACHET EXPLAIN <key>`: the key's rule and mode, its fill-protocol state upstream
+//!   and what a `SET` of it would come to now (answered by the session: it asks Redis).
+//! - `CACHET HELP`: these, in the manner of Redis's `… HELP`.
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -44,16 +47,70 @@ pub fn answer(ctx: &Context, engine: &Engine, args: &[Bytes]) -> Bytes {
                 problems.replace(['\r', '\n'], " | ")
             )),
         },
-        (Some(b"info" | b"keyspace" | b"reload"), _) => {
+        (Some(b"help"), 2) => help(),
+        (Some(b"info" | b"keyspace" | b"reload" | b"help" | b"explain"), _) => {
             let name = String::from_utf8_lossy(sub.as_deref().unwrap_or_default()).into_owned();
             reply::wrong_arity(&format!("cachet|{name}"))
         }
         (Some(_), _) => reply::error(&format!(
-            "ERR unknown subcommand '{}'. Try CACHET INFO, CACHET KEYSPACE <key>, CACHET RELOAD.",
+            "ERR unknown subcommand '{}'. Try CACHET HELP.",
             String::from_utf8_lossy(args.get(1).map_or(&b""[..], |a| &a[..]))
         )),
         (None, _) => reply::wrong_arity("cachet"),
     }
+}
+
+/// `CACHET HELP`: an array of status lines, as Redis's `… HELP` answers.
+fn help() -> Bytes {
+    const LINES: &[&str] = &[
+        "CACHET <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+        "INFO",
+        "    cachet's state: version, uptime, clients, upstream, keyspace rules, counters.",
+        "KEYSPACE <key>",
+        "    The keyspace rule <key> falls into, and its mode.",
+        "EXPLAIN <key>",
+        "    <key>'s rule and mode, its fill-protocol state in Redis, and what a SET of it",
+        "    would come to now, with the reason.",
+        "RELOAD",
+        "    Re-read the configuration file; report what applied and what needs a restart.",
+        "HELP",
+        "    Print this help.",
+    ];
+    let mut out = BytesMut::new();
+    reply::push_header(&mut out, b'*', LINES.len() as i64);
+    for l in LINES {
+        reply::push_simple(&mut out, l);
+    }
+    out.freeze()
+}
+
+/// What `CACHET EXPLAIN <key>` asks Redis: the key's existence, its state hash and the
+/// clock; `None` when the key is not in a `cache` keyspace (nothing to ask).
+pub fn explain_query(engine: &Engine, key: &Bytes) -> Option<Vec<Vec<Bytes>>> {
+    let c = engine.cache_key_state(key)?;
+    let mut hmget = vec![Bytes::from_static(b"HMGET"), c];
+    hmget.extend(["m", "s", "t", "l", "w"].map(|f| Bytes::from_static(f.as_bytes())));
+    Some(vec![
+        vec![Bytes::from_static(b"EXISTS"), key.clone()],
+        hmget,
+        vec![Bytes::from_static(b"TIME")],
+    ])
+}
+
+/// `CACHET EXPLAIN <key>`'s text, from the replies to `explain_query` (none for a key
+/// outside `cache` keyspaces).
+pub fn explain(engine: &Engine, key: &[u8], replies: Option<&[Bytes]>) -> Bytes {
+    let mut s = keyspace(engine, key);
+    let Some([exists, fields, time]) = replies else {
+        s.push_str("fills:not judged (only cache keyspaces judge fills)\r\n");
+        return bulk(&s);
+    };
+    let state = crate::engine::explain::Snapshot::read(exists, fields, time);
+    match state {
+        Some(snap) => s.push_str(&engine.explain(key, &snap)),
+        None => s.push_str("state:unreadable (Redis answered an error)\r\n"),
+    }
+    bulk(&s)
 }
 
 fn bulk(text: &str) -> Bytes {

@@ -46,6 +46,15 @@ impl Session {
         let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
         match route {
             Dispatched::Admin => {
+                let explaining = req.args.len() == 3
+                    && req
+                        .args
+                        .get(1)
+                        .is_some_and(|s| s.eq_ignore_ascii_case(b"EXPLAIN"));
+                if explaining && self.inflight > 0 && self.route != Some(super::Route::Aux) {
+                    // Asked of Redis on a connection of its own: after what is owed.
+                    return Some(req);
+                }
                 self.admin(&req);
                 None
             }
@@ -96,11 +105,59 @@ impl Session {
     /// `CACHET …`.
     fn admin(&mut self, req: &Request) {
         self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
+        if req.args.len() == 3
+            && req
+                .args
+                .get(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"EXPLAIN"))
+            && let Some(key) = req.args.get(2)
+        {
+            self.explain(key.clone());
+            return;
+        }
         let r = admin_cmd::answer(&self.ctx, &self.engine, &req.args);
         // A reload applies from the next command on.
         self.engine = self.ctx.engine.load_full();
         self.load_access();
         self.reply(r);
+    }
+
+    /// `CACHET EXPLAIN <key>`: asks Redis for the key's state (as cachet's own user),
+    /// then answers with what it means.
+    fn explain(&mut self, key: Bytes) {
+        let engine = self.engine.clone();
+        let Some(query) = admin_cmd::explain_query(&engine, &key) else {
+            let r = admin_cmd::explain(&engine, &key, None);
+            self.reply(r);
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let tx = self.reply_tx.clone();
+        let db = self.db;
+        tokio::spawn(async move {
+            let upstream = &ctx.upstream;
+            let own = upstream.logins.own().clone();
+            let id = upstream.own(db, 2);
+            let limit = upstream.settings().command_timeout;
+            let result = async {
+                let mut conn = upstream.connect_as_identity(&own, id).await?;
+                tokio::time::timeout(
+                    limit,
+                    crate::upstream::connect::roundtrip(&mut conn, &query),
+                )
+                .await
+                .map_err(|_| crate::upstream::UpstreamError::Timeout(limit))?
+            }
+            .await;
+            let _ =
+                tx.send(result.map(|replies| admin_cmd::explain(&engine, &key, Some(&replies))));
+        });
+        self.route = Some(super::Route::Aux);
+        self.await_reply(
+            crate::engine::Settle::Forward,
+            None,
+            super::replies::Post::Nothing,
+        );
     }
 
     /// A command answered by the session itself.

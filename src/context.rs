@@ -198,9 +198,10 @@ impl Context {
     /// Reads the command table and server facts from the upstream. On failure the
     /// built-in table and defaults stay in place.
     pub async fn discover(&self) -> Result<(), UpstreamError> {
-        let settings: &Settings = self.upstream.settings();
+        let node = self.upstream.keyless_node();
+        let settings: &Settings = &self.upstream.node_settings(node);
         let own = self.upstream.logins.own().clone();
-        let mut conn = connect(settings, self.upstream.own(0, 2), &own).await?;
+        let mut conn = connect(settings, self.upstream.own_on(0, 2, node), &own).await?;
         let cmd = |args: &[&str]| -> Vec<Bytes> {
             args.iter()
                 .map(|a| Bytes::copy_from_slice(a.as_bytes()))
@@ -243,6 +244,10 @@ impl Context {
             .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
         {
             info.databases = n;
+        }
+        if self.upstream.cluster.is_some() {
+            // A cluster has database 0 only: `SELECT 1` is refused.
+            info.databases = 1;
         }
         info.has_setinfo = self
             .table

@@ -31,10 +31,13 @@
 //! | shared multiplexed upstream connections | `upstream/shared.rs` |
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
 //! | who upstream connections log in as | `upstream/login.rs` |
+//! | the primary Redis Sentinel names | `upstream/sentinel.rs` |
+//! | a Redis Cluster's slot map and nodes | `upstream/cluster.rs` |
+//! | a session before a cluster: routing by slot, redirects, split commands | `session/cluster.rs` |
 //! | what all sessions share (upstream, table, server facts) | `context.rs` |
 //! | configuration: TOML schema, defaults, validation | `config/` |
 //! | live reload (SIGHUP, `CACHET RELOAD`) | `reload.rs` |
-//! | `CACHET INFO`/`KEYSPACE`/`RELOAD`, answered by the session | `session/admin_cmd.rs` |
+//! | `CACHET INFO`/`KEYSPACE`/`EXPLAIN`/`RELOAD`/`HELP`, answered by the session | `session/admin_cmd.rs` |
 //! | counters, latency histogram, Prometheus exposition | `metrics.rs` |
 //! | admin HTTP: `/metrics`, `/healthz`, `/readyz` | `admin.rs` |
 //!

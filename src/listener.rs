@@ -91,6 +91,7 @@ impl Server {
             address: crate::upstream::Target::new(match &url.sentinel {
                 // Named by Sentinel before the first connection (below).
                 Some(_) => String::new(),
+                // A cluster's first seed (each node's connections have their own).
                 None => url.address(),
             }),
             username: config
@@ -109,6 +110,7 @@ impl Server {
             preload: Vec::new(),
             tls: upstream_tls,
             on_connect: None,
+            node: None,
         };
         let limits = crate::reload::limits_of(config);
         let engine = Engine::new(&config.consistency, &config.keyspace);
@@ -131,10 +133,15 @@ impl Server {
         }
         let life = engine.upstream_life();
         settings.on_connect = Some(crate::upstream::UpstreamObserver(Arc::new(
-            move |run_id: &str, clock: u64| life.observe(run_id, clock),
+            move |node: &str, run_id: &str, clock: u64| life.observe(node, run_id, clock),
         )));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut ctx = Context::new(Upstream::new(settings), engine, limits, url.db, shutdown_rx);
+        let cluster = url
+            .cluster
+            .clone()
+            .map(crate::upstream::cluster::Cluster::new);
+        let upstream = Upstream::with_cluster(settings, cluster);
+        let mut ctx = Context::new(upstream, engine, limits, url.db, shutdown_rx);
         ctx.idle_timeout = config.listen.idle_timeout;
         ctx.config = arc_swap::ArcSwap::from_pointee(config.clone());
         ctx.set_access(config);
@@ -146,14 +153,22 @@ impl Server {
         if let Some(sentinel) = &url.sentinel {
             follow_sentinels(&ctx, sentinel, config).await;
         }
+        if ctx.upstream.cluster.is_some() {
+            follow_cluster(&ctx, config).await;
+        }
         match ctx.discover().await {
             Ok(()) => {
                 // Whether clients must log in, before the first one connects.
                 crate::upstream::probe_anonymous(ctx.upstream.settings(), &ctx.upstream.logins)
                     .await;
                 // Open the default shared connections now so the first client does not
-                // pay for them.
+                // pay for them (a cluster's: one to each primary).
                 let _ = ctx.upstream.shared(ctx.upstream.own(url.db, 2), 0);
+                if let Some(cluster) = &ctx.upstream.cluster {
+                    for node in cluster.primaries() {
+                        let _ = ctx.upstream.shared(ctx.upstream.own_on(0, 2, node), 0);
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(upstream = %ctx.upstream.settings().address, error = %e, "upstream not reachable at start-up; serving with the built-in command table and retrying");
@@ -317,8 +332,11 @@ impl Server {
 fn spawn_retries(ctx: &Arc<Context>) {
     let queue = ctx.engine.load().retries.clone();
     let (send_ctx, landed_ctx, replica_ctx) = (ctx.clone(), ctx.clone(), ctx.clone());
-    let send = move |db: u32, data: bytes::Bytes, frames: u32| {
-        let conn = send_ctx.upstream.shared(send_ctx.upstream.own(db, 2), 0);
+    let send = move |db: u32, key: Option<&bytes::Bytes>, data: bytes::Bytes, frames: u32| {
+        let upstream = &send_ctx.upstream;
+        let node = key.map_or_else(|| upstream.keyless_node(), |k| upstream.node_of(k));
+        let conn = upstream.shared(upstream.own_on(db, 2, node), 0);
+        let cluster = upstream.cluster.clone();
         async move {
             let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
             conn.send(crate::upstream::Job {
@@ -328,7 +346,15 @@ fn spawn_retries(ctx: &Arc<Context>) {
                 held: None,
                 on_fail: None,
             });
-            replies.recv().await.and_then(Result::ok)
+            let reply = replies.recv().await.and_then(Result::ok);
+            // A slot that moved: the map learns where, and the next try goes there.
+            if let (Some(cluster), Some(reply)) = (&cluster, &reply)
+                && let Some(r) = crate::upstream::cluster::Redirect::parse(reply)
+                && !r.ask
+            {
+                cluster.moved(r.slot, &r.address);
+            }
+            reply
         }
     };
     let landed = move || {
@@ -381,6 +407,60 @@ async fn follow_sentinels(ctx: &Arc<Context>, sentinel: &crate::config::Sentinel
             "invalidations of recent writes sent again to the new primary"
         );
     }));
+}
+
+/// Reads a Redis Cluster's slot map before the first connection, then keeps it fresh
+/// (`upstream/cluster.rs`): every `REFRESH_EVERY`, and soon after a reply said a slot
+/// moved. When a slot changes primary (a failover, or a slot migrated), the
+/// invalidations of the last `failover_replay` are sent again, to wherever their keys
+/// live now: a promoted replica may lack writes its old primary acknowledged.
+async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
+    use crate::upstream::cluster::{REFRESH_AT_MOST_EVERY, REFRESH_EVERY};
+    match ctx.upstream.refresh_cluster().await {
+        Ok(_) => tracing::info!(
+            primaries = ctx.upstream.nodes_up().len(),
+            "Redis Cluster slot map read"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "no cluster node answered CLUSTER SLOTS yet; asking again")
+        }
+    }
+    ctx.engine
+        .load()
+        .retries
+        .keep_recent(config.upstream.failover_replay);
+    let weak = Arc::downgrade(ctx);
+    tokio::spawn(async move {
+        loop {
+            let Some(cluster) = weak.upgrade().and_then(|c| c.upstream.cluster.clone()) else {
+                return;
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                _ = cluster.wake.notified() => {}
+            }
+            drop(cluster);
+            tokio::time::sleep(REFRESH_AT_MOST_EVERY).await;
+            let Some(ctx) = weak.upgrade() else { return };
+            if *ctx.shutdown.borrow() {
+                return;
+            }
+            match ctx.upstream.refresh_cluster().await {
+                Ok(true) => {
+                    for node in ctx.upstream.cluster.iter().flat_map(|c| c.primaries()) {
+                        let _ = ctx.upstream.shared(ctx.upstream.own_on(0, 2, node), 0);
+                    }
+                    let replayed = ctx.engine.load().retries.replay_recent();
+                    tracing::info!(
+                        replayed,
+                        "the cluster's slot map changed; invalidations of recent writes sent again"
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "cluster slot map refresh failed"),
+            }
+        }
+    });
 }
 
 /// How often connections of client logins nobody uses are looked for; one unused for a

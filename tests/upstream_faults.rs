@@ -68,7 +68,10 @@ fn refused_connections_fail_fast_and_cachet_reconnects() {
         let r = client.call(&words("GET k"));
         assert_eq!(
             text(&r),
-            "-ERR cachet: upstream unavailable: Connection refused (os error 111)\r\n"
+            format!(
+                "-ERR cachet: upstream unavailable: {}: Connection refused (os error 111)\r\n",
+                shim.addr()
+            )
         );
         // Well under the default command_timeout (what a request queued for a down
         // upstream would wait), with room for a loaded machine.

@@ -14,6 +14,7 @@
 //! | `procs.rs` | Redis's command-specific key procedures (SORT, MIGRATE, …) |
 //! | `kind.rs` | [`CommandKind`] and blocking detection, by name |
 //! | `flags.rs` | [`CommandFlags`], [`KeyFlags`] |
+//! | `slot.rs` | the Redis Cluster hash slot of a key |
 //! | `tally.rs` | a command's reply counters (exposed by `metrics.rs`) |
 
 mod flags;
@@ -21,6 +22,7 @@ mod keys;
 mod kind;
 mod parse;
 mod procs;
+pub mod slot;
 mod table;
 pub mod tally;
 

@@ -197,6 +197,7 @@ impl Default for UpstreamConfig {
                 host: "127.0.0.1".to_owned(),
                 port: DEFAULT_REDIS_PORT,
                 sentinel: None,
+                cluster: None,
                 db: 0,
                 username: None,
                 password: None,

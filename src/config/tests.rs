@@ -284,7 +284,7 @@ fn bad_addresses_and_urls() {
         errors("[listen]\naddress = \"localhost:6380\"\n[upstream]\nurl = \"http://h\"\n"),
         [
             "2: listen.address: invalid address \"localhost:6380\": expected IP:port, such as \"127.0.0.1:6380\"",
-            "4: upstream.url: invalid upstream URL: unsupported scheme \"http\": expected redis, rediss or redis+sentinel",
+            "4: upstream.url: invalid upstream URL: unsupported scheme \"http\": expected redis, rediss, redis+sentinel or redis+cluster",
         ]
     );
     for (url, message) in [

@@ -1,7 +1,9 @@
 //! The upstream Redis URL: `redis[s]://[user[:password]@]host[:port][/db]`, or for a
 //! primary found through Sentinel
 //! `redis[s]+sentinel://[user[:password]@]host[:port],host[:port]…/master-name[/db]`
-//! (sentinels' default port 26379; the credentials are the primary's).
+//! (sentinels' default port 26379; the credentials are the primary's), or for a Redis
+//! Cluster `redis[s]+cluster://[user[:password]@]host[:port],host[:port]…[/0]` (seed
+//! nodes; a cluster has database 0 only).
 //!
 //! Parsed by hand (the grammar is small and fixed) so that no error message and no
 //! `Display` or `Debug` output ever contains the password: URLs end up in logs.
@@ -16,7 +18,7 @@ pub const DEFAULT_REDIS_PORT: u16 = 6379;
 /// Port of a sentinel the URL names without one.
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
-/// A parsed `redis://`, `rediss://` or `redis+sentinel://` URL. Credentials are
+/// A parsed `redis://`, `rediss://`, `redis+sentinel://` or `redis+cluster://` URL. Credentials are
 /// percent-decoded.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamUrl {
@@ -28,6 +30,8 @@ pub struct UpstreamUrl {
     pub port: u16,
     /// With Sentinel: the sentinels' addresses (`host:port`) and the primary's name.
     pub sentinel: Option<Sentinel>,
+    /// With Redis Cluster: the seed nodes' addresses (`host:port`), in the order given.
+    pub cluster: Option<Vec<String>>,
     /// Database selected after connecting (the URL path `/N`).
     pub db: u32,
     pub username: Option<String>,
@@ -51,20 +55,16 @@ impl UpstreamUrl {
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             fail("expected redis://host:port/db or rediss://host:port/db".to_owned())
         })?;
-        let (tls, sentinel) = match scheme.to_ascii_lowercase().as_str() {
-            "redis" => (false, false),
-            "rediss" => (true, false),
-            "redis+sentinel" => (false, true),
-            "rediss+sentinel" => (true, true),
-            "redis+cluster" | "rediss+cluster" => {
-                return Err(fail(
-                    "Redis Cluster upstreams are not supported yet (see the README's known gaps)"
-                        .to_owned(),
-                ));
-            }
+        let (tls, sentinel, cluster) = match scheme.to_ascii_lowercase().as_str() {
+            "redis" => (false, false, false),
+            "rediss" => (true, false, false),
+            "redis+sentinel" => (false, true, false),
+            "rediss+sentinel" => (true, true, false),
+            "redis+cluster" => (false, false, true),
+            "rediss+cluster" => (true, false, true),
             _ => {
                 return Err(fail(format!(
-                    "unsupported scheme {scheme:?}: expected redis, rediss or redis+sentinel"
+                    "unsupported scheme {scheme:?}: expected redis, rediss, redis+sentinel or redis+cluster"
                 )));
             }
         };
@@ -106,6 +106,32 @@ impl UpstreamUrl {
                     .map_err(|_| fail(format!("invalid database {db:?}: expected a number"))),
             }
         };
+        if cluster {
+            let mut seeds = Vec::new();
+            let mut first = None;
+            for node in hostport.split(',') {
+                let (host, port) = split_host_port(node, DEFAULT_REDIS_PORT).map_err(fail)?;
+                seeds.push(join_host_port(&host, port));
+                first.get_or_insert((host, port));
+            }
+            if parse_db(path)? != 0 {
+                return Err(fail(
+                    "a Redis Cluster has database 0 only: redis+cluster://host:port,host:port"
+                        .to_owned(),
+                ));
+            }
+            let (host, port) = first.ok_or_else(|| fail("missing host".to_owned()))?;
+            return Ok(UpstreamUrl {
+                tls,
+                host,
+                port,
+                sentinel: None,
+                cluster: Some(seeds),
+                db: 0,
+                username,
+                password,
+            });
+        }
         if !sentinel {
             let (host, port) = split_host_port(hostport, DEFAULT_REDIS_PORT).map_err(fail)?;
             return Ok(UpstreamUrl {
@@ -113,6 +139,7 @@ impl UpstreamUrl {
                 host,
                 port,
                 sentinel: None,
+                cluster: None,
                 db: parse_db(path)?,
                 username,
                 password,
@@ -142,6 +169,7 @@ impl UpstreamUrl {
                 addresses,
                 master: master.to_owned(),
             }),
+            cluster: None,
             db: parse_db(db)?,
             username,
             password,
@@ -226,6 +254,8 @@ impl fmt::Display for UpstreamUrl {
         let scheme = if self.tls { "rediss" } else { "redis" };
         let plus = if self.sentinel.is_some() {
             "+sentinel"
+        } else if self.cluster.is_some() {
+            "+cluster"
         } else {
             ""
         };
@@ -236,9 +266,10 @@ impl fmt::Display for UpstreamUrl {
             (None, Some(_)) => write!(f, ":***@")?,
             (None, None) => {}
         }
-        match &self.sentinel {
-            None => write!(f, "{}/{}", self.address(), self.db),
-            Some(s) => write!(f, "{}/{}/{}", s.addresses.join(","), s.master, self.db),
+        match (&self.sentinel, &self.cluster) {
+            (Some(s), _) => write!(f, "{}/{}/{}", s.addresses.join(","), s.master, self.db),
+            (None, Some(seeds)) => write!(f, "{}/{}", seeds.join(","), self.db),
+            (None, None) => write!(f, "{}/{}", self.address(), self.db),
         }
     }
 }
@@ -365,10 +396,31 @@ mod tests {
                 .unwrap_err()
                 .contains("master's name")
         );
+    }
+
+    #[test]
+    fn cluster() {
+        let u = url("redis+cluster://u:pw@a:7000,b,[::1]:7002");
+        assert_eq!(
+            u.cluster.as_deref(),
+            Some(
+                &[
+                    "a:7000".to_owned(),
+                    "b:6379".to_owned(),
+                    "[::1]:7002".to_owned()
+                ][..]
+            )
+        );
+        assert_eq!((u.host.as_str(), u.port, u.db), ("a", 7000, 0));
+        assert_eq!(
+            u.to_string(),
+            "redis+cluster://u:***@a:7000,b:6379,[::1]:7002/0"
+        );
+        assert!(url("rediss+cluster://a:1/0").tls);
         assert!(
-            UpstreamUrl::parse("redis+cluster://a:1,b:2")
+            UpstreamUrl::parse("redis+cluster://a:1,b:2/3")
                 .unwrap_err()
-                .contains("not supported yet")
+                .contains("database 0 only")
         );
     }
 
@@ -381,7 +433,7 @@ mod tests {
             ),
             (
                 "http://h:1/0",
-                "unsupported scheme \"http\": expected redis, rediss or redis+sentinel",
+                "unsupported scheme \"http\": expected redis, rediss, redis+sentinel or redis+cluster",
             ),
             ("unix:///tmp/redis.sock", "unsupported scheme \"unix\""),
             (

@@ -140,7 +140,9 @@ pub struct Engine {
 /// generation of the engine (reloads), and told by new connections.
 #[derive(Debug)]
 pub struct UpstreamLife {
-    run_id: std::sync::Mutex<Option<String>>,
+    /// The run id last seen, by node (a cluster node's address; empty for a single
+    /// upstream, so that a primary Sentinel names anew counts as a restart).
+    run_id: std::sync::Mutex<std::collections::HashMap<String, String>>,
     amnesia_until: AtomicU64,
     /// The current `fill_window` (ms): how long a lost state stays a reason to refuse.
     fill_window: AtomicU64,
@@ -152,11 +154,11 @@ impl UpstreamLife {
     /// restarts) and its clock. A new run id means the upstream lost the fill-protocol
     /// state it kept (or rolled it back), so for `fill_window` a `SET` of a key without
     /// state may be the fill of a miss it forgot: such a `SET` is dropped, never stored.
-    pub fn observe(&self, run_id: &str, upstream_ms: u64) {
+    pub fn observe(&self, node: &str, run_id: &str, upstream_ms: u64) {
         let Ok(mut seen) = self.run_id.lock() else {
             return;
         };
-        if seen.as_deref().is_some_and(|s| s != run_id) {
+        if seen.get(node).is_some_and(|s| s != run_id) {
             let until = upstream_ms.saturating_add(self.fill_window.load(Ordering::Relaxed));
             self.amnesia_until.fetch_max(until, Ordering::Relaxed);
             self.stats.upstream_restarts.fetch_add(1, Ordering::Relaxed);
@@ -165,7 +167,7 @@ impl UpstreamLife {
                 "the upstream restarted: for fill_window, SETs of cache keys without fill-protocol state are dropped"
             );
         }
-        *seen = Some(run_id.to_owned());
+        seen.insert(node.to_owned(), run_id.to_owned());
     }
 }
 
@@ -185,7 +187,7 @@ impl Engine {
             has_cache: rules.iter().any(|r| r.mode == KeyspaceMode::Cache),
             locks: Arc::new(KeyLocks::default()),
             upstream: Arc::new(UpstreamLife {
-                run_id: std::sync::Mutex::new(None),
+                run_id: std::sync::Mutex::new(std::collections::HashMap::new()),
                 amnesia_until: AtomicU64::new(0),
                 fill_window: AtomicU64::new(ms(consistency.fill_window)),
                 stats: stats.clone(),

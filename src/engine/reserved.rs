@@ -47,19 +47,7 @@ pub fn sort_patterns_reach(args: &[bytes::Bytes], prefix: &[u8]) -> bool {
     false
 }
 
-/// The hash tag Redis Cluster would hash for `key`: the bytes between the first `{` and
-/// the next `}` if non-empty, else the whole key.
-pub fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        let rest = key.get(open + 1..).unwrap_or_default();
-        if let Some(close) = rest.iter().position(|&b| b == b'}')
-            && close > 0
-        {
-            return rest.get(..close).unwrap_or(key);
-        }
-    }
-    key
-}
+pub use crate::command::slot::hash_tag;
 
 /// The name of the hash that keeps `key`'s fill-protocol state (`fill.rs`), in the
 /// same hash slot: `<prefix>{<tag>}:s:<key>`. `None` when the key's braces make
@@ -195,15 +183,6 @@ fn filter_element(frame: &Bytes, start: usize, end: usize, prefix: &[u8]) -> Opt
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hash_tags_follow_redis_cluster() {
-        assert_eq!(hash_tag(b"user:1"), b"user:1");
-        assert_eq!(hash_tag(b"{user}:1"), b"user");
-        assert_eq!(hash_tag(b"a{}b"), b"a{}b");
-        assert_eq!(hash_tag(b"a{b"), b"a{b");
-        assert_eq!(hash_tag(b"a{b}{c}"), b"b");
-    }
 
     #[test]
     fn state_keys_share_the_data_keys_tag() {

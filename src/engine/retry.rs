@@ -185,8 +185,9 @@ impl RetryQueue {
     }
 
     /// Re-sends queued invalidations until each lands; runs for the process's life.
-    /// `send(db, data, frames)` sends them (followed by `ROLE`) on a connection of
-    /// database `db` and returns the replies, or `None`; `landed` is told of each
+    /// `send(db, key, data, frames)` sends them (followed by `ROLE`) on a connection of
+    /// database `db` (to the node serving `key`, the first key the retry protects) and
+    /// returns the replies, or `None`; `landed` is told of each
     /// confirmed one; `on_replica` of a re-send a replica took.
     pub async fn run<S, F>(
         self: Arc<Self>,
@@ -194,7 +195,7 @@ impl RetryQueue {
         landed_one: impl Fn(),
         on_replica: impl Fn(u32),
     ) where
-        S: Fn(u32, Bytes, u32) -> F,
+        S: Fn(u32, Option<&Bytes>, Bytes, u32) -> F,
         F: Future<Output = Option<Bytes>>,
     {
         let rx = self.rx.lock().ok().and_then(|mut r| r.take());
@@ -203,7 +204,14 @@ impl RetryQueue {
             let mut wait = Duration::from_millis(50);
             loop {
                 let data: Bytes = [&retry.data[..], ROLE].concat().into();
-                let outcome = match send(retry.db, data, retry.frames.saturating_add(1)).await {
+                let outcome = match send(
+                    retry.db,
+                    retry.keys.first(),
+                    data,
+                    retry.frames.saturating_add(1),
+                )
+                .await
+                {
                     Some(reply) => landed(&reply),
                     None => Outcome::Failed,
                 };

@@ -12,6 +12,7 @@
 //! and lets every upstream reply arrive on one channel in request order.
 
 mod admin_cmd;
+mod cluster;
 pub mod dispatch;
 mod events;
 mod handle;
@@ -110,6 +111,9 @@ pub struct Session {
     output_limit: u64,
     db: u32,
     proto: u8,
+    /// The upstream node the current command goes to (a Redis Cluster's primary
+    /// serving its keys' slot; always 0 otherwise).
+    node: u16,
     name: Option<Bytes>,
     reply_mode: ReplyMode,
     decoder: Decoder,
@@ -134,6 +138,9 @@ pub struct Session {
     pinned: Option<Pinned>,
     /// A command that must wait until everything outstanding is answered.
     stalled: Option<Request>,
+    /// The parts of a command split by slot (`cluster.rs`), handled before anything
+    /// the client sent after it.
+    parts: VecDeque<Request>,
     /// No more commands are read; the session ends once every reply is written.
     closing: bool,
     /// Scratch space for key extraction, reused across commands.
@@ -187,6 +194,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         peer,
         db: ctx.default_db,
         proto: 2,
+        node: 0,
         name: None,
         reply_mode: ReplyMode::On,
         decoder: Decoder::new(**ctx.limits.load()),
@@ -203,6 +211,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         reply_tx,
         pinned: None,
         stalled: None,
+        parts: VecDeque::new(),
         closing: false,
         keys: Vec::with_capacity(8),
         holding: None,
@@ -419,7 +428,7 @@ impl Session {
             let started = n.is_multiple_of(HANDLING_SAMPLE).then(Instant::now);
             n = n.wrapping_add(1);
             // A stalled command comes back as it was routed (renamed already).
-            let (req, fresh) = match self.stalled.take() {
+            let (req, fresh) = match self.stalled.take().or_else(|| self.parts.pop_front()) {
                 Some(req) => (req, false),
                 None if !self.rbuf.is_empty() && !self.may_send_more() => return,
                 None => match self.decoder.decode(&mut self.rbuf) {
@@ -466,7 +475,11 @@ impl Session {
             if self.pinned.as_ref().is_some_and(Pinned::done) {
                 self.unpin();
             }
-            if self.stalled.is_some() || !self.rbuf.is_empty() || self.paused {
+            if self.stalled.is_some()
+                || !self.parts.is_empty()
+                || !self.rbuf.is_empty()
+                || self.paused
+            {
                 self.process().await;
             }
         }
@@ -485,6 +498,7 @@ impl Session {
             db: self.db,
             proto: self.proto,
             login: self.login.id,
+            node: self.node,
         }
     }
 

@@ -26,6 +26,18 @@ impl Session {
         if self.inflight > 0 && self.route != Some(Route::Pinned) {
             return Some(req);
         }
+        if self.pinned.is_none() && self.ctx.upstream.cluster.is_some() {
+            // A cluster: the node serving the command's keys (`WATCH`, a blocking
+            // command), or the keyless node (`MULTI`, `SUBSCRIBE`).
+            let info = self.table.lookup(&req.args).cloned();
+            match self.cluster_node(&req, info.as_deref()) {
+                Ok(node) => self.node = node,
+                Err(refusal) => {
+                    self.reply(refusal);
+                    return None;
+                }
+            }
+        }
         if self.pinned.is_none() {
             match self.ctx.upstream.pin(self.identity()).await {
                 Ok(conn) => {
@@ -203,6 +215,7 @@ impl Session {
         self.inflight = 0;
         self.outstanding = 0;
         self.stalled = None;
+        self.parts.clear();
         self.holding = None;
         self.route = None;
     }

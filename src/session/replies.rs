@@ -25,6 +25,10 @@ const FAST_TALLY_BYTES: usize = 4096;
 pub(super) enum Slot {
     /// Known now, but behind an upstream reply.
     Ready(Bytes),
+    /// The next `parts` slots answer one client command split by slot (a Redis
+    /// Cluster's `MGET` across slots, `cluster.rs`): written as one reply once all are
+    /// ready.
+    Merge(Box<super::cluster::Split>),
     /// Coming from upstream; not written if `discard`.
     Await {
         /// Identifies the slot to replies that come back out of order (`parked`).
@@ -45,6 +49,9 @@ pub(super) enum Slot {
         sent_at: Option<(Instant, Arc<crate::command::CommandInfo>, usize)>,
         /// The counters of the commands this slot answers, counted when it settles.
         tallies: Tallies,
+        /// In front of a Redis Cluster: what to send again if the reply says the
+        /// key's slot moved (`cluster.rs`).
+        resend: Option<Box<super::cluster::Resend>>,
     },
 }
 
@@ -143,6 +150,7 @@ impl Session {
             parked: false,
             sent,
             count: 1,
+            resend: None,
             tallies: self.tally.take().map_or(Tallies::None, Tallies::One),
             sent_at: match self.current.take() {
                 Some(info) if !self.slow.is_zero() => Some((Instant::now(), info, self.keys.len())),
@@ -198,14 +206,7 @@ impl Session {
     /// to send next on its behalf.
     pub(super) fn complete(&mut self, idx: usize, bytes: Bytes, is_error: bool) {
         let last = idx + 1 == self.slots.len() && self.stalled.is_none() && !self.hurried;
-        let Some(Slot::Await {
-            seq,
-            settle,
-            sent,
-            post,
-            ..
-        }) = self.slots.get_mut(idx)
-        else {
+        let Some(Slot::Await { seq, post, .. }) = self.slots.get_mut(idx) else {
             return;
         };
         let seq = *seq;
@@ -214,6 +215,12 @@ impl Session {
             self.finish(idx, bytes, post, true);
             return;
         }
+        if self.redirected(idx, &bytes) {
+            return;
+        }
+        let Some(Slot::Await { settle, sent, .. }) = self.slots.get_mut(idx) else {
+            return;
+        };
         let settle = std::mem::take(settle);
         let sent_before = sent.take();
         if matches!(settle, Settle::Forward) && sent_before.is_none() {
@@ -258,7 +265,11 @@ impl Session {
                 if self.holding.is_none() {
                     self.hurried = false;
                 }
-                self.follow_up(seq, f.data, f.frames, f.delay, f.own);
+                let node = self.slot_node(idx);
+                if node.is_some() {
+                    self.keep_follow_up_for_redirect(idx, &f.data, f.frames, f.own);
+                }
+                self.follow_up(seq, f.data, f.frames, f.delay, f.own, node);
             }
         }
     }
@@ -339,9 +350,44 @@ impl Session {
             self.outstanding = self.outstanding.saturating_sub(count as usize);
         }
         self.last_active = Instant::now();
-        while let Some(Slot::Ready(_)) = self.slots.front() {
-            if let Some(Slot::Ready(b)) = self.slots.pop_front() {
-                self.out.extend_from_slice(&b);
+        self.write_ready();
+    }
+
+    /// Moves every reply ready at the front of the queue to the client's buffer.
+    fn write_ready(&mut self) {
+        loop {
+            match self.slots.front() {
+                Some(Slot::Ready(_)) => {
+                    if let Some(Slot::Ready(b)) = self.slots.pop_front() {
+                        self.out.extend_from_slice(&b);
+                    }
+                }
+                Some(Slot::Merge(split)) => {
+                    let n = split.parts;
+                    let ready = self.slots.len() > n
+                        && self
+                            .slots
+                            .iter()
+                            .skip(1)
+                            .take(n)
+                            .all(|s| matches!(s, Slot::Ready(_)));
+                    if !ready {
+                        return;
+                    }
+                    let Some(Slot::Merge(split)) = self.slots.pop_front() else {
+                        return;
+                    };
+                    let parts: Vec<Bytes> = self
+                        .slots
+                        .drain(..n)
+                        .filter_map(|s| match s {
+                            Slot::Ready(b) => Some(b),
+                            _ => None,
+                        })
+                        .collect();
+                    self.out.extend_from_slice(&split.merge(&parts));
+                }
+                _ => return,
             }
         }
     }
@@ -378,6 +424,10 @@ impl Session {
             self.out.extend_from_slice(&bytes);
         } else {
             self.slots.push_back(Slot::Ready(bytes));
+            // The last part of a split command may be answered here.
+            if matches!(self.slots.front(), Some(Slot::Merge(_))) {
+                self.write_ready();
+            }
         }
     }
 }

@@ -27,9 +27,22 @@ impl Session {
         req: Request,
         info: Option<&CommandInfo>,
     ) -> Option<Request> {
+        let fan_out = if self.ctx.upstream.cluster.is_some() {
+            match self.cluster_node(&req, info) {
+                Ok(node) => self.node = node,
+                Err(_) if self.split(&req, info) => return None,
+                Err(refusal) => {
+                    self.reply(refusal);
+                    return None;
+                }
+            }
+            info.and_then(super::cluster::FanOut::of)
+        } else {
+            None
+        };
         let id = self.identity();
         let route = Route::Shared(id);
-        if self.inflight > 0 && self.route != Some(route) {
+        if self.inflight > 0 && (self.route != Some(route) || fan_out.is_some()) {
             return Some(req);
         }
         self.route = Some(route);
@@ -52,7 +65,14 @@ impl Session {
                 return None;
             }
         };
-        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On {
+        if let Some(how) = fan_out {
+            self.send_fan_out(how, plan);
+            return None;
+        }
+        let cluster = self.ctx.upstream.cluster.is_some();
+        // A cluster's replies may say a command must go elsewhere: each is its own job,
+        // so that exactly it is sent again.
+        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On && !cluster {
             self.batch_plain(&plan.data, plan.frames);
             return None;
         }
@@ -75,6 +95,7 @@ impl Session {
         };
         let sent = plan.script.then(|| plan.data.clone());
         let on_fail = plan.retry.map(|r| self.retry_on_fail(r));
+        let kept = cluster.then(|| plan.data.clone());
         let job = Job {
             data: plan.data,
             frames: plan.frames,
@@ -84,6 +105,9 @@ impl Session {
         };
         self.send_job(job);
         self.await_reply(plan.settle, sent, Post::Nothing);
+        if let Some(data) = kept {
+            self.keep_for_redirect(&data, plan.frames);
+        }
         None
     }
 
@@ -195,10 +219,15 @@ impl Session {
         frames: u32,
         delay: Duration,
         own: bool,
+        node: Option<u16>,
     ) {
         let id = self.owed_identity();
+        let id = crate::upstream::Identity {
+            node: node.unwrap_or(id.node),
+            ..id
+        };
         let id = if own {
-            self.ctx.upstream.own(id.db, id.proto)
+            self.ctx.upstream.own_on(id.db, id.proto, id.node)
         } else {
             id
         };

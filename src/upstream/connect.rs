@@ -13,12 +13,14 @@ use crate::resp::request::encode_command;
 use crate::stream::Stream;
 
 /// What an upstream connection is set up as: the login it runs as, the database and the
-/// protocol version of the sessions it serves.
+/// protocol version of the sessions it serves, and the node it goes to (a Redis
+/// Cluster's primary, `upstream/cluster.rs`; always 0 otherwise).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Identity {
     pub db: u32,
     pub proto: u8,
     pub login: LoginId,
+    pub node: u16,
 }
 
 /// Connects and runs the handshake as `login`; fails with the upstream's own error text
@@ -37,10 +39,10 @@ pub async fn connect(
     }
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address.as_str())).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(UpstreamError::Unavailable(e.to_string())),
+        Ok(Err(e)) => return Err(UpstreamError::Unavailable(format!("{address}: {e}"))),
         Err(_) => {
             return Err(UpstreamError::Unavailable(format!(
-                "connect timed out after {}",
+                "{address}: connect timed out after {}",
                 fmt_duration(timeout)
             )));
         }

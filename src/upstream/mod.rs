@@ -1,7 +1,9 @@
-//! Upstream connections: a few shared, multiplexed, pipelined connections per (database,
-//! protocol version), and dedicated ("pinned") connections for sessions in a stateful
-//! mode, kept in a small idle pool for reuse.
+//! Upstream connections: a few shared, multiplexed, pipelined connections per identity
+//! (database, protocol version, login, and for a Redis Cluster the node), and dedicated
+//! ("pinned") connections for sessions in a stateful mode, kept in a small idle pool for
+//! reuse.
 
+pub mod cluster;
 pub mod connect;
 pub mod login;
 pub mod sentinel;
@@ -80,10 +82,14 @@ pub struct Settings {
     /// Told the upstream's run id and clock (milliseconds) by every new shared
     /// connection.
     pub on_connect: Option<UpstreamObserver>,
+    /// A Redis Cluster node's address (its connections' settings); `None` for a
+    /// single upstream, however found.
+    pub node: Option<Arc<str>>,
 }
 
-/// Told an upstream's run id and its clock (milliseconds).
-pub type ObserveFn = dyn Fn(&str, u64) + Send + Sync;
+/// Told which upstream (a cluster node's address, or empty), its run id and its clock
+/// (milliseconds).
+pub type ObserveFn = dyn Fn(&str, &str, u64) + Send + Sync;
 
 /// A callback told what a new shared connection found out about its upstream.
 #[derive(Clone)]
@@ -227,6 +233,10 @@ struct Pool {
 #[derive(Debug)]
 pub struct Upstream {
     settings: Arc<Settings>,
+    /// A Redis Cluster upstream's slot map and nodes.
+    pub cluster: Option<Arc<cluster::Cluster>>,
+    /// Each cluster node's settings (its address), by node number, made when first used.
+    node_settings: std::sync::RwLock<Vec<Arc<Settings>>>,
     /// Round trips of shared-connection requests (a metric).
     pub rtt: Arc<Histogram>,
     pub logins: Arc<Logins>,
@@ -236,6 +246,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: Settings) -> Upstream {
+        Upstream::with_cluster(settings, None)
+    }
+
+    /// An upstream that is a Redis Cluster (`cluster`), or a single Redis (`None`).
+    pub fn with_cluster(settings: Settings, cluster: Option<cluster::Cluster>) -> Upstream {
         let own = settings
             .password
             .clone()
@@ -243,6 +258,8 @@ impl Upstream {
         let logins = Arc::new(Logins::new(own, settings.max_users));
         Upstream {
             settings: Arc::new(settings),
+            cluster: cluster.map(Arc::new),
+            node_settings: std::sync::RwLock::new(Vec::new()),
             rtt: Arc::new(Histogram::default()),
             logins,
             pools: DashMap::new(),
@@ -255,13 +272,65 @@ impl Upstream {
     }
 
     /// cachet's own identity for database `db` and protocol `proto` (its own work:
-    /// recording misses, re-sent invalidations, discovery).
+    /// recording misses, re-sent invalidations, discovery), on the node commands
+    /// without keys go to.
     pub fn own(&self, db: u32, proto: u8) -> Identity {
+        self.own_on(db, proto, self.keyless_node())
+    }
+
+    /// cachet's own identity on node `node`.
+    pub fn own_on(&self, db: u32, proto: u8, node: u16) -> Identity {
         Identity {
             db,
             proto,
             login: self.logins.own().id,
+            node,
         }
+    }
+
+    /// The node a command without keys goes to (0 unless the upstream is a cluster).
+    pub fn keyless_node(&self) -> u16 {
+        self.cluster.as_ref().and_then(|c| c.any()).unwrap_or(0)
+    }
+
+    /// The node serving `key` (0 unless the upstream is a cluster).
+    pub fn node_of(&self, key: &[u8]) -> u16 {
+        match &self.cluster {
+            None => 0,
+            Some(c) => c
+                .owner(crate::command::slot::key_slot(key))
+                .or_else(|| c.any())
+                .unwrap_or(0),
+        }
+    }
+
+    /// The settings connections to `node` are made with: the upstream's own, or for a
+    /// cluster node the same with that node's address.
+    pub fn node_settings(&self, node: u16) -> Arc<Settings> {
+        let Some(cluster) = &self.cluster else {
+            return self.settings.clone();
+        };
+        if let Ok(known) = self.node_settings.read()
+            && let Some(s) = known.get(usize::from(node))
+        {
+            return s.clone();
+        }
+        let Ok(mut known) = self.node_settings.write() else {
+            return self.settings.clone();
+        };
+        while known.len() <= usize::from(node) {
+            let n = known.len() as u16;
+            let address = cluster.address(n).unwrap_or_else(|| Arc::from(""));
+            known.push(Arc::new(Settings {
+                address: Target::new(address.to_string()),
+                node: Some(address),
+                ..(*self.settings).clone()
+            }));
+        }
+        known
+            .get(usize::from(node))
+            .cloned()
+            .unwrap_or_else(|| self.settings.clone())
     }
 
     /// The login an identity runs as; a forgotten one (which no session can hold)
@@ -336,7 +405,7 @@ impl Upstream {
 
     fn spawn_shared(&self, id: Identity, login: &Arc<Login>) -> SharedConn {
         SharedConn::spawn(
-            self.settings.clone(),
+            self.node_settings(id.node),
             id,
             login.clone(),
             self.logins.clone(),
@@ -393,8 +462,30 @@ impl Upstream {
     /// Whether a shared connection of database `db` (RESP2, cachet's own login) is up
     /// and none that is up has heard that the upstream does not serve data (loading, a
     /// replica cut off from its primary).
+    /// For a cluster: every slot has a primary, and every primary's connection is so.
     pub fn is_up_db(&self, db: u32) -> bool {
-        let id = self.own(db, 2);
+        match &self.cluster {
+            None => self.is_up(self.own(db, 2)),
+            Some(c) => {
+                let primaries = c.primaries();
+                c.covered() && primaries.iter().all(|&n| self.is_up(self.own_on(db, 2, n)))
+            }
+        }
+    }
+
+    /// Each cluster primary's address and whether cachet's connection to it is up (for
+    /// `/readyz` and `CACHET INFO`); empty for a single upstream.
+    pub fn nodes_up(&self) -> Vec<(Arc<str>, bool)> {
+        let Some(c) = &self.cluster else {
+            return Vec::new();
+        };
+        c.primaries()
+            .into_iter()
+            .filter_map(|n| Some((c.address(n)?, self.is_up(self.own_on(0, 2, n)))))
+            .collect()
+    }
+
+    fn is_up(&self, id: Identity) -> bool {
         self.pools
             .get(&id)
             .map(|p| {
@@ -429,7 +520,7 @@ impl Upstream {
                 Some(_) => continue,
                 None => {
                     let login = self.login_of(id);
-                    let r = connect::connect(&self.settings, id, &login).await;
+                    let r = connect::connect(&self.node_settings(id.node), id, &login).await;
                     if let Err(e) = &r {
                         login::refused(&login, &self.logins, e);
                     }
@@ -466,6 +557,7 @@ impl Upstream {
             db: 0,
             proto: 2,
             login: login.id,
+            node: self.keyless_node(),
         };
         self.connect_as_identity(login, id).await
     }
@@ -479,9 +571,56 @@ impl Upstream {
     ) -> Result<Stream, UpstreamError> {
         let settings = Settings {
             preload: Vec::new(),
-            ..(*self.settings).clone()
+            ..(*self.node_settings(id.node)).clone()
         };
         connect::connect(&settings, id, login).await
+    }
+}
+
+impl Upstream {
+    /// Reads a cluster's slot map from the first node that answers `CLUSTER SLOTS`
+    /// (known primaries, then the seeds); whether any slot changed primary.
+    pub async fn refresh_cluster(&self) -> Result<bool, UpstreamError> {
+        let Some(cluster) = &self.cluster else {
+            return Ok(false);
+        };
+        let mut candidates: Vec<String> = cluster
+            .primaries()
+            .into_iter()
+            .filter_map(|n| cluster.address(n).map(|a| a.to_string()))
+            .collect();
+        candidates.extend(cluster.seeds.iter().cloned());
+        let mut last = UpstreamError::Unavailable("no cluster node known".into());
+        let own = self.logins.own().clone();
+        for address in candidates {
+            let node = cluster.node(&address);
+            let result = async {
+                let mut conn = self
+                    .connect_as_identity(&own, self.own_on(0, 2, node))
+                    .await?;
+                let limit = self.settings.command_timeout;
+                let replies = tokio::time::timeout(
+                    limit,
+                    connect::roundtrip(&mut conn, &[cluster::slots_command()]),
+                )
+                .await
+                .map_err(|_| UpstreamError::Timeout(limit))??;
+                let reply = replies.first().ok_or(UpstreamError::Lost)?;
+                cluster::parse_slots(reply, &address).ok_or_else(|| {
+                    UpstreamError::Protocol(format!(
+                        "CLUSTER SLOTS answered {}",
+                        String::from_utf8_lossy(reply).trim_end()
+                    ))
+                })
+            }
+            .await;
+            match result {
+                Ok(ranges) if !ranges.is_empty() => return Ok(cluster.install(&ranges)),
+                Ok(_) => last = UpstreamError::Unavailable(format!("{address} serves no slots")),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }
 
@@ -498,6 +637,7 @@ pub async fn probe_anonymous(settings: &Settings, logins: &Logins) {
         db: 0,
         proto: 2,
         login: LoginId::ANONYMOUS,
+        node: 0,
     };
     let result = async {
         let mut conn = connect::connect(settings, id, &anonymous).await?;

@@ -389,7 +389,7 @@ async fn write_loop(
     // it reaches, and whether it serves.
     let mut batch = vec![role_job(health, true), probe_job(health)];
     if let Some(observer) = &settings.on_connect {
-        batch.push(identity_job(observer.clone()));
+        batch.push(identity_job(observer.clone(), settings.node.clone()));
     }
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -525,7 +525,7 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
 
 /// `INFO server` and `TIME` on a new connection: the upstream's run id (it changes when
 /// the upstream restarts) and clock, for the observer.
-fn identity_job(observer: super::UpstreamObserver) -> Job {
+fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Job {
     let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
     tokio::spawn(async move {
         let Some(Ok(reply)) = rx.recv().await else {
@@ -550,7 +550,7 @@ fn identity_job(observer: super::UpstreamObserver) -> Job {
             Some(secs * 1000 + micros / 1000)
         });
         if let (Some(run_id), Some(clock)) = (run_id, clock) {
-            (observer.0)(&run_id, clock);
+            (observer.0)(node.as_deref().unwrap_or(""), &run_id, clock);
         }
     });
     Job {

@@ -9,6 +9,7 @@
 
 pub mod cachet;
 pub mod certs;
+pub mod cluster;
 pub mod compare;
 pub mod http;
 pub mod process;

@@ -23,7 +23,27 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// A free port whose cluster bus port (the port + 10000) is free too and valid, for a
+/// `--cluster-enabled yes` node.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl RedisServer {
+    /// A port for this server: a cluster node needs its bus port free too.
+    fn pick_port(&self) -> u16 {
+        if self.extra.iter().any(|a| a == "--cluster-enabled") {
+            free_cluster_port()
+        } else {
+            free_port()
+        }
+    }
+
     /// Starts a server with no persistence; `extra` are more `redis-server` arguments
     /// such as `["--requirepass", "secret"]`.
     pub fn start_with(extra: &[&str]) -> RedisServer {
@@ -68,7 +88,8 @@ impl RedisServer {
             tls,
             conf: None,
         };
-        server.spawn_on(free_port());
+        let port = server.pick_port();
+        server.spawn_on(port);
         server
     }
 
@@ -101,7 +122,7 @@ impl RedisServer {
 
     fn spawn_on(&mut self, port: u16) {
         for attempt in 0..5 {
-            let port = if attempt == 0 { port } else { free_port() };
+            let port = if attempt == 0 { port } else { self.pick_port() };
             let child = Command::new("redis-server")
                 .args(self.conf.iter())
                 .args(self.port_args(port))

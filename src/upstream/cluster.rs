@@ -1,0 +1,270 @@
+//! A Redis Cluster upstream (`redis+cluster://seed,seed`): which primary serves each of
+//! the 16384 hash slots, and how cachet keeps knowing it.
+//!
+//! The map comes from `CLUSTER SLOTS`, asked of a known primary (or, failing those, a
+//! seed): at start-up, every [`REFRESH_EVERY`], and at once when a reply says a slot
+//! moved (`-MOVED`, whose slot and address also update the map on the spot). Nodes get
+//! a small number, their index in an append-only table, which is part of a connection's
+//! [`Identity`](super::Identity): every primary has its own shared and dedicated
+//! connections, made by the same code as a single upstream's.
+//!
+//! cachet adds no cluster logic of its own: Redis decides where a key lives; cachet only
+//! routes a command to the node that serves its keys' slot, re-sends it where `-MOVED`
+//! or `-ASK` says (a slot being migrated), and answers commands whose keys span slots
+//! with Redis's own `-CROSSSLOT` error. The fill protocol's state lives beside each key,
+//! in its slot (`engine/reserved.rs`), so every atomic unit stays on one node.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+
+use crate::command::slot::SLOTS;
+use crate::resp::reply::{elements, int_value, string_value};
+
+/// How often the slot map is read again without a reason.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(2);
+/// The shortest time between two refreshes (a burst of `-MOVED` asks for one).
+pub const REFRESH_AT_MOST_EVERY: Duration = Duration::from_millis(100);
+/// A node number no node has: the slot is served by nobody cachet knows.
+const NONE: u16 = u16::MAX;
+/// Times one command is re-sent after `-MOVED`/`-ASK` before the client sees the error.
+pub const MAX_REDIRECTS: u8 = 5;
+
+/// The slot map and the node table of one cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The addresses the URL names, tried when no known primary answers.
+    pub seeds: Vec<String>,
+    /// `host:port` of every node ever seen, by node number (never shrinks, so that a
+    /// number in an [`Identity`](super::Identity) always means the same node).
+    nodes: std::sync::RwLock<Vec<Arc<str>>>,
+    map: ArcSwap<SlotMap>,
+    /// Wakes the refresh task early.
+    pub wake: tokio::sync::Notify,
+    /// Times the map changed (a metric, and how tests see a refresh).
+    pub changes: AtomicU64,
+}
+
+/// Which node serves each slot.
+#[derive(Debug, Clone)]
+pub struct SlotMap {
+    owner: Vec<u16>,
+}
+
+impl Default for SlotMap {
+    fn default() -> Self {
+        SlotMap {
+            owner: vec![NONE; usize::from(SLOTS)],
+        }
+    }
+}
+
+/// Where `-MOVED` or `-ASK` sends a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    pub slot: u16,
+    pub address: String,
+    /// `-ASK`: the slot is being migrated; the command goes there once, after `ASKING`.
+    pub ask: bool,
+}
+
+impl Redirect {
+    /// Reads `-MOVED <slot> <host:port>` or `-ASK <slot> <host:port>`; `None` for
+    /// anything else.
+    pub fn parse(reply: &[u8]) -> Option<Redirect> {
+        let (ask, rest) = if let Some(rest) = reply.strip_prefix(b"-MOVED ") {
+            (false, rest)
+        } else {
+            (true, reply.strip_prefix(b"-ASK ")?)
+        };
+        let end = memchr::memchr(b'\r', rest).unwrap_or(rest.len());
+        let line = std::str::from_utf8(rest.get(..end)?).ok()?;
+        let (slot, address) = line.split_once(' ')?;
+        let slot: u16 = slot.parse().ok().filter(|s| *s < SLOTS)?;
+        Some(Redirect {
+            slot,
+            address: address.to_owned(),
+            ask,
+        })
+    }
+}
+
+impl Cluster {
+    pub fn new(seeds: Vec<String>) -> Cluster {
+        Cluster {
+            seeds,
+            nodes: std::sync::RwLock::new(Vec::new()),
+            map: ArcSwap::from_pointee(SlotMap::default()),
+            wake: tokio::sync::Notify::new(),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// The number of the node at `address`, given one if it is new.
+    pub fn node(&self, address: &str) -> u16 {
+        if let Ok(nodes) = self.nodes.read()
+            && let Some(i) = nodes.iter().position(|n| &**n == address)
+        {
+            return i as u16;
+        }
+        let Ok(mut nodes) = self.nodes.write() else {
+            return NONE;
+        };
+        if let Some(i) = nodes.iter().position(|n| &**n == address) {
+            return i as u16;
+        }
+        nodes.push(Arc::from(address));
+        (nodes.len() - 1) as u16
+    }
+
+    /// The address of node `node`.
+    pub fn address(&self, node: u16) -> Option<Arc<str>> {
+        self.nodes.read().ok()?.get(usize::from(node)).cloned()
+    }
+
+    /// The node serving `slot`, if the map knows one.
+    pub fn owner(&self, slot: u16) -> Option<u16> {
+        let o = *self.map.load().owner.get(usize::from(slot))?;
+        (o != NONE).then_some(o)
+    }
+
+    /// Where commands without keys go: the node serving slot 0, or any primary.
+    pub fn any(&self) -> Option<u16> {
+        self.owner(0).or_else(|| self.primaries().first().copied())
+    }
+
+    /// Every node that serves a slot now (the primaries), in node order.
+    pub fn primaries(&self) -> Vec<u16> {
+        let map = self.map.load();
+        let mut out: Vec<u16> = map.owner.iter().copied().filter(|&o| o != NONE).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Whether every slot has a node.
+    pub fn covered(&self) -> bool {
+        self.map.load().owner.iter().all(|&o| o != NONE)
+    }
+
+    /// A reply said `slot` is served at `address` now: the map says so at once (so
+    /// that the next command goes there), and a refresh is asked for. Returns the node.
+    pub fn moved(&self, slot: u16, address: &str) -> u16 {
+        let node = self.node(address);
+        if self.owner(slot) != Some(node) {
+            let mut map = (**self.map.load()).clone();
+            if let Some(o) = map.owner.get_mut(usize::from(slot)) {
+                *o = node;
+            }
+            self.map.store(Arc::new(map));
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.wake.notify_one();
+        node
+    }
+
+    /// Installs the map read from `CLUSTER SLOTS`; whether any slot changed owner
+    /// (slots no node serves in `slots` keep their last known owner).
+    pub fn install(&self, ranges: &[(u16, u16, String)]) -> bool {
+        let old = self.map.load_full();
+        let mut map = (*old).clone();
+        for (start, end, address) in ranges {
+            let node = self.node(address);
+            for s in *start..=(*end).min(SLOTS - 1) {
+                if let Some(o) = map.owner.get_mut(usize::from(s)) {
+                    *o = node;
+                }
+            }
+        }
+        let changed = map.owner != old.owner;
+        if changed {
+            self.map.store(Arc::new(map));
+            self.changes.fetch_add(1, Ordering::Relaxed);
+        }
+        changed
+    }
+}
+
+/// The slot ranges and their primaries' addresses from a `CLUSTER SLOTS` reply asked
+/// of `asked` (whose host stands in for a node that does not know its own).
+pub fn parse_slots(reply: &[u8], asked: &str) -> Option<Vec<(u16, u16, String)>> {
+    let asked_host = asked
+        .rsplit_once(':')
+        .map_or(asked, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let mut out = Vec::new();
+    for range in elements(reply)? {
+        let el = elements(range)?;
+        let start = u16::try_from(int_value(el.first()?)?).ok()?;
+        let end = u16::try_from(int_value(el.get(1)?)?).ok()?;
+        let primary = elements(el.get(2)?)?;
+        let host = std::str::from_utf8(string_value(primary.first()?)?).ok()?;
+        let host = if host.is_empty() || host == "?" {
+            asked_host
+        } else {
+            host
+        };
+        let port = u16::try_from(int_value(primary.get(1)?)?).ok()?;
+        out.push((start, end, crate::config::join_host_port(host, port)));
+    }
+    Some(out)
+}
+
+/// `CLUSTER SLOTS`, encoded.
+pub fn slots_command() -> Vec<Bytes> {
+    vec![Bytes::from_static(b"CLUSTER"), Bytes::from_static(b"SLOTS")]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_parse() {
+        assert_eq!(
+            Redirect::parse(b"-MOVED 3999 127.0.0.1:6381\r\n"),
+            Some(Redirect {
+                slot: 3999,
+                address: "127.0.0.1:6381".into(),
+                ask: false
+            })
+        );
+        assert!(Redirect::parse(b"-ASK 1 h:2\r\n").unwrap().ask);
+        let block = Redirect::parse(b"-ASK 1 h:2\r\n+QUEUED\r\n").unwrap();
+        assert_eq!(block.address, "h:2");
+        assert_eq!(Redirect::parse(b"-MOVED 16384 h:1\r\n"), None);
+        assert_eq!(Redirect::parse(b"-ERR MOVED\r\n"), None);
+        assert_eq!(Redirect::parse(b"+OK\r\n"), None);
+    }
+
+    #[test]
+    fn slot_map_follows_slots_and_moves() {
+        let reply = b"*2\r\n*3\r\n:0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n\
+*4\r\n:8192\r\n:16383\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n*2\r\n$1\r\nh\r\n:7003\r\n";
+        let ranges = parse_slots(reply, "10.0.0.1:7000").unwrap();
+        assert_eq!(
+            ranges,
+            vec![
+                (0, 8191, "127.0.0.1:7000".to_owned()),
+                (8192, 16383, "10.0.0.1:7001".to_owned())
+            ]
+        );
+        let c = Cluster::new(vec!["10.0.0.1:7000".into()]);
+        assert!(c.install(&ranges));
+        assert!(!c.install(&ranges));
+        assert!(c.covered());
+        let (a, b) = (c.owner(0).unwrap(), c.owner(16383).unwrap());
+        assert_ne!(a, b);
+        assert_eq!(c.primaries(), vec![a, b]);
+        assert_eq!(&*c.address(b).unwrap(), "10.0.0.1:7001");
+        assert_eq!(c.moved(5, "10.0.0.1:7001"), b);
+        assert_eq!(c.owner(5), Some(b));
+        assert_eq!(c.owner(6), Some(a));
+        assert_eq!(c.any(), Some(a));
+    }
+}

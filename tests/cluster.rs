@@ -1,0 +1,331 @@
+//! A Redis Cluster upstream (`redis+cluster://`): three primaries with a replica each,
+//! real `redis-server --cluster-enabled yes` processes on free ports. Keys are routed to
+//! the primary serving their slot, cross-slot commands answer as a cluster node does,
+//! a slot moved under load and a primary killed are followed without the client seeing
+//! redirects, and the fill protocol keeps its promise with its state in each key's
+//! slot (docs/design.md, "Redis Cluster").
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cachet::{Cachet, config_for};
+use support::cluster::RedisCluster;
+use support::raw::{Raw, cmd, words};
+use support::redis::RedisServer;
+
+const OK: &[u8] = b"+OK\r\n";
+const NIL: &[u8] = b"$-1\r\n";
+const HOLD_OFF: Duration = Duration::from_millis(300);
+const LEASE: Duration = Duration::from_millis(600);
+
+fn cachet(cluster: &RedisCluster) -> Cachet {
+    let mut config = config_for(&cluster.url());
+    config.consistency.hold_off = HOLD_OFF;
+    config.consistency.lease_ttl = LEASE;
+    config.consistency.fill_window = Duration::from_secs(3);
+    config.consistency.coalesce_wait = Duration::from_millis(50);
+    Cachet::start_with(config)
+}
+
+fn bulk(v: &str) -> Vec<u8> {
+    format!("${}\r\n{v}\r\n", v.len()).into_bytes()
+}
+
+/// What the primary serving `key` holds (read directly, not through cachet).
+fn upstream(cluster: &RedisCluster, key: &str) -> Vec<u8> {
+    Raw::connect(cluster.primary_of(key).addr()).call(&cmd(&[b"GET", key.as_bytes()]))
+}
+
+#[test]
+fn thousands_of_keys_land_on_their_primaries_and_read_back() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let mut c = Raw::connect(cachet.addr);
+    const N: usize = 3000;
+    // Pipelined, as a client would: the replies come back in order across nodes.
+    let mut sets = Vec::new();
+    for i in 0..N {
+        sets.extend(words(&format!("SET key:{i} v{i}")));
+    }
+    c.send(&sets);
+    for i in 0..N {
+        assert_eq!(c.frame(), OK, "SET key:{i}");
+    }
+    let mut gets = Vec::new();
+    for i in 0..N {
+        gets.extend(words(&format!("GET key:{i}")));
+    }
+    c.send(&gets);
+    for i in 0..N {
+        assert_eq!(c.frame(), bulk(&format!("v{i}")), "GET key:{i}");
+    }
+    // Each key is on the primary serving its slot, and the keys are spread.
+    let mut ports = std::collections::BTreeSet::new();
+    for i in (0..N).step_by(97) {
+        let key = format!("key:{i}");
+        assert_eq!(upstream(&cluster, &key), bulk(&format!("v{i}")));
+        ports.insert(cluster.primary_of(&key).port());
+    }
+    assert_eq!(ports.len(), 3, "keys on every primary");
+    assert_eq!(c.call(&words("DBSIZE")), format!(":{N}\r\n").into_bytes());
+}
+
+#[test]
+fn commands_answer_as_a_cluster_node_does() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let mut c = Raw::connect(cachet.addr);
+    let mut node = Raw::connect(cluster.primary_of("a").addr());
+    // Multi-key commands across slots: split by slot, answered as one Redis would.
+    let standalone = RedisServer::start();
+    let mut one = Raw::connect(standalone.addr());
+    for line in [
+        "MSET a 1 b 2 c 3 {a}x 4 :1:d 5",
+        "MGET c nope a {a}x b :1:d",
+        "EXISTS a b nope c a",
+        "TOUCH a b nope",
+        "MGET a",
+        "DEL a b nope {a}x",
+        "UNLINK c :1:d",
+        "MGET a b c {a}x :1:d",
+        "MSET a",
+    ] {
+        assert_eq!(
+            String::from_utf8_lossy(&c.call(&words(line))),
+            String::from_utf8_lossy(&one.call(&words(line))),
+            "{line}"
+        );
+    }
+    // Other commands across slots: Redis Cluster's own refusal, byte for byte.
+    for line in ["SINTER a b", "RENAME a b", "MSETNX a 1 b 2"] {
+        assert_eq!(c.call(&words(line)), node.call(&words(line)), "{line}");
+    }
+    // Keys sharing a hash tag go together.
+    assert_eq!(c.call(&words("MSET {u1}:a 1 {u1}:b 2")), OK);
+    assert_eq!(
+        c.call(&words("MGET {u1}:a {u1}:b")),
+        b"*2\r\n$1\r\n1\r\n$1\r\n2\r\n"
+    );
+    assert_eq!(c.call(&words("DEL {u1}:a {u1}:b")), b":2\r\n");
+    // A cluster has database 0 only.
+    assert!(c.call(&words("SELECT 1")).starts_with(b"-ERR"));
+    assert_eq!(c.call(&words("SELECT 0")), OK);
+    // Keyless commands: one node, or every primary.
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+    // (Cache keys above left fill-protocol state behind, which DBSIZE counts.)
+    assert_eq!(c.call(&words("FLUSHALL")), OK);
+    for i in 0..30 {
+        assert_eq!(c.call(&words(&format!("SET k{i} x"))), OK);
+    }
+    assert_eq!(c.call(&words("DBSIZE")), b":30\r\n");
+    let keys = c.call(&words("KEYS k*"));
+    assert!(
+        keys.starts_with(b"*30\r\n"),
+        "{}",
+        String::from_utf8_lossy(&keys)
+    );
+    assert_eq!(c.call(&words("FLUSHALL")), OK);
+    assert_eq!(c.call(&words("DBSIZE")), b":0\r\n");
+    // A transaction on one slot.
+    assert_eq!(c.call(&words("WATCH {t}x")), OK);
+    assert_eq!(c.call(&words("MULTI")), OK);
+    assert_eq!(c.call(&words("SET {t}x 1")), b"+QUEUED\r\n");
+    assert_eq!(c.call(&words("INCR {t}y")), b"+QUEUED\r\n");
+    assert_eq!(c.call(&words("EXEC")), b"*2\r\n+OK\r\n:1\r\n");
+    assert_eq!(upstream(&cluster, "{t}y"), bulk("1"));
+}
+
+/// A slot migrated with `SETSLOT MIGRATING/IMPORTING` and `MIGRATE`, as `redis-cli
+/// --cluster reshard` does, while a client reads and writes keys in it: `-ASK` and
+/// `-MOVED` are followed by cachet, the client sees no error and reads its writes.
+#[test]
+fn a_slot_moved_under_load_is_followed_without_client_errors() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let from = cluster.primary_of("{hot}");
+    let to = cluster.other_primary(from);
+    let slot = cluster.slot("{hot}");
+    let addr = cachet.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Raw::connect(addr);
+            let mut errors = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                // Strict keys, and cache keys whose writes run the fill protocol's
+                // scripts (their state shares the slot).
+                let key = match n % 2 {
+                    0 => format!("{{hot}}:{}", n % 50),
+                    _ => format!(":1:{{hot}}:{}", n % 50),
+                };
+                let r = c.call(&words(&format!("SET {key} {n}")));
+                if r != OK {
+                    errors.push(String::from_utf8_lossy(&r).into_owned());
+                }
+                let r = c.call(&words(&format!("GET {key}")));
+                if r != bulk(&n.to_string()) {
+                    errors.push(String::from_utf8_lossy(&r).into_owned());
+                }
+            }
+            (n, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    cluster.move_slot(slot, from, to, || {
+        std::thread::sleep(Duration::from_millis(300))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (n, errors) = load.join().unwrap();
+    assert!(n > 100, "{n} rounds");
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert_eq!(cluster.primary_of("{hot}").port(), to.port());
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.call(&words("SET {hot}:after 1")), OK);
+    assert_eq!(upstream(&cluster, "{hot}:after"), bulk("1"));
+}
+
+/// A primary dies; its replica is promoted by the cluster; cachet's clients are served
+/// again within seconds.
+#[test]
+fn a_killed_primary_is_replaced_and_clients_recover_within_seconds() {
+    let mut cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("SET victim 1")), OK);
+    let port = cluster.primary_of("victim").port();
+    let i = cluster.nodes.iter().position(|n| n.port() == port).unwrap();
+    let killed = Instant::now();
+    cluster.nodes[i].kill();
+    let deadline = killed + Duration::from_secs(20);
+    let recovered = loop {
+        let r = c.call(&words("SET victim 2"));
+        if r == OK {
+            break killed.elapsed();
+        }
+        if Instant::now() >= deadline {
+            let alive = cluster.nodes.iter().find(|n| n.port() != port).unwrap();
+            let nodes = Raw::connect(alive.addr()).call(&words("CLUSTER NODES"));
+            panic!(
+                "still failing: {}; the cluster says {}",
+                String::from_utf8_lossy(&r),
+                String::from_utf8_lossy(&nodes)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The cluster itself needs node-timeout (2 s) and an election; cachet adds at most
+    // its map refresh.
+    assert!(
+        recovered < Duration::from_secs(10),
+        "recovered after {recovered:?}"
+    );
+    assert_eq!(c.call(&words("GET victim")), bulk("2"));
+}
+
+// The fill protocol against a cluster: its state lives beside each key, in its slot.
+
+#[test]
+fn a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation() {
+    let cluster = RedisCluster::start();
+    let (a, b) = (cachet(&cluster), cachet(&cluster));
+    let (mut r2, mut r1, mut writer) = (
+        Raw::connect(b.addr),
+        Raw::connect(a.addr),
+        Raw::connect(b.addr),
+    );
+    for key in [":1:item", ":1:other", ":1:third"] {
+        assert_eq!(r2.call(&words(&format!("GET {key}"))), NIL);
+        assert_eq!(r1.call(&words(&format!("GET {key}"))), NIL);
+        assert_eq!(writer.call(&words(&format!("DEL {key}"))), b":0\r\n");
+        std::thread::sleep(HOLD_OFF * 2);
+        assert_eq!(r1.call(&words(&format!("SET {key} old EX 600"))), OK);
+        assert_eq!(upstream(&cluster, key), NIL, "{key}");
+    }
+}
+
+#[test]
+fn fills_after_a_lease_expired_or_on_another_connection_are_judged() {
+    let cluster = RedisCluster::start();
+    let a = cachet(&cluster);
+    let mut conns: Vec<Raw> = (0..4).map(|_| Raw::connect(a.addr)).collect();
+    // A fill after its lease expired, judged by its miss.
+    assert_eq!(conns[0].call(&words("GET :1:late")), NIL);
+    assert_eq!(conns[3].call(&words("DEL :1:late")), b":0\r\n");
+    std::thread::sleep(LEASE + HOLD_OFF);
+    assert_eq!(conns[0].call(&words("SET :1:late old EX 600")), OK);
+    assert_eq!(upstream(&cluster, ":1:late"), NIL);
+    // A fill on a third pooled connection after a later fill.
+    assert_eq!(conns[0].call(&words("GET :1:item")), NIL);
+    assert_eq!(conns[3].call(&words("DEL :1:item")), b":0\r\n");
+    std::thread::sleep(HOLD_OFF * 2);
+    assert_eq!(conns[1].call(&words("GET :1:item")), NIL);
+    assert_eq!(conns[1].call(&words("SET :1:item new EX 600")), OK);
+    assert_eq!(conns[2].call(&words("SET :1:item old EX 600")), OK);
+    assert_ne!(upstream(&cluster, ":1:item"), bulk("old"));
+    // A fresh fill is stored.
+    assert_eq!(conns[0].call(&words("GET :1:fresh")), NIL);
+    assert_eq!(conns[0].call(&words("SET :1:fresh v EX 600")), OK);
+    assert_eq!(upstream(&cluster, ":1:fresh"), bulk("v"));
+}
+
+/// Django's `get_many`/`set_many` without a transaction: an `MGET` and an `MSET` across
+/// slots, split by cachet; each part is judged, so the key deleted in between is not
+/// filled with the stale value and the others are.
+#[test]
+fn a_split_mset_fill_is_judged_key_by_key() {
+    let cluster = RedisCluster::start();
+    let a = cachet(&cluster);
+    let (mut app, mut writer) = (Raw::connect(a.addr), Raw::connect(a.addr));
+    assert_eq!(
+        app.call(&words("MGET :1:m1 :1:m2 :1:m3")),
+        b"*3\r\n$-1\r\n$-1\r\n$-1\r\n"
+    );
+    assert_eq!(writer.call(&words("DEL :1:m2")), b":0\r\n");
+    std::thread::sleep(HOLD_OFF * 2);
+    assert_eq!(app.call(&words("MSET :1:m1 a :1:m2 stale :1:m3 c")), OK);
+    assert_eq!(upstream(&cluster, ":1:m1"), bulk("a"));
+    assert_eq!(upstream(&cluster, ":1:m2"), NIL);
+    assert_eq!(upstream(&cluster, ":1:m3"), bulk("c"));
+}
+
+/// Pub/sub through cachet: `PUBLISH` reaches subscribers whatever node either is on,
+/// and sharded channels reach theirs.
+#[test]
+fn published_messages_reach_subscribers_across_the_cluster() {
+    let cluster = RedisCluster::start();
+    let a = cachet(&cluster);
+    let mut sub = Raw::connect(a.addr);
+    sub.send(&words("SUBSCRIBE news"));
+    assert!(sub.frame().starts_with(b"*3\r\n$9\r\nsubscribe"));
+    let mut ssub = Raw::connect(a.addr);
+    ssub.send(&words("SSUBSCRIBE {s}chan"));
+    assert!(ssub.frame().starts_with(b"*3\r\n$10\r\nssubscribe"));
+    let mut publisher = Raw::connect(a.addr);
+    // Published on a node other than the subscriber's (the channel name's slot does
+    // not matter for PUBLISH; the key before it moves the session to another node).
+    for key in ["a", "b", "c"] {
+        assert_eq!(publisher.call(&words(&format!("SET {key} 1"))), OK);
+    }
+    assert_eq!(publisher.call(&words("PUBLISH news hello")), b":1\r\n");
+    assert_eq!(
+        sub.frame(),
+        b"*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+    );
+    assert_eq!(publisher.call(&words("SPUBLISH {s}chan hi")), b":1\r\n");
+    assert_eq!(
+        ssub.frame(),
+        b"*3\r\n$8\r\nsmessage\r\n$7\r\n{s}chan\r\n$2\r\nhi\r\n"
+    );
+}

@@ -138,6 +138,16 @@ impl Profile {
         )
     }
 
+    /// Profiles that run against a Redis Cluster: not those that restart or cut off
+    /// the one Redis behind the cachets, nor the transaction of several keys in
+    /// different slots (which a cluster refuses, with or without cachet).
+    pub fn runs_on_a_cluster(self) -> bool {
+        !matches!(
+            self,
+            Profile::UpstreamRestart | Profile::DroppedInvalidation | Profile::SetManyPipeline
+        )
+    }
+
     /// Profiles that need at least two cachets.
     pub fn needs_several(self) -> bool {
         matches!(self, Profile::MultiSidecar | Profile::RestartOneOfSeveral)
@@ -323,6 +333,9 @@ pub struct Targets {
     /// In front of the direct Redis (`direct` is its address) and of the cachets'
     /// upstream.
     pub faults: Option<(Arc<FaultProxy>, Arc<FaultProxy>)>,
+    /// The cachets' upstream is a Redis Cluster (these nodes); the direct runs still
+    /// use one Redis (the workers' client routes to one address).
+    pub cluster: Vec<Proc>,
 }
 
 /// What the suite runs.
@@ -352,6 +365,11 @@ pub async fn run_suite(opts: &Options, targets: &Targets, db: Arc<Db>) -> Vec<Pr
         let mut report = ProfileReport::new(profile);
         if profile.needs_spawn() && targets.redis.is_none() {
             report.skipped = Some("needs --spawn".into());
+            out.push(report);
+            continue;
+        }
+        if !targets.cluster.is_empty() && !profile.runs_on_a_cluster() {
+            report.skipped = Some("not with --cluster".into());
             out.push(report);
             continue;
         }

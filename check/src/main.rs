@@ -32,6 +32,11 @@ struct Cli {
     /// Start redis-servers and the cachet next to this executable on free ports.
     #[arg(long, conflicts_with_all = ["direct", "proxy"])]
     spawn: bool,
+    /// With --spawn: the cachets' upstream is a Redis Cluster of three primaries
+    /// (`redis+cluster://`); profiles that restart or cut off the upstream, and the
+    /// cross-slot transaction, are skipped.
+    #[arg(long, requires = "spawn")]
+    cluster: bool,
     /// With --spawn: this many cachets in front of one Redis.
     #[arg(long, default_value_t = 1, value_name = "N")]
     proxies: usize,
@@ -173,6 +178,7 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
             redis: None,
             cachets: Vec::new(),
             faults: None,
+            cluster: Vec::new(),
         });
     }
     let exe = std::env::current_exe().context("locating cachet-check")?;
@@ -198,11 +204,19 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
         .await
         .map_err(anyhow::Error::msg)?;
     let config = spawn::cachet_config(windows).map_err(anyhow::Error::msg)?;
+    let cluster = if cli.cluster {
+        Proc::cluster(3).map_err(anyhow::Error::msg)?
+    } else {
+        Vec::new()
+    };
+    let upstream_url = match cluster.first() {
+        Some(seed) => format!("redis+cluster://{}", seed.addr()),
+        None => format!("redis://{}/0", upstream_faults.addr),
+    };
     let mut cachets = Vec::new();
     let mut proxies = Vec::new();
     for _ in 0..cli.proxies.max(1) {
-        let c =
-            Proc::cachet(&cachet_exe, upstream_faults.addr, &config).map_err(anyhow::Error::msg)?;
+        let c = Proc::cachet(&cachet_exe, &upstream_url, &config).map_err(anyhow::Error::msg)?;
         proxies.push(c.addr());
         cachets.push(Arc::new(Mutex::new(c)));
     }
@@ -213,5 +227,6 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
         direct_redis: Some(Arc::new(Mutex::new(direct))),
         cachets,
         faults: Some((direct_faults, upstream_faults)),
+        cluster,
     })
 }

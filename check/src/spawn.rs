@@ -58,7 +58,63 @@ pub fn free_port() -> Result<u16, String> {
 impl Proc {
     /// A `redis-server` with no persistence (a restart empties it).
     pub fn redis() -> Result<Proc, String> {
-        let port = free_port()?;
+        Proc::redis_with(free_port()?, &[])
+    }
+
+    /// A Redis Cluster of `n` primaries (no replicas) joined with `redis-cli --cluster
+    /// create`, its state `ok` on every node.
+    pub fn cluster(n: usize) -> Result<Vec<Proc>, String> {
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            // The cluster bus listens on the port + 10000.
+            let port = loop {
+                let p = free_port()?;
+                if p <= 55535 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
+                    break p;
+                }
+            };
+            nodes.push(Proc::redis_with(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ],
+            )?);
+        }
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|p| p.addr().to_string()))
+            .arg("--cluster-yes")
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "redis-cli --cluster create: {}",
+                String::from_utf8_lossy(&out.stdout)
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &node.port.to_string(), "CLUSTER", "INFO"])
+                    .output()
+                    .map_err(|e| format!("redis-cli: {e}"))?;
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err("the cluster did not come up".into());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(nodes)
+    }
+
+    fn redis_with(port: u16, extra: &[&str]) -> Result<Proc, String> {
         let dir = std::env::temp_dir().join(format!("cachet-check-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let args = [
@@ -75,6 +131,10 @@ impl Proc {
         ]
         .map(String::from)
         .to_vec();
+        let args = args
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         let mut p = Proc {
             child: None,
             port,
@@ -87,8 +147,8 @@ impl Proc {
     }
 
     /// The `cachet` binary `exe` with configuration file `config`, in front of the
-    /// Redis at `upstream`.
-    pub fn cachet(exe: &Path, upstream: SocketAddr, config: &Path) -> Result<Proc, String> {
+    /// Redis at `upstream` (a URL).
+    pub fn cachet(exe: &Path, upstream: &str, config: &Path) -> Result<Proc, String> {
         let port = free_port()?;
         let args = [
             "--config".to_string(),
@@ -96,7 +156,7 @@ impl Proc {
             "--listen".to_string(),
             format!("127.0.0.1:{port}"),
             "--upstream".into(),
-            format!("redis://{upstream}/0"),
+            upstream.to_owned(),
             "--admin".into(),
             "off".into(),
             "--log-level".into(),

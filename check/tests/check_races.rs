@@ -44,6 +44,7 @@ async fn slow_fill_is_stale_directly_and_never_through_cachet() {
         redis: None,
         cachets: Vec::new(),
         faults: None,
+        cluster: Vec::new(),
     };
     let opts = Options {
         profiles: vec![Profile::SlowFill],
@@ -107,6 +108,7 @@ async fn a_checker_without_teeth_fails_the_suite() {
         redis: None,
         cachets: Vec::new(),
         faults: None,
+        cluster: Vec::new(),
     };
     let opts = Options {
         profiles: vec![Profile::WriteThrough, Profile::CachetRestart],

@@ -136,6 +136,25 @@ fn commands_answer_as_a_cluster_node_does() {
     assert_eq!(c.call(&words("INCR {t}y")), b"+QUEUED\r\n");
     assert_eq!(c.call(&words("EXEC")), b"*2\r\n+OK\r\n:1\r\n");
     assert_eq!(upstream(&cluster, "{t}y"), bulk("1"));
+    // A transaction without WATCH goes where its first command's keys live, on
+    // whichever primary that is.
+    for tag in ["a", "b", "c", "d"] {
+        assert_eq!(c.call(&words("MULTI")), OK);
+        assert_eq!(c.call(&words(&format!("SET {{{tag}}}x 1"))), b"+QUEUED\r\n");
+        assert_eq!(c.call(&words(&format!("INCR {{{tag}}}y"))), b"+QUEUED\r\n");
+        assert_eq!(c.call(&words("EXEC")), b"*2\r\n+OK\r\n:1\r\n", "{tag}");
+        assert_eq!(upstream(&cluster, &format!("{{{tag}}}y")), bulk("1"));
+    }
+    // Empty and nested transactions answer as Redis does.
+    assert_eq!(c.call(&words("MULTI")), OK);
+    assert_eq!(c.call(&words("EXEC")), b"*0\r\n");
+    assert_eq!(c.call(&words("MULTI")), OK);
+    assert_eq!(
+        c.call(&words("MULTI")),
+        b"-ERR MULTI calls can not be nested\r\n"
+    );
+    assert_eq!(c.call(&words("DISCARD")), OK);
+    assert_eq!(c.call(&words("GET {a}x")), bulk("1"));
 }
 
 /// A slot migrated with `SETSLOT MIGRATING/IMPORTING` and `MIGRATE`, as `redis-cli

@@ -16,8 +16,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use super::replies::{Post, Slot};
-use crate::command::CommandInfo;
 use crate::command::slot::key_slot;
+use crate::command::{CommandInfo, CommandKind};
 use crate::engine::Settle;
 use crate::resp::{Request, Scanner, reply};
 
@@ -225,6 +225,80 @@ impl Session {
             self.parts.push_front(p);
         }
         true
+    }
+
+    /// A transaction in front of a cluster starts where its first command's keys live:
+    /// `MULTI` is answered here and sent later (`send_deferred_multi`). The reply to
+    /// give now, when `req` is `MULTI` or ends a transaction that never started.
+    pub(super) fn defer_multi(&mut self, req: &Request, kind: CommandKind) -> Option<Bytes> {
+        use CommandKind as K;
+        let bare = req.args.len() == 1;
+        match kind {
+            K::Multi if bare && self.deferred_multi => {
+                Some(reply::error("ERR MULTI calls can not be nested"))
+            }
+            K::Multi if bare => {
+                self.deferred_multi = true;
+                Some(Bytes::from_static(reply::OK))
+            }
+            K::Exec if bare && self.deferred_multi => {
+                self.deferred_multi = false;
+                Some(Bytes::from_static(b"*0\r\n"))
+            }
+            K::Discard if bare && self.deferred_multi => {
+                self.deferred_multi = false;
+                Some(Bytes::from_static(reply::OK))
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends the `MULTI` answered earlier on the connection just pinned; its reply
+    /// (the client had it already) is dropped.
+    pub(super) async fn send_deferred_multi(&mut self) {
+        let multi = Request::from_args(["MULTI"]);
+        let Some(p) = self.pinned.as_mut() else {
+            return;
+        };
+        match p
+            .send(&multi, CommandKind::Multi, false, Default::default())
+            .await
+        {
+            Ok(0) => {}
+            Ok(_) => {
+                self.await_reply(Settle::Forward, None, Post::Nothing);
+                if let Some(Slot::Await { discard, .. }) = self.slots.back_mut() {
+                    *discard = true;
+                }
+            }
+            Err(e) => self.pinned_failed(e),
+        }
+    }
+
+    /// A `SCAN` in front of a cluster walks every primary in turn: the client's cursor
+    /// is `node cursor × primaries + the primary's index`, so a node's cursor 0 moves
+    /// the walk to the next primary and the last one's ends it. The node, the request
+    /// with that node's cursor, and what rewrites the reply's cursor. `None` leaves
+    /// the command as it is (an invalid cursor: Redis says so).
+    pub(super) fn cluster_scan(&self, req: &Request) -> Option<(u16, Request, Post)> {
+        let cluster = self.ctx.upstream.cluster.as_ref()?;
+        let cursor: u64 = std::str::from_utf8(req.args.get(1)?).ok()?.parse().ok()?;
+        let primaries = cluster.primaries();
+        let nodes = primaries.len();
+        if nodes == 0 {
+            return None;
+        }
+        let index = (cursor % nodes as u64) as usize;
+        let node = *primaries.get(index)?;
+        let mut args = req.args.clone();
+        if let Some(c) = args.get_mut(1) {
+            *c = Bytes::from((cursor / nodes as u64).to_string());
+        }
+        Some((
+            node,
+            Request::from_args(args),
+            Post::ScanCursor { index, nodes },
+        ))
     }
 
     /// The node a command with these keys goes to, or the error the client gets
@@ -456,6 +530,42 @@ impl Session {
     }
 }
 
+/// A cluster `SCAN` reply from the `index`th of `nodes` primaries with the client's
+/// cursor in place of the node's (`Session::cluster_scan`).
+pub(super) fn client_cursor(reply: Bytes, index: usize, nodes: usize) -> Bytes {
+    let Some(el) = reply::elements(&reply) else {
+        return reply;
+    };
+    let (Some(cursor), Some(keys)) = (el.first(), el.get(1)) else {
+        return reply;
+    };
+    let Some(cursor) =
+        reply::string_value(cursor).and_then(|c| std::str::from_utf8(c).ok()?.parse::<u64>().ok())
+    else {
+        return reply;
+    };
+    let next = if cursor == 0 {
+        if index + 1 < nodes {
+            index as u64 + 1
+        } else {
+            0
+        }
+    } else {
+        match cursor
+            .checked_mul(nodes as u64)
+            .and_then(|c| c.checked_add(index as u64))
+        {
+            Some(c) => c,
+            None => return reply::error("ERR cachet: SCAN cursor out of range for this cluster"),
+        }
+    };
+    let mut out = BytesMut::with_capacity(reply.len() + 8);
+    reply::push_header(&mut out, b'*', 2);
+    reply::push_bulk(&mut out, next.to_string().as_bytes());
+    out.extend_from_slice(keys);
+    out.freeze()
+}
+
 /// What a reply says to do again.
 #[derive(Debug, PartialEq, Eq)]
 enum Again {
@@ -556,6 +666,21 @@ mod tests {
             Request::from_args(["MSET", "a", "1", "{a}", "3"]).args
         );
         assert!(split_by_slot(&Request::from_args(["MSET", "a"]).args, 2).is_none());
+    }
+
+    #[test]
+    fn scan_cursors_walk_every_primary() {
+        let reply = |c: &str| {
+            let mut out = BytesMut::new();
+            reply::push_header(&mut out, b'*', 2);
+            reply::push_bulk(&mut out, c.as_bytes());
+            out.extend_from_slice(b"*1\r\n$1\r\nk\r\n");
+            out.freeze()
+        };
+        assert_eq!(&client_cursor(reply("7"), 1, 3)[..], &reply("22")[..]);
+        assert_eq!(&client_cursor(reply("0"), 1, 3)[..], &reply("2")[..]);
+        assert_eq!(&client_cursor(reply("0"), 2, 3)[..], &reply("0")[..]);
+        assert!(client_cursor(reply("18446744073709551615"), 1, 3).starts_with(b"-ERR"));
     }
 
     #[test]

@@ -281,6 +281,7 @@ impl Session {
         self.login = self.ctx.upstream.logins.anonymous().clone();
         self.shared = None;
         self.pinned = None;
+        self.deferred_multi = false;
         self.db = self.ctx.default_db;
         self.proto = 2;
         self.name = None;

@@ -138,6 +138,10 @@ pub struct Session {
     pinned: Option<Pinned>,
     /// A command that must wait until everything outstanding is answered.
     stalled: Option<Request>,
+    /// In front of a Redis Cluster: `MULTI` was answered but not yet sent; the first
+    /// command of the transaction picks the node, then `MULTI` goes there before it
+    /// (`cluster.rs`).
+    deferred_multi: bool,
     /// The parts of a command split by slot (`cluster.rs`), handled before anything
     /// the client sent after it.
     parts: VecDeque<Request>,
@@ -212,6 +216,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         pinned: None,
         stalled: None,
         parts: VecDeque::new(),
+        deferred_multi: false,
         closing: false,
         keys: Vec::with_capacity(8),
         holding: None,

@@ -27,8 +27,13 @@ impl Session {
             return Some(req);
         }
         if self.pinned.is_none() && self.ctx.upstream.cluster.is_some() {
+            if let Some(answered) = self.defer_multi(&req, kind) {
+                self.reply(answered);
+                return None;
+            }
             // A cluster: the node serving the command's keys (`WATCH`, a blocking
-            // command), or the keyless node (`MULTI`, `SUBSCRIBE`).
+            // command, a deferred transaction's first command), or the keyless node
+            // (`SUBSCRIBE`).
             let info = self.table.lookup(&req.args).cloned();
             match self.cluster_node(&req, info.as_deref()) {
                 Ok(node) => self.node = node,
@@ -42,8 +47,17 @@ impl Session {
             match self.ctx.upstream.pin(self.identity()).await {
                 Ok(conn) => {
                     let mut p = Pinned::new(conn, self.identity());
-                    p.gauge = Some(self.ctx.metrics.pinned(pin_reason(kind, blocking)));
+                    let reason = if self.deferred_multi {
+                        PinReason::Transaction
+                    } else {
+                        pin_reason(kind, blocking)
+                    };
+                    p.gauge = Some(self.ctx.metrics.pinned(reason));
                     self.pinned = Some(p);
+                    if self.deferred_multi {
+                        self.deferred_multi = false;
+                        self.send_deferred_multi().await;
+                    }
                 }
                 Err(e) => {
                     self.reply(e.reply());

@@ -64,6 +64,12 @@ pub(super) enum Post {
     /// An empty reply means the upstream closed the connection (`SHUTDOWN`): close
     /// the client's too, without a reply.
     CloseIfEmpty,
+    /// A cluster's `SCAN` on the `index`th of `nodes` primaries: the node's cursor
+    /// becomes the client's (`cluster.rs`).
+    ScanCursor {
+        index: usize,
+        nodes: usize,
+    },
     /// `HELLO … AUTH` verified upstream: on success, run as that user, switch
     /// protocol, set the name and answer with the `HELLO` reply instead.
     Hello {
@@ -318,6 +324,9 @@ impl Session {
             bytes
         };
         let bytes = match post {
+            Post::ScanCursor { index, nodes } if !is_error => {
+                super::cluster::client_cursor(bytes, index, nodes)
+            }
             Post::CloseIfEmpty if bytes.is_empty() => {
                 self.closing = true;
                 bytes

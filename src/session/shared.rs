@@ -27,6 +27,7 @@ impl Session {
         req: Request,
         info: Option<&CommandInfo>,
     ) -> Option<Request> {
+        let mut scan = None;
         let fan_out = if self.ctx.upstream.cluster.is_some() {
             match self.cluster_node(&req, info) {
                 Ok(node) => self.node = node,
@@ -34,6 +35,12 @@ impl Session {
                 Err(refusal) => {
                     self.reply(refusal);
                     return None;
+                }
+            }
+            if info.is_some_and(|i| i.kind == crate::command::CommandKind::Scan) {
+                scan = self.cluster_scan(&req);
+                if let Some((node, _, _)) = &scan {
+                    self.node = *node;
                 }
             }
             info.and_then(super::cluster::FanOut::of)
@@ -45,6 +52,11 @@ impl Session {
         if self.inflight > 0 && (self.route != Some(route) || fan_out.is_some()) {
             return Some(req);
         }
+        // A cluster's `SCAN`: the node's own cursor, the client's rewritten on reply.
+        let (req, post) = match scan {
+            Some((_, on_node, post)) => (on_node, post),
+            None => (req, Post::Nothing),
+        };
         self.route = Some(route);
         if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
             self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
@@ -104,7 +116,7 @@ impl Session {
             on_fail,
         };
         self.send_job(job);
-        self.await_reply(plan.settle, sent, Post::Nothing);
+        self.await_reply(plan.settle, sent, post);
         if let Some(data) = kept {
             self.keep_for_redirect(&data, plan.frames);
         }

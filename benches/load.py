@@ -170,9 +170,10 @@ backend redis
 PCT = re.compile(r"^\s*([0-9.]+)% <= ([0-9.]+) milliseconds")
 
 
-def bench(port, test, clients, pipeline, size, requests, keyspace="10000"):
-    """One redis-benchmark run: (requests/s, p50, p99, p99.9) in ms."""
-    args = ["redis-benchmark", "-p", str(port), "-c", str(clients), "-n", str(requests),
+def bench(port, test, clients, pipeline, size, requests, keyspace="10000", extra=()):
+    """One redis-benchmark run: (requests/s, p50, p99, p99.9) in ms; `extra` are more
+    redis-benchmark flags (`--cluster`)."""
+    args = ["redis-benchmark", *extra, "-p", str(port), "-c", str(clients), "-n", str(requests),
             "-r", keyspace, "-d", str(size), "-P", str(pipeline), "-t", test]
     out = subprocess.run(args, capture_output=True, text=True, timeout=600).stdout
     out = out.replace("\r", "\n")

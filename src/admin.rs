@@ -54,12 +54,37 @@ pub fn ready(ctx: &Context) -> bool {
 /// The gauges read at scrape time.
 pub fn live(ctx: &Context) -> Live {
     let (up, total) = ctx.upstream.connections_up();
+    let nodes = ctx.upstream.nodes_up();
+    let cluster = ctx.upstream.cluster.as_deref();
+    let read = |c: Option<&std::sync::atomic::AtomicU64>| {
+        c.map_or(0, |c| c.load(std::sync::atomic::Ordering::Relaxed))
+    };
     Live {
         upstream_connections_up: up as u64,
         upstream_connections: total as u64,
         upstream_up: ready(ctx),
         uptime: ctx.started.elapsed(),
+        cluster_primaries: nodes.len() as u64,
+        cluster_primaries_up: nodes.iter().filter(|(_, up)| *up).count() as u64,
+        cluster_map_changes: read(cluster.map(|c| &c.changes)),
+        cluster_redirects: read(cluster.map(|c| &c.redirects)),
     }
+}
+
+/// `/readyz`'s text: for a cluster, each primary and whether cachet reaches it.
+fn readiness(ctx: &Context, ready: bool) -> String {
+    let mut out = String::from(if ready {
+        "ready\n"
+    } else {
+        "upstream unavailable\n"
+    });
+    for (address, up) in ctx.upstream.nodes_up() {
+        out.push_str(&format!(
+            "primary {address} {}\n",
+            if up { "up" } else { "down" }
+        ));
+    }
+    out
 }
 
 async fn answer(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
@@ -106,8 +131,8 @@ async fn answer(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
             // The running configuration, as `--print-config` prints it (secrets
             // redacted by the configuration's own `Debug`).
             "/config" => (200, "text/plain", format!("{:#?}\n", ctx.config.load())),
-            "/readyz" if ready(ctx) => (200, "text/plain", "ready\n".to_owned()),
-            "/readyz" => (503, "text/plain", "upstream unavailable\n".to_owned()),
+            "/readyz" if ready(ctx) => (200, "text/plain", readiness(ctx, true)),
+            "/readyz" => (503, "text/plain", readiness(ctx, false)),
             _ => (404, "text/plain", "not found\n".to_owned()),
         }
     };

@@ -327,6 +327,11 @@ pub struct Live {
     pub upstream_connections: u64,
     pub upstream_up: bool,
     pub uptime: Duration,
+    /// A Redis Cluster upstream's primaries, and those cachet's connection reaches.
+    pub cluster_primaries: u64,
+    pub cluster_primaries_up: u64,
+    pub cluster_map_changes: u64,
+    pub cluster_redirects: u64,
 }
 
 /// One scrape's view: the counters plus gauges read just now.
@@ -492,6 +497,30 @@ impl Collector for Scrape {
             "uptime_seconds",
             "Seconds since cachet started.",
             g(live.uptime.as_secs()),
+        )?;
+        gauge(
+            &mut enc,
+            "cluster_primaries",
+            "A Redis Cluster upstream's primaries (0 for a single upstream).",
+            g(live.cluster_primaries),
+        )?;
+        gauge(
+            &mut enc,
+            "cluster_primaries_up",
+            "Cluster primaries whose connection of cachet's own is up.",
+            g(live.cluster_primaries_up),
+        )?;
+        counter(
+            &mut enc,
+            "cluster_slot_map_changes",
+            "Times the cluster's slot map changed (a slot moved, a failover).",
+            live.cluster_map_changes,
+        )?;
+        counter(
+            &mut enc,
+            "cluster_redirects",
+            "Commands sent again after -MOVED, -ASK or -TRYAGAIN (clients never see them).",
+            live.cluster_redirects,
         )?;
         counter(
             &mut enc,

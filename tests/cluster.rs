@@ -23,6 +23,7 @@ const LEASE: Duration = Duration::from_millis(600);
 
 fn cachet(cluster: &RedisCluster) -> Cachet {
     let mut config = config_for(&cluster.url());
+    config.admin.address = Some("127.0.0.1:0".parse().unwrap());
     config.consistency.hold_off = HOLD_OFF;
     config.consistency.lease_ttl = LEASE;
     config.consistency.fill_window = Duration::from_secs(3);
@@ -44,6 +45,9 @@ fn thousands_of_keys_land_on_their_primaries_and_read_back() {
     let cluster = RedisCluster::start();
     let cachet = cachet(&cluster);
     let mut c = Raw::connect(cachet.addr);
+    let (status, ready) = support::http::get(cachet.admin.unwrap(), "/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready.matches(" up\n").count(), 3, "{ready}");
     const N: usize = 3000;
     // Pipelined, as a client would: the replies come back in order across nodes.
     let mut sets = Vec::new();
@@ -210,6 +214,10 @@ fn a_slot_moved_under_load_is_followed_without_client_errors() {
         &errors[..errors.len().min(5)]
     );
     assert_eq!(cluster.primary_of("{hot}").port(), to.port());
+    // Followed, not avoided: commands were sent again, and the map changed.
+    let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
+    assert!(support::http::sample(&metrics, "cachet_cluster_redirects_total") > 0.0);
+    assert!(support::http::sample(&metrics, "cachet_cluster_slot_map_changes_total") > 0.0);
     let mut c = Raw::connect(addr);
     assert_eq!(c.call(&words("SET {hot}:after 1")), OK);
     assert_eq!(upstream(&cluster, "{hot}:after"), bulk("1"));
@@ -244,6 +252,11 @@ fn a_killed_primary_is_replaced_and_clients_recover_within_seconds() {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+    let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
+    assert_eq!(
+        support::http::sample(&metrics, "cachet_cluster_primaries_up"),
+        3.0
+    );
     // The cluster itself needs node-timeout (2 s) and an election; cachet adds at most
     // its map refresh.
     assert!(

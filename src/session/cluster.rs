@@ -43,6 +43,8 @@ pub(super) struct Resend {
     pub waits: u16,
     /// Sent as cachet's own user (an engine follow-up), not the client's.
     pub own: bool,
+    /// A batch of plain commands: where each ends in `data`, and its reply frames.
+    pub bounds: Vec<(usize, u32)>,
 }
 
 /// `ASKING`, encoded.
@@ -348,8 +350,175 @@ impl Session {
                 hops: 0,
                 waits: 0,
                 own: false,
+                bounds: Vec::new(),
             }));
         }
+    }
+
+    /// Remembers what the batch slot `seq` sent, command by command.
+    pub(super) fn keep_batch_for_redirect(
+        &mut self,
+        seq: u64,
+        data: &Bytes,
+        frames: u32,
+        bounds: Vec<(usize, u32)>,
+    ) {
+        let node = self.node;
+        if let Some(Slot::Await { resend, .. }) = self
+            .slots
+            .iter_mut()
+            .rev()
+            .find(|s| matches!(s, Slot::Await { seq: q, .. } if *q == seq))
+        {
+            *resend = Some(Box::new(Resend {
+                data: data.clone(),
+                frames,
+                node,
+                home: node,
+                hops: 0,
+                waits: 0,
+                own: false,
+                bounds,
+            }));
+        }
+    }
+
+    /// A batch's reply in which some commands were redirected: those are sent again
+    /// (each where its reply says, in their order), and their new replies take the
+    /// place of the old in the batch's reply. Whether any was.
+    fn redirect_batch(&mut self, idx: usize, bytes: &Bytes) -> bool {
+        let suspect = bytes.first() == Some(&b'-')
+            || memchr::memmem::find(bytes, b"\r\n-MOVED ").is_some()
+            || memchr::memmem::find(bytes, b"\r\n-ASK ").is_some()
+            || memchr::memmem::find(bytes, b"\r\n-TRYAGAIN").is_some();
+        let Some(cluster) = self.ctx.upstream.cluster.clone().filter(|_| suspect) else {
+            return false;
+        };
+        let id = self.owed_identity();
+        let Some(Slot::Await {
+            seq,
+            resend: Some(resend),
+            parked,
+            ..
+        }) = self.slots.get_mut(idx)
+        else {
+            return false;
+        };
+        let Some(frames) = split_frames(bytes) else {
+            return false;
+        };
+        // Each redirected command: its bytes, its first frame, its frame count, where
+        // it goes, and whether after `ASKING`.
+        let mut again = Vec::new();
+        let (mut frame, mut start) = (0usize, 0usize);
+        let mut wait = false;
+        for &(end, n) in &resend.bounds {
+            let command = resend
+                .data
+                .slice(start.min(end)..end.min(resend.data.len()));
+            if let Some(a) = frames.get(frame).and_then(|f| again_in(f)) {
+                let (node, ask) = match a {
+                    Again::Redirect(r) if r.ask => (cluster.node(&r.address), true),
+                    Again::Redirect(r) => (cluster.moved(r.slot, &r.address), false),
+                    Again::TryAgain => {
+                        wait = true;
+                        (resend.node, false)
+                    }
+                };
+                again.push((command, frame, n as usize, node, ask));
+            }
+            frame += n as usize;
+            start = end;
+        }
+        if again.is_empty() || resend.hops >= MAX_REDIRECTS || resend.waits >= MAX_TRYAGAIN {
+            return false;
+        }
+        if wait {
+            resend.waits += 1;
+        } else {
+            resend.hops += 1;
+        }
+        *parked = true;
+        cluster
+            .redirects
+            .fetch_add(again.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let seq = *seq;
+        let mut jobs = Vec::with_capacity(again.len());
+        let mut waiting = Vec::with_capacity(again.len());
+        for (command, first, n, node, ask) in again {
+            let (data, frames) = if ask {
+                let mut d = BytesMut::with_capacity(ASKING.len() + command.len());
+                d.extend_from_slice(ASKING);
+                d.extend_from_slice(&command);
+                (d.freeze(), n as u32 + 1)
+            } else {
+                (command, n as u32)
+            };
+            let conn = self
+                .ctx
+                .upstream
+                .shared(crate::upstream::Identity { node, ..id }, self.id);
+            let (rtx, rrx) = tokio::sync::mpsc::unbounded_channel();
+            jobs.push((
+                conn,
+                Job {
+                    data,
+                    frames,
+                    reply: Some(rtx),
+                    held: None,
+                    on_fail: None,
+                },
+            ));
+            waiting.push((rrx, first, n, ask));
+        }
+        // Sent now, in order, unless Redis asked to wait.
+        let jobs = if wait {
+            Some(jobs)
+        } else {
+            for (conn, job) in jobs {
+                conn.send(job);
+            }
+            None
+        };
+        self.follow_ups += 1;
+        let tx = self.resolve_tx.clone();
+        tokio::spawn(async move {
+            if let Some(jobs) = jobs {
+                tokio::time::sleep(TRYAGAIN_AFTER).await;
+                for (conn, job) in jobs {
+                    conn.send(job);
+                }
+            }
+            let mut replaced = std::collections::HashMap::new();
+            for (mut rx, first, n, ask) in waiting {
+                match rx.recv().await.unwrap_or(Err(UpstreamError::Lost)) {
+                    Ok(b) => {
+                        let b = if ask { skip_first_frame(b) } else { b };
+                        replaced.insert(first, (b, n));
+                    }
+                    Err(e) => {
+                        let _ = tx.send((seq, Err(e)));
+                        return;
+                    }
+                }
+            }
+            let mut out = BytesMut::new();
+            let mut i = 0;
+            while let Some(f) = frames.get(i) {
+                match replaced.get(&i) {
+                    Some((b, n)) => {
+                        out.extend_from_slice(b);
+                        i += n;
+                    }
+                    None => {
+                        out.extend_from_slice(f);
+                        i += 1;
+                    }
+                }
+            }
+            let _ = tx.send((seq, Ok(out.freeze())));
+        });
+        true
     }
 
     /// Slot `idx` sends a follow-up next: a redirect re-sends that instead.
@@ -378,7 +547,14 @@ impl Session {
     pub(super) fn redirected(&mut self, idx: usize, bytes: &Bytes) -> bool {
         // Cheap for a single upstream, and for any reply that is not an error or a
         // transaction block.
-        if self.ctx.upstream.cluster.is_none() || !matches!(bytes.first(), Some(b'-' | b'+')) {
+        if self.ctx.upstream.cluster.is_none() {
+            return false;
+        }
+        if matches!(self.slots.get(idx), Some(Slot::Await { resend: Some(r), .. }) if r.bounds.len() > 1)
+        {
+            return self.redirect_batch(idx, bytes);
+        }
+        if !matches!(bytes.first(), Some(b'-' | b'+')) {
             return false;
         }
         let Some(again) = again_in(bytes) else {
@@ -413,6 +589,9 @@ impl Session {
         }
         resend.node = node;
         *parked = true;
+        cluster
+            .redirects
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let id = if resend.own {
             self.ctx.upstream.own_on(id.db, id.proto, node)
         } else {
@@ -595,6 +774,18 @@ fn again_in(bytes: &[u8]) -> Option<Again> {
         .or_else(|| memchr::memmem::find(bytes, b"\r\n-ASK "))
         .or_else(|| memchr::memmem::find(bytes, b"\r\n-TRYAGAIN"))?;
     first(bytes.get(at + 2..)?)
+}
+
+/// A reply of several frames, frame by frame; `None` if it does not parse.
+fn split_frames(bytes: &Bytes) -> Option<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let f = Scanner::default().scan(bytes.get(at..)?).ok()??;
+        out.push(bytes.slice(at..at + f.len));
+        at += f.len;
+    }
+    Some(out)
 }
 
 /// The reply without its first frame (`ASKING`'s `+OK`).

@@ -142,6 +142,11 @@ pub struct Session {
     /// command of the transaction picks the node, then `MULTI` goes there before it
     /// (`cluster.rs`).
     deferred_multi: bool,
+    /// The command being handled is a part of a split one: it gets a slot of its own,
+    /// never a share of a batch (`Slot::Merge` counts slots).
+    handling_part: bool,
+    /// The stalled command is such a part.
+    stalled_part: bool,
     /// The parts of a command split by slot (`cluster.rs`), handled before anything
     /// the client sent after it.
     parts: VecDeque<Request>,
@@ -162,6 +167,9 @@ pub struct Session {
     /// Plain commands read in one go, not yet sent: one job (and one reply) for all of
     /// them instead of one each. The slot's sequence number, the bytes, the frames.
     batch: Option<(u64, BytesMut, u32)>,
+    /// In front of a cluster: where each command of the batch ends in its bytes, and
+    /// its reply frames (so that one a redirect names can be sent again alone).
+    batch_bounds: Vec<(usize, u32)>,
     /// Replies of follow-up requests for parked slots, by slot sequence number.
     resolve_tx: mpsc::UnboundedSender<(u64, Reply)>,
     /// Follow-up requests sent and not yet answered (their channel is watched only
@@ -217,6 +225,8 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         stalled: None,
         parts: VecDeque::new(),
         deferred_multi: false,
+        handling_part: false,
+        stalled_part: false,
         closing: false,
         keys: Vec::with_capacity(8),
         holding: None,
@@ -225,6 +235,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         next_seq: 0,
         last_active: Instant::now(),
         batch: None,
+        batch_bounds: Vec::new(),
         resolve_tx,
         follow_ups: 0,
         ctx,
@@ -433,7 +444,12 @@ impl Session {
             let started = n.is_multiple_of(HANDLING_SAMPLE).then(Instant::now);
             n = n.wrapping_add(1);
             // A stalled command comes back as it was routed (renamed already).
-            let (req, fresh) = match self.stalled.take().or_else(|| self.parts.pop_front()) {
+            let stalled = self.stalled.take();
+            self.handling_part = match stalled {
+                Some(_) => self.stalled_part,
+                None => !self.parts.is_empty(),
+            };
+            let (req, fresh) = match stalled.or_else(|| self.parts.pop_front()) {
                 Some(req) => (req, false),
                 None if !self.rbuf.is_empty() && !self.may_send_more() => return,
                 None => match self.decoder.decode(&mut self.rbuf) {
@@ -457,6 +473,7 @@ impl Session {
                     // Counted when it runs.
                     self.tally = None;
                     self.stalled = Some(req);
+                    self.stalled_part = self.handling_part;
                     return;
                 }
                 None => {

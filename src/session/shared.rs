@@ -82,9 +82,8 @@ impl Session {
             return None;
         }
         let cluster = self.ctx.upstream.cluster.is_some();
-        // A cluster's replies may say a command must go elsewhere: each is its own job,
-        // so that exactly it is sent again.
-        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On && !cluster {
+        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On && !self.handling_part
+        {
             self.batch_plain(&plan.data, plan.frames);
             return None;
         }
@@ -163,6 +162,9 @@ impl Session {
             if let Some(t) = self.tally.take() {
                 tallies.push(t);
             }
+            if self.ctx.upstream.cluster.is_some() {
+                self.batch_bounds.push((buf.len(), frames));
+            }
             return;
         }
         self.flush_batch();
@@ -171,16 +173,24 @@ impl Session {
         // pipeline does not grow the batch one reallocation at a time.
         let mut buf = BytesMut::with_capacity((data.len() + self.rbuf.len()).min(MAX_BATCH_HINT));
         buf.extend_from_slice(data);
+        if self.ctx.upstream.cluster.is_some() {
+            self.batch_bounds.push((buf.len(), frames));
+        }
         self.batch = Some((self.next_seq, buf, frames));
     }
 
     /// Sends the pending batch, if any.
     pub(super) fn flush_batch(&mut self) {
-        let Some((_, data, frames)) = self.batch.take() else {
+        let Some((seq, data, frames)) = self.batch.take() else {
             return;
         };
+        let data = data.freeze();
+        if self.ctx.upstream.cluster.is_some() {
+            let bounds = std::mem::take(&mut self.batch_bounds);
+            self.keep_batch_for_redirect(seq, &data, frames, bounds);
+        }
         self.send_job(Job {
-            data: data.freeze(),
+            data,
             frames,
             reply: Some(self.reply_tx.clone()),
             held: None,

@@ -46,6 +46,8 @@ pub struct Cluster {
     pub wake: tokio::sync::Notify,
     /// Times the map changed (a metric, and how tests see a refresh).
     pub changes: AtomicU64,
+    /// Commands sent again after a redirect (a metric).
+    pub redirects: AtomicU64,
 }
 
 /// Which node serves each slot.
@@ -100,6 +102,7 @@ impl Cluster {
             map: ArcSwap::from_pointee(SlotMap::default()),
             wake: tokio::sync::Notify::new(),
             changes: AtomicU64::new(0),
+            redirects: AtomicU64::new(0),
         }
     }
 

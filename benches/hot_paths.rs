@@ -13,13 +13,18 @@ use cachet::resp::request::encode_command;
 use cachet::resp::{Decoder, Limits, Scanner, reply};
 
 fn pipeline(n: usize) -> Vec<u8> {
+    pipeline_of(n, 32)
+}
+
+/// `n` commands, `SET key:i <value of size bytes>` and `GET key:i` in turn.
+fn pipeline_of(n: usize, size: usize) -> Vec<u8> {
     let mut out = BytesMut::new();
     for i in 0..n {
         let args = if i % 2 == 0 {
             vec![
                 Bytes::from("SET"),
                 Bytes::from(format!("key:{i}")),
-                Bytes::from(vec![b'x'; 32]),
+                Bytes::from(vec![b'x'; size]),
             ]
         } else {
             vec![Bytes::from("GET"), Bytes::from(format!("key:{i}"))]
@@ -45,6 +50,69 @@ fn decode(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// cachet's request decoder against `redis-protocol`'s decoders on the same client
+/// pipelines, each producing the arguments as `Bytes` that share the read buffer
+/// (what the session needs): small commands, and large values. The README records the
+/// numbers; the faster one is the one cachet uses.
+fn decode_vs_redis_protocol(c: &mut Criterion) {
+    use redis_protocol::resp2::decode::{decode_bytes_mut, decode_range};
+    use redis_protocol::resp2::types::{BytesFrame, RangeFrame};
+    for (label, n, size) in [
+        ("1000 small", 1000usize, 32usize),
+        ("100 of 16 KiB", 100, 16 * 1024),
+    ] {
+        let input = pipeline_of(n, size);
+        let mut g = c.benchmark_group(format!("decode {label}"));
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function("cachet Decoder", |b| {
+            b.iter(|| {
+                let mut d = Decoder::new(Limits::default());
+                let mut buf = BytesMut::from(&input[..]);
+                let mut count = 0;
+                while let Ok(Some(r)) = d.decode(&mut buf) {
+                    count += r.args.len();
+                }
+                black_box(count)
+            })
+        });
+        g.bench_function("redis-protocol decode_range", |b| {
+            b.iter(|| {
+                let mut buf = BytesMut::from(&input[..]);
+                let mut count = 0;
+                while let Ok(Some((frame, used))) = decode_range(&buf) {
+                    let raw = buf.split_to(used).freeze();
+                    if let RangeFrame::Array(items) = frame {
+                        let args: Vec<Bytes> = items
+                            .iter()
+                            .filter_map(|f| match f {
+                                RangeFrame::BulkString((start, end)) => {
+                                    Some(raw.slice(*start..*end))
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                        count += args.len();
+                    }
+                }
+                black_box(count)
+            })
+        });
+        g.bench_function("redis-protocol decode_bytes_mut", |b| {
+            b.iter(|| {
+                let mut buf = BytesMut::from(&input[..]);
+                let mut count = 0;
+                while let Ok(Some((frame, _, _))) = decode_bytes_mut(&mut buf) {
+                    if let BytesFrame::Array(items) = frame {
+                        count += items.len();
+                    }
+                }
+                black_box(count)
+            })
+        });
+        g.finish();
+    }
 }
 
 fn scan(c: &mut Criterion) {
@@ -123,5 +191,12 @@ fn encode(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, decode, scan, classify, encode);
+criterion_group!(
+    benches,
+    decode,
+    decode_vs_redis_protocol,
+    scan,
+    classify,
+    encode
+);
 criterion_main!(benches);

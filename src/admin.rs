@@ -47,8 +47,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Context>, mut shutdown: watch
 /// Whether cachet should receive traffic: the upstream's shared connections answer.
 /// (A configuration is always loaded once a `Context` exists; a refused reload leaves
 /// the running one in place.)
+/// Never while draining (SIGTERM received, `[listen] drain_delay`).
 pub fn ready(ctx: &Context) -> bool {
-    ctx.upstream.is_up_db(ctx.default_db)
+    !ctx.draining.load(std::sync::atomic::Ordering::Relaxed)
+        && ctx.upstream.is_up_db(ctx.default_db)
 }
 
 /// The gauges read at scrape time.
@@ -75,6 +77,8 @@ pub fn live(ctx: &Context) -> Live {
 fn readiness(ctx: &Context, ready: bool) -> String {
     let mut out = String::from(if ready {
         "ready\n"
+    } else if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        "draining: shutting down\n"
     } else {
         "upstream unavailable\n"
     });

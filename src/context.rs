@@ -110,6 +110,8 @@ pub struct Context {
     /// Every live session, by the id its client sees (`CLIENT ID`), for the commands
     /// that name a client by id (`CLIENT UNBLOCK`, `CLIENT KILL ID`).
     pub sessions: dashmap::DashMap<u64, Arc<SessionControl>>,
+    /// SIGTERM received: serving on for `[listen] drain_delay`, not ready.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 /// What other sessions may ask of a session, or know of it.
@@ -181,6 +183,7 @@ impl Context {
             next_session: AtomicU64::new(1),
             shutdown,
             sessions: dashmap::DashMap::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

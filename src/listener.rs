@@ -39,6 +39,21 @@ pub enum ServerError {
     PasswordFile(String),
 }
 
+/// How a running cachet is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting and finish what is in flight (SIGINT, a test's stop).
+    Now,
+    /// Serve on for `[listen] drain_delay`, not ready, then as `Now` (SIGTERM).
+    Drain,
+}
+
+impl From<()> for Stop {
+    fn from(_: ()) -> Stop {
+        Stop::Now
+    }
+}
+
 /// A bound, not yet running, cachet.
 pub struct Server {
     listener: TcpListener,
@@ -232,7 +247,9 @@ impl Server {
 
     /// Serves until `signal` completes, then drains: no new connections, sessions finish
     /// what they have started, and whatever is left after the grace period is dropped.
-    pub async fn run(mut self, signal: impl Future<Output = ()>) {
+    /// A signal that says [`Stop::Drain`] (SIGTERM) first keeps serving for `[listen]
+    /// drain_delay` with `/readyz` saying 503.
+    pub async fn run<S: Into<Stop>>(mut self, signal: impl Future<Output = S>) {
         let active = Arc::new(Active::default());
         tokio::pin!(signal);
         if let Some(admin) = self.admin.take() {
@@ -245,17 +262,25 @@ impl Server {
             ));
         }
         tracing::info!(version = env!("CARGO_PKG_VERSION"), address = %self.local_addr(), tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
-        loop {
+        let stop = loop {
             tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, peer)) => self.admit(stream, peer, &active),
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = &mut signal => break,
+                accepted = self.listener.accept() => self.accepted(accepted, &active).await,
+                s = &mut signal => break s.into(),
+            }
+        };
+        let delay = self.ctx.config.load().listen.drain_delay;
+        if stop == Stop::Drain && !delay.is_zero() {
+            // The application beside cachet is told to stop at the same moment: it
+            // still needs Redis while it drains. Load balancers stop sending meanwhile.
+            self.ctx.draining.store(true, Ordering::Relaxed);
+            tracing::info!(drain_delay = ?delay, "draining: not ready any more; serving old and new clients until the drain delay ends");
+            let until = tokio::time::sleep(delay);
+            tokio::pin!(until);
+            loop {
+                tokio::select! {
+                    accepted = self.listener.accept() => self.accepted(accepted, &active).await,
+                    _ = &mut until => break,
+                }
             }
         }
         drop(self.listener);
@@ -270,6 +295,22 @@ impl Server {
                 clients = active.count.load(Ordering::Relaxed),
                 "grace period over; closing the remaining connections"
             );
+        }
+        tracing::info!("cachet stopped");
+    }
+
+    async fn accepted(
+        &self,
+        accepted: std::io::Result<(TcpStream, SocketAddr)>,
+        active: &Arc<Active>,
+    ) {
+        match accepted {
+            Ok((stream, peer)) => self.admit(stream, peer, active),
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
 

@@ -176,19 +176,26 @@ fn reload_on_sighup(ctx: std::sync::Arc<cachet::context::Context>) {
     });
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
+/// Completes on SIGTERM (drain first: the pod is going away) or SIGINT (at once).
+async fn shutdown_signal() -> cachet::listener::Stop {
+    use cachet::listener::Stop;
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch SIGTERM");
             let _ = tokio::signal::ctrl_c().await;
-            return;
+            return Stop::Now;
         }
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received");
+            Stop::Drain
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received");
+            Stop::Now
+        }
     }
 }

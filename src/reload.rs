@@ -202,6 +202,11 @@ fn diff(old: &Config, new: &Config, log_live: bool, report: &mut ReloadReport) {
         "listen.shutdown_grace",
         false,
     );
+    note(
+        new.listen.drain_delay != old.listen.drain_delay,
+        "listen.drain_delay",
+        true,
+    );
     note(new.listen.tls != old.listen.tls, "listen.tls", false);
     note(new.upstream != old.upstream, "upstream", false);
     note(new.admin != old.admin, "admin.address", false);

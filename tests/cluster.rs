@@ -45,8 +45,16 @@ fn thousands_of_keys_land_on_their_primaries_and_read_back() {
     let cluster = RedisCluster::start();
     let cachet = cachet(&cluster);
     let mut c = Raw::connect(cachet.addr);
-    let (status, ready) = support::http::get(cachet.admin.unwrap(), "/readyz");
-    assert_eq!(status, 200, "{ready}");
+    // Ready once a connection to every primary is up, each listed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready = loop {
+        let (status, ready) = support::http::get(cachet.admin.unwrap(), "/readyz");
+        if status == 200 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert_eq!(ready.matches(" up\n").count(), 3, "{ready}");
     const N: usize = 3000;
     // Pipelined, as a client would: the replies come back in order across nodes.

@@ -79,9 +79,14 @@ impl Watched {
     }
 }
 
+/// `INFO <section>` of a server, or nothing if it does not answer within 2 s (a
+/// demoted primary busy with its first sync from the new one): callers poll.
 fn info(redis: &RedisServer, section: &str) -> String {
-    String::from_utf8_lossy(&Raw::connect(redis.addr()).call(&words(&format!("INFO {section}"))))
-        .into_owned()
+    let mut c = Raw::connect(redis.addr());
+    c.send(&words(&format!("INFO {section}")));
+    c.try_frame(Duration::from_secs(2))
+        .map(|r| String::from_utf8_lossy(&r).into_owned())
+        .unwrap_or_default()
 }
 
 fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {

@@ -71,6 +71,11 @@ pub struct ListenConfig {
     /// How long in-flight commands may finish after SIGTERM/SIGINT.
     #[serde(deserialize_with = "units::duration")]
     pub shutdown_grace: Duration,
+    /// On SIGTERM, how long cachet goes on serving (old and new clients) with
+    /// `/readyz` saying 503 before it shuts down: a sidecar outlives its application's
+    /// own drain. SIGINT does not wait.
+    #[serde(deserialize_with = "units::duration")]
+    pub drain_delay: Duration,
     /// `[listen.tls]`: when present, the listener speaks TLS only.
     pub tls: Option<ListenTls>,
 }
@@ -110,6 +115,7 @@ impl Default for ListenConfig {
             max_clients: 10_000,
             idle_timeout: Duration::ZERO,
             shutdown_grace: Duration::from_secs(10),
+            drain_delay: Duration::from_secs(5),
             tls: None,
         }
     }

@@ -74,11 +74,7 @@ impl RedisServer {
     }
 
     fn start_inner(extra: &[&str], tls: bool) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!(
-            "cachet-test-redis-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = unique_dir("redis");
         std::fs::create_dir_all(&dir).expect("create redis dir");
         let mut server = RedisServer {
             child: None,
@@ -96,11 +92,7 @@ impl RedisServer {
     /// A Redis Sentinel (`redis-server <file> --sentinel`) whose configuration file holds
     /// `conf`, such as `sentinel monitor mymaster 127.0.0.1 6379 1`.
     pub fn start_sentinel(conf: &str) -> RedisServer {
-        let dir = std::env::temp_dir().join(format!(
-            "cachet-test-sentinel-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
+        let dir = unique_dir("sentinel");
         std::fs::create_dir_all(&dir).expect("create sentinel dir");
         let file = dir.join("sentinel.conf");
         std::fs::write(&file, conf).expect("write sentinel.conf");
@@ -163,8 +155,15 @@ impl RedisServer {
             {
                 return false;
             }
-            if TcpStream::connect(self.addr()).is_ok() {
-                return true;
+            if let Ok(conn) = TcpStream::connect(self.addr())
+                && (self.tls || answers_ping(conn))
+            {
+                // Still ours: a server that lost the port to another process (a cluster
+                // node's bus port, say) has exited by now.
+                return self
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -222,6 +221,26 @@ impl RedisServer {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// Whether what listens on `conn` speaks RESP: `PING` gets `+PONG` or an error
+/// (`-NOAUTH`, `-LOADING`). A cluster bus port, or anything else, does not.
+fn answers_ping(mut conn: TcpStream) -> bool {
+    use std::io::{Read, Write};
+    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+    if conn.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut first = [0u8; 1];
+    matches!(conn.read(&mut first), Ok(1) if first[0] == b'+' || first[0] == b'-')
+}
+
+/// Distinguishes the directories of servers started by one test process.
+static NEXT_DIR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn unique_dir(kind: &str) -> PathBuf {
+    let n = NEXT_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("cachet-test-{kind}-{}-{n}", std::process::id()))
 }
 
 impl Drop for RedisServer {

@@ -446,14 +446,7 @@ impl Session {
         let mut jobs = Vec::with_capacity(again.len());
         let mut waiting = Vec::with_capacity(again.len());
         for (command, first, n, node, ask) in again {
-            let (data, frames) = if ask {
-                let mut d = BytesMut::with_capacity(ASKING.len() + command.len());
-                d.extend_from_slice(ASKING);
-                d.extend_from_slice(&command);
-                (d.freeze(), n as u32 + 1)
-            } else {
-                (command, n as u32)
-            };
+            let (data, frames) = asking_if(ask, command, n as u32);
             let conn = self
                 .ctx
                 .upstream
@@ -598,14 +591,7 @@ impl Session {
             id
         };
         let seq = *seq;
-        let (data, frames) = if ask {
-            let mut d = BytesMut::with_capacity(ASKING.len() + resend.data.len());
-            d.extend_from_slice(ASKING);
-            d.extend_from_slice(&resend.data);
-            (d.freeze(), resend.frames + 1)
-        } else {
-            (resend.data.clone(), resend.frames)
-        };
+        let (data, frames) = asking_if(ask, resend.data.clone(), resend.frames);
         let conn = self
             .ctx
             .upstream
@@ -774,6 +760,17 @@ fn again_in(bytes: &[u8]) -> Option<Again> {
         .or_else(|| memchr::memmem::find(bytes, b"\r\n-ASK "))
         .or_else(|| memchr::memmem::find(bytes, b"\r\n-TRYAGAIN"))?;
     first(bytes.get(at + 2..)?)
+}
+
+/// `data` (of `frames` reply frames), after `ASKING` when `ask`.
+fn asking_if(ask: bool, data: Bytes, frames: u32) -> (Bytes, u32) {
+    if !ask {
+        return (data, frames);
+    }
+    let mut d = BytesMut::with_capacity(ASKING.len() + data.len());
+    d.extend_from_slice(ASKING);
+    d.extend_from_slice(&data);
+    (d.freeze(), frames + 1)
 }
 
 /// A reply of several frames, frame by frame; `None` if it does not parse.

@@ -64,7 +64,7 @@ pub fn live(ctx: &Context) -> Live {
     Live {
         upstream_connections_up: up as u64,
         upstream_connections: total as u64,
-        upstream_up: ready(ctx),
+        upstream_up: ctx.upstream.is_up_db(ctx.default_db),
         uptime: ctx.started.elapsed(),
         cluster_primaries: nodes.len() as u64,
         cluster_primaries_up: nodes.iter().filter(|(_, up)| *up).count() as u64,

@@ -167,6 +167,11 @@ fn commands_answer_as_a_cluster_node_does() {
     );
     assert_eq!(c.call(&words("DISCARD")), OK);
     assert_eq!(c.call(&words("GET {a}x")), bulk("1"));
+    // A split command's reply follows CLIENT REPLY like any other.
+    c.send(&words("CLIENT REPLY OFF"));
+    c.send(&words("MGET a b c {a}x"));
+    assert_eq!(c.call(&words("CLIENT REPLY ON")), OK);
+    assert_eq!(c.call(&words("GET {a}x")), bulk("1"));
 }
 
 /// A slot migrated with `SETSLOT MIGRATING/IMPORTING` and `MIGRATE`, as `redis-cli

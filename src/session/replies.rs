@@ -394,7 +394,10 @@ impl Session {
                             _ => None,
                         })
                         .collect();
-                    self.out.extend_from_slice(&split.merge(&parts));
+                    // Every part discarded (`CLIENT REPLY OFF`): so is the reply.
+                    if parts.iter().any(|p| !p.is_empty()) {
+                        self.out.extend_from_slice(&split.merge(&parts));
+                    }
                 }
                 _ => return,
             }

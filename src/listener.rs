@@ -471,6 +471,11 @@ async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
         .retries
         .keep_recent(config.upstream.failover_replay);
     let weak = Arc::downgrade(ctx);
+    let mut seen_changes = ctx
+        .upstream
+        .cluster
+        .as_ref()
+        .map_or(0, |c| c.changes.load(std::sync::atomic::Ordering::Relaxed));
     tokio::spawn(async move {
         loop {
             let Some(cluster) = weak.upgrade().and_then(|c| c.upstream.cluster.clone()) else {
@@ -487,17 +492,26 @@ async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
                 return;
             }
             match ctx.upstream.refresh_cluster().await {
-                Ok(true) => {
+                Ok(_) => {
+                    // A connection of cachet's own to every primary (readiness), new
+                    // ones included, whoever changed the map (a reply's -MOVED too).
                     for node in ctx.upstream.cluster.iter().flat_map(|c| c.primaries()) {
                         let _ = ctx.upstream.shared(ctx.upstream.own_on(0, 2, node), 0);
                     }
-                    let replayed = ctx.engine.load().retries.replay_recent();
-                    tracing::info!(
-                        replayed,
-                        "the cluster's slot map changed; invalidations of recent writes sent again"
-                    );
+                    let changes = ctx
+                        .upstream
+                        .cluster
+                        .as_ref()
+                        .map_or(0, |c| c.changes.load(std::sync::atomic::Ordering::Relaxed));
+                    if changes != seen_changes {
+                        seen_changes = changes;
+                        let replayed = ctx.engine.load().retries.replay_recent();
+                        tracing::info!(
+                            replayed,
+                            "the cluster's slot map changed; invalidations of recent writes sent again"
+                        );
+                    }
                 }
-                Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e, "cluster slot map refresh failed"),
             }
         }

@@ -374,3 +374,62 @@ fn published_messages_reach_subscribers_across_the_cluster() {
         b"*3\r\n$8\r\nsmessage\r\n$7\r\n{s}chan\r\n$2\r\nhi\r\n"
     );
 }
+
+/// Before cachet knows any slot (the cluster never answered `CLUSTER SLOTS`: here the
+/// "cluster" is a Redis without cluster support), every command gets Redis Cluster's
+/// own `-CLUSTERDOWN` at once: none hangs, none loops.
+#[test]
+fn without_a_slot_map_commands_are_refused_not_hung() {
+    let standalone = RedisServer::start();
+    let mut config = config_for(&format!("redis+cluster://{}", standalone.addr()));
+    config.upstream.command_timeout = Duration::from_secs(2);
+    let cachet = Cachet::start_with(config);
+    let mut c = Raw::connect(cachet.addr);
+    for line in [
+        "GET k",
+        "DEL k",
+        "MGET a b",
+        "MSET a 1 b 2",
+        "FLUSHALL",
+        "DBSIZE",
+    ] {
+        let r = c.call(&words(line));
+        assert!(
+            r.starts_with(b"-CLUSTERDOWN"),
+            "{line}: {}",
+            String::from_utf8_lossy(&r)
+        );
+    }
+    assert_eq!(c.call(&words("PING")), b"+PONG\r\n");
+}
+
+/// Redirects are read from Redis's replies, never from values or script errors: a
+/// value that reads like `-TRYAGAIN` inside a transaction's reply does not re-run the
+/// write, and a script's `MOVED` error to an unknown node moves nothing.
+#[test]
+fn values_and_scripts_cannot_redirect() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let mut c = Raw::connect(cachet.addr);
+    let tricky = b"x\r\n-TRYAGAIN y\r\n-MOVED 0 127.0.0.1:1";
+    assert_eq!(c.call(&cmd(&[b"SET", b"{v}", tricky])), OK);
+    // GETDEL is a write: sent as MULTI … EXEC, whose reply holds the value.
+    let r = c.call(&cmd(&[b"GETDEL", b"{v}"]));
+    assert_eq!(
+        r,
+        [format!("${}\r\n", tricky.len()).as_bytes(), tricky, b"\r\n"].concat()
+    );
+    assert_eq!(c.call(&words("EXISTS {v}")), b":0\r\n");
+    let r = c.call(&cmd(&[
+        b"EVAL",
+        b"return redis.error_reply('MOVED 0 127.0.0.1:1')",
+        b"0",
+    ]));
+    assert!(
+        r.starts_with(b"-MOVED 0 127.0.0.1:1"),
+        "{}",
+        String::from_utf8_lossy(&r)
+    );
+    assert_eq!(c.call(&words("SET {v} 1")), OK);
+    assert_eq!(upstream(&cluster, "{v}"), bulk("1"));
+}

@@ -29,6 +29,30 @@ const TRYAGAIN_AFTER: std::time::Duration = std::time::Duration::from_millis(20)
 const MAX_TRYAGAIN: u16 = 100;
 use crate::upstream::{Job, UpstreamError};
 
+/// Why a command has no node to go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoNode {
+    /// Its keys are in different slots (a split may still serve it).
+    CrossSlot,
+    /// No primary is known for the slot (the map is not read yet, or the cluster is
+    /// down).
+    Unserved(u16),
+}
+
+impl NoNode {
+    /// What the client gets, in Redis Cluster's words.
+    pub(super) fn reply(self) -> Bytes {
+        match self {
+            NoNode::CrossSlot => {
+                reply::error("CROSSSLOT Keys in request don't hash to the same slot")
+            }
+            NoNode::Unserved(slot) => {
+                reply::error(&format!("CLUSTERDOWN Hash slot {slot} not served"))
+            }
+        }
+    }
+}
+
 /// What a slot needs to be sent again elsewhere.
 #[derive(Debug, Clone)]
 pub(super) struct Resend {
@@ -139,6 +163,8 @@ pub(super) struct Split {
     pub parts: usize,
     /// Each of the client's keys: its part and its place in that part.
     order: KeyOrder,
+    /// The client asked for no reply (`CLIENT REPLY OFF|SKIP`).
+    pub discard: bool,
 }
 
 impl Split {
@@ -218,10 +244,14 @@ impl Session {
             return false;
         };
         self.tally = None;
+        // `CLIENT REPLY OFF|SKIP` applies to the client's command, once: its parts
+        // always answer into their slots, and the merge is dropped if it says so.
+        let discard = self.take_discard();
         self.slots.push_back(Slot::Merge(Box::new(Split {
             merge,
             parts: parts.len(),
             order,
+            discard,
         })));
         for p in parts.into_iter().rev() {
             self.parts.push_front(p);
@@ -309,7 +339,7 @@ impl Session {
         &mut self,
         req: &Request,
         info: Option<&CommandInfo>,
-    ) -> Result<u16, Bytes> {
+    ) -> Result<u16, NoNode> {
         let Some(cluster) = &self.ctx.upstream.cluster else {
             return Ok(0);
         };
@@ -326,13 +356,9 @@ impl Session {
             return Ok(self.ctx.upstream.keyless_node());
         };
         if slots.any(|s| s != slot) {
-            return Err(reply::error(
-                "CROSSSLOT Keys in request don't hash to the same slot",
-            ));
+            return Err(NoNode::CrossSlot);
         }
-        cluster
-            .owner(slot)
-            .ok_or_else(|| reply::error(&format!("CLUSTERDOWN Hash slot {slot} not served")))
+        cluster.owner(slot).ok_or(NoNode::Unserved(slot))
     }
 
     /// Remembers what the slot just added sent, so that a redirect can send it again.
@@ -359,11 +385,11 @@ impl Session {
     pub(super) fn keep_batch_for_redirect(
         &mut self,
         seq: u64,
+        node: u16,
         data: &Bytes,
         frames: u32,
         bounds: Vec<(usize, u32)>,
     ) {
-        let node = self.node;
         if let Some(Slot::Await { resend, .. }) = self
             .slots
             .iter_mut()
@@ -418,6 +444,12 @@ impl Session {
                 .slice(start.min(end)..end.min(resend.data.len()));
             if let Some(a) = frames.get(frame).and_then(|f| again_in(f)) {
                 let (node, ask) = match a {
+                    Again::Redirect(r) if !cluster.knows(&r.address) => {
+                        cluster.wake.notify_one();
+                        frame += n as usize;
+                        start = end;
+                        continue;
+                    }
                     Again::Redirect(r) if r.ask => (cluster.node(&r.address), true),
                     Again::Redirect(r) => (cluster.moved(r.slot, &r.address), false),
                     Again::TryAgain => {
@@ -569,6 +601,13 @@ impl Session {
         let (node, ask, delay) = match &again {
             Again::Redirect(_) if resend.hops >= MAX_REDIRECTS => return false,
             Again::TryAgain if resend.waits >= MAX_TRYAGAIN => return false,
+            // Only to nodes `CLUSTER SLOTS` named (a script can answer any error it
+            // likes); an unknown one makes the map be read again, and the client
+            // gets the redirect this once.
+            Again::Redirect(r) if !cluster.knows(&r.address) => {
+                cluster.wake.notify_one();
+                return false;
+            }
             Again::Redirect(r) if r.ask => (cluster.node(&r.address), true, None),
             Again::Redirect(r) => {
                 resend.home = cluster.moved(r.slot, &r.address);
@@ -657,6 +696,10 @@ impl Session {
                     .shared(crate::upstream::Identity { node, ..id }, self.id)
             })
             .collect();
+        if conns.is_empty() {
+            self.reply(NoNode::Unserved(0).reply());
+            return;
+        }
         let tx = self.reply_tx.clone();
         let (data, frames) = (plan.data, plan.frames);
         // Each node's reply becomes the client's as the plan says (a `KEYS` without
@@ -742,7 +785,8 @@ enum Again {
 }
 
 /// What a reply carries in its first frame, or (a block sent as `MULTI` … `EXEC` that
-/// Redis refused) in a queued command's.
+/// Redis refused) in a queued command's reply: top-level frames only, never text
+/// inside a value (a stored value may read `-MOVED …`).
 fn again_in(bytes: &[u8]) -> Option<Again> {
     let first = |b: &[u8]| {
         if b.starts_with(b"-TRYAGAIN") {
@@ -750,16 +794,21 @@ fn again_in(bytes: &[u8]) -> Option<Again> {
         }
         Redirect::parse(b).map(Again::Redirect)
     };
-    if let Some(a) = first(bytes) {
-        return Some(a);
+    if bytes.first() == Some(&b'-') {
+        return first(bytes);
     }
     if !bytes.starts_with(b"+OK\r\n") {
         return None;
     }
-    let at = memchr::memmem::find(bytes, b"\r\n-MOVED ")
-        .or_else(|| memchr::memmem::find(bytes, b"\r\n-ASK "))
-        .or_else(|| memchr::memmem::find(bytes, b"\r\n-TRYAGAIN"))?;
-    first(bytes.get(at + 2..)?)
+    let mut at = 0;
+    while let Some(rest) = bytes.get(at..).filter(|r| !r.is_empty()) {
+        let f = Scanner::default().scan(rest).ok()??;
+        if rest.first() == Some(&b'-') {
+            return first(rest.get(..f.len)?);
+        }
+        at += f.len;
+    }
+    None
 }
 
 /// `data` (of `frames` reply frames), after `ASKING` when `ask`.
@@ -831,6 +880,7 @@ mod tests {
             merge: Merge::Values,
             parts: parts.len(),
             order,
+            discard: false,
         };
         let replies: Vec<Bytes> = parts
             .iter()

@@ -38,7 +38,7 @@ impl Session {
             match self.cluster_node(&req, info.as_deref()) {
                 Ok(node) => self.node = node,
                 Err(refusal) => {
-                    self.reply(refusal);
+                    self.reply(refusal.reply());
                     return None;
                 }
             }

@@ -146,7 +146,7 @@ impl Tallies {
 impl Session {
     /// Appends a slot for a command just sent.
     pub(super) fn await_reply(&mut self, settle: Settle, sent: Option<Bytes>, post: Post) {
-        let discard = self.take_discard();
+        let discard = !self.handling_part && self.take_discard();
         self.next_seq += 1;
         self.slots.push_back(Slot::Await {
             seq: self.next_seq,
@@ -394,8 +394,8 @@ impl Session {
                             _ => None,
                         })
                         .collect();
-                    // Every part discarded (`CLIENT REPLY OFF`): so is the reply.
-                    if parts.iter().any(|p| !p.is_empty()) {
+                    // The client asked for no reply, or every part was discarded.
+                    if !split.discard && parts.iter().any(|p| !p.is_empty()) {
                         self.out.extend_from_slice(&split.merge(&parts));
                     }
                 }
@@ -417,12 +417,16 @@ impl Session {
         }
     }
 
-    /// A reply of this session's own, subject to `CLIENT REPLY`.
+    /// A reply of this session's own, subject to `CLIENT REPLY` (a part of a split
+    /// command always answers into its slot: the merge decides).
     pub(super) fn reply(&mut self, bytes: Bytes) {
         if let Some(t) = self.tally.take() {
             t.count(Outcome::of_reply(&bytes));
         }
-        if !self.take_discard() {
+        if self.handling_part {
+            self.slots.push_back(Slot::Ready(bytes));
+            self.write_ready();
+        } else if !self.take_discard() {
             self.queue(bytes);
         }
     }

@@ -31,9 +31,13 @@ impl Session {
         let fan_out = if self.ctx.upstream.cluster.is_some() {
             match self.cluster_node(&req, info) {
                 Ok(node) => self.node = node,
-                Err(_) if self.split(&req, info) => return None,
+                Err(super::cluster::NoNode::CrossSlot)
+                    if !self.handling_part && self.split(&req, info) =>
+                {
+                    return None;
+                }
                 Err(refusal) => {
-                    self.reply(refusal);
+                    self.reply(refusal.reply());
                     return None;
                 }
             }
@@ -82,7 +86,10 @@ impl Session {
             return None;
         }
         let cluster = self.ctx.upstream.cluster.is_some();
-        if plan.is_plain() && self.reply_mode == super::local::ReplyMode::On && !self.handling_part
+        if plan.is_plain()
+            && self.reply_mode == super::local::ReplyMode::On
+            && !self.handling_part
+            && post == Post::Nothing
         {
             self.batch_plain(&plan.data, plan.frames);
             return None;
@@ -187,7 +194,13 @@ impl Session {
         let data = data.freeze();
         if self.ctx.upstream.cluster.is_some() {
             let bounds = std::mem::take(&mut self.batch_bounds);
-            self.keep_batch_for_redirect(seq, &data, frames, bounds);
+            // The batch's node: its route's (the session may be routing a command for
+            // another node by now).
+            let node = match self.route {
+                Some(Route::Shared(id)) => id.node,
+                _ => self.node,
+            };
+            self.keep_batch_for_redirect(seq, node, &data, frames, bounds);
         }
         self.send_job(Job {
             data,
@@ -290,10 +303,11 @@ impl Session {
             crate::resp::request::encode_command(&mut data, c);
         }
         // cachet's own work: the write already ran, as the client.
-        let conn = self
-            .ctx
-            .upstream
-            .shared(self.ctx.upstream.own(self.db, self.proto), self.id);
+        // (In front of a cluster, the node the write ran on: its keys' node.)
+        let conn = self.ctx.upstream.shared(
+            self.ctx.upstream.own_on(self.db, self.proto, self.node),
+            self.id,
+        );
         conn.send(Job {
             data: data.freeze(),
             frames: commands.len() as u32,

@@ -123,6 +123,14 @@ impl Cluster {
         (nodes.len() - 1) as u16
     }
 
+    /// Whether `CLUSTER SLOTS` ever named `address` (a primary or a replica): only
+    /// such a node is followed on a redirect.
+    pub fn knows(&self, address: &str) -> bool {
+        self.nodes
+            .read()
+            .is_ok_and(|nodes| nodes.iter().any(|n| &**n == address))
+    }
+
     /// The address of node `node`.
     pub fn address(&self, node: u16) -> Option<Arc<str>> {
         self.nodes.read().ok()?.get(usize::from(node)).cloned()
@@ -139,12 +147,16 @@ impl Cluster {
         self.owner(0).or_else(|| self.primaries().first().copied())
     }
 
-    /// Every node that serves a slot now (the primaries), in node order.
+    /// Every node that serves a slot now (the primaries), in the order of the first
+    /// slot each serves (stable across a failover, which `SCAN` cursors rely on).
     pub fn primaries(&self) -> Vec<u16> {
         let map = self.map.load();
-        let mut out: Vec<u16> = map.owner.iter().copied().filter(|&o| o != NONE).collect();
-        out.sort_unstable();
-        out.dedup();
+        let mut out: Vec<u16> = Vec::new();
+        for &o in map.owner.iter() {
+            if o != NONE && out.last() != Some(&o) && !out.contains(&o) {
+                out.push(o);
+            }
+        }
         out
     }
 
@@ -171,7 +183,10 @@ impl Cluster {
 
     /// Installs the map read from `CLUSTER SLOTS`; whether any slot changed owner
     /// (slots no node serves in `slots` keep their last known owner).
-    pub fn install(&self, ranges: &[(u16, u16, String)]) -> bool {
+    pub fn install(&self, ranges: &[SlotRange], replicas: &[String]) -> bool {
+        for r in replicas {
+            self.node(r);
+        }
         let old = self.map.load_full();
         let mut map = (*old).clone();
         for (start, end, address) in ranges {
@@ -191,30 +206,39 @@ impl Cluster {
     }
 }
 
+/// A range of slots (first, last) and its primary's `host:port`.
+pub type SlotRange = (u16, u16, String);
+
 /// The slot ranges and their primaries' addresses from a `CLUSTER SLOTS` reply asked
-/// of `asked` (whose host stands in for a node that does not know its own).
-pub fn parse_slots(reply: &[u8], asked: &str) -> Option<Vec<(u16, u16, String)>> {
+/// of `asked` (whose host stands in for a node that does not know its own), and the
+/// replicas' addresses.
+pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<String>)> {
     let asked_host = asked
         .rsplit_once(':')
         .map_or(asked, |(h, _)| h)
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let mut out = Vec::new();
-    for range in elements(reply)? {
-        let el = elements(range)?;
-        let start = u16::try_from(int_value(el.first()?)?).ok()?;
-        let end = u16::try_from(int_value(el.get(1)?)?).ok()?;
-        let primary = elements(el.get(2)?)?;
-        let host = std::str::from_utf8(string_value(primary.first()?)?).ok()?;
+    let address = |node: &[u8]| -> Option<String> {
+        let node = elements(node)?;
+        let host = std::str::from_utf8(string_value(node.first()?)?).ok()?;
         let host = if host.is_empty() || host == "?" {
             asked_host
         } else {
             host
         };
-        let port = u16::try_from(int_value(primary.get(1)?)?).ok()?;
-        out.push((start, end, crate::config::join_host_port(host, port)));
+        let port = u16::try_from(int_value(node.get(1)?)?).ok()?;
+        Some(crate::config::join_host_port(host, port))
+    };
+    let mut out = Vec::new();
+    let mut replicas = Vec::new();
+    for range in elements(reply)? {
+        let el = elements(range)?;
+        let start = u16::try_from(int_value(el.first()?)?).ok()?;
+        let end = u16::try_from(int_value(el.get(1)?)?).ok()?;
+        out.push((start, end, address(el.get(2)?)?));
+        replicas.extend(el.iter().skip(3).filter_map(|r| address(r)));
     }
-    Some(out)
+    Some((out, replicas))
 }
 
 /// `CLUSTER SLOTS`, encoded.
@@ -249,7 +273,8 @@ mod tests {
     fn slot_map_follows_slots_and_moves() {
         let reply = b"*2\r\n*3\r\n:0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n\
 *4\r\n:8192\r\n:16383\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n*2\r\n$1\r\nh\r\n:7003\r\n";
-        let ranges = parse_slots(reply, "10.0.0.1:7000").unwrap();
+        let (ranges, replicas) = parse_slots(reply, "10.0.0.1:7000").unwrap();
+        assert_eq!(replicas, vec!["h:7003".to_owned()]);
         assert_eq!(
             ranges,
             vec![
@@ -258,8 +283,9 @@ mod tests {
             ]
         );
         let c = Cluster::new(vec!["10.0.0.1:7000".into()]);
-        assert!(c.install(&ranges));
-        assert!(!c.install(&ranges));
+        assert!(c.install(&ranges, &replicas));
+        assert!(!c.install(&ranges, &replicas));
+        assert!(c.knows("h:7003") && !c.knows("evil:1"));
         assert!(c.covered());
         let (a, b) = (c.owner(0).unwrap(), c.owner(16383).unwrap());
         assert_ne!(a, b);

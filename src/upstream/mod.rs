@@ -615,7 +615,9 @@ impl Upstream {
             }
             .await;
             match result {
-                Ok(ranges) if !ranges.is_empty() => return Ok(cluster.install(&ranges)),
+                Ok((ranges, replicas)) if !ranges.is_empty() => {
+                    return Ok(cluster.install(&ranges, &replicas));
+                }
                 Ok(_) => last = UpstreamError::Unavailable(format!("{address} serves no slots")),
                 Err(e) => last = e,
             }

@@ -169,7 +169,7 @@ impl Server {
             follow_sentinels(&ctx, sentinel, config).await;
         }
         if ctx.upstream.cluster.is_some() {
-            follow_cluster(&ctx, config).await;
+            follow_cluster(&ctx).await;
         }
         match ctx.discover().await {
             Ok(()) => {
@@ -452,10 +452,9 @@ async fn follow_sentinels(ctx: &Arc<Context>, sentinel: &crate::config::Sentinel
 
 /// Reads a Redis Cluster's slot map before the first connection, then keeps it fresh
 /// (`upstream/cluster.rs`): every `REFRESH_EVERY`, and soon after a reply said a slot
-/// moved. When a slot changes primary (a failover, or a slot migrated), the
-/// invalidations of the last `failover_replay` are sent again, to wherever their keys
-/// live now: a promoted replica may lack writes its old primary acknowledged.
-async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
+/// moved. (No invalidations are replayed on a map change: a slot migrated in normal
+/// operation would lose the writes they delete.)
+async fn follow_cluster(ctx: &Arc<Context>) {
     use crate::upstream::cluster::{REFRESH_AT_MOST_EVERY, REFRESH_EVERY};
     match ctx.upstream.refresh_cluster().await {
         Ok(_) => tracing::info!(
@@ -466,16 +465,7 @@ async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
             tracing::warn!(error = %e, "no cluster node answered CLUSTER SLOTS yet; asking again")
         }
     }
-    ctx.engine
-        .load()
-        .retries
-        .keep_recent(config.upstream.failover_replay);
     let weak = Arc::downgrade(ctx);
-    let mut seen_changes = ctx
-        .upstream
-        .cluster
-        .as_ref()
-        .map_or(0, |c| c.changes.load(std::sync::atomic::Ordering::Relaxed));
     tokio::spawn(async move {
         loop {
             let Some(cluster) = weak.upgrade().and_then(|c| c.upstream.cluster.clone()) else {
@@ -497,19 +487,6 @@ async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
                     // ones included, whoever changed the map (a reply's -MOVED too).
                     for node in ctx.upstream.cluster.iter().flat_map(|c| c.primaries()) {
                         let _ = ctx.upstream.shared(ctx.upstream.own_on(0, 2, node), 0);
-                    }
-                    let changes = ctx
-                        .upstream
-                        .cluster
-                        .as_ref()
-                        .map_or(0, |c| c.changes.load(std::sync::atomic::Ordering::Relaxed));
-                    if changes != seen_changes {
-                        seen_changes = changes;
-                        let replayed = ctx.engine.load().retries.replay_recent();
-                        tracing::info!(
-                            replayed,
-                            "the cluster's slot map changed; invalidations of recent writes sent again"
-                        );
                     }
                 }
                 Err(e) => tracing::debug!(error = %e, "cluster slot map refresh failed"),

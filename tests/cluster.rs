@@ -186,6 +186,7 @@ fn a_slot_moved_under_load_is_followed_without_client_errors() {
     let slot = cluster.slot("{hot}");
     let addr = cachet.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nodes: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.addr()).collect();
     let load = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -206,7 +207,22 @@ fn a_slot_moved_under_load_is_followed_without_client_errors() {
                 }
                 let r = c.call(&words(&format!("GET {key}")));
                 if r != bulk(&n.to_string()) {
-                    errors.push(String::from_utf8_lossy(&r).into_owned());
+                    let direct: Vec<String> = nodes
+                        .iter()
+                        .map(|a| {
+                            let mut d = Raw::connect(*a);
+                            d.send(&words("ASKING"));
+                            let _ = d.frame();
+                            String::from_utf8_lossy(&d.call(&words(&format!("GET {key}"))))
+                                .into_owned()
+                        })
+                        .collect();
+                    let again = String::from_utf8_lossy(&c.call(&words(&format!("GET {key}"))))
+                        .into_owned();
+                    errors.push(format!(
+                        "GET {key} after SET {n}: {} (again: {again}; nodes: {direct:?})",
+                        String::from_utf8_lossy(&r)
+                    ));
                 }
             }
             (n, errors)

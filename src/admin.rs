@@ -70,6 +70,7 @@ pub fn live(ctx: &Context) -> Live {
         cluster_primaries_up: nodes.iter().filter(|(_, up)| *up).count() as u64,
         cluster_map_changes: read(cluster.map(|c| &c.changes)),
         cluster_redirects: read(cluster.map(|c| &c.redirects)),
+        cluster_failovers: read(cluster.map(|c| &c.failovers)),
     }
 }
 

@@ -169,7 +169,7 @@ impl Server {
             follow_sentinels(&ctx, sentinel, config).await;
         }
         if ctx.upstream.cluster.is_some() {
-            follow_cluster(&ctx).await;
+            follow_cluster(&ctx, config).await;
         }
         match ctx.discover().await {
             Ok(()) => {
@@ -452,10 +452,35 @@ async fn follow_sentinels(ctx: &Arc<Context>, sentinel: &crate::config::Sentinel
 
 /// Reads a Redis Cluster's slot map before the first connection, then keeps it fresh
 /// (`upstream/cluster.rs`): every `REFRESH_EVERY`, and soon after a reply said a slot
-/// moved. (No invalidations are replayed on a map change: a slot migrated in normal
-/// operation would lose the writes they delete.)
-async fn follow_cluster(ctx: &Arc<Context>) {
+/// moved. When slots fail over to a replica, the new primary may lack what the old one
+/// acknowledged: for `fill_window` unexplained fills are dropped (as after a restart),
+/// and the invalidations of the last `failover_replay` in those slots are sent again.
+/// (A migration between primaries replays nothing: it loses no write.)
+async fn follow_cluster(ctx: &Arc<Context>, config: &Config) {
     use crate::upstream::cluster::{REFRESH_AT_MOST_EVERY, REFRESH_EVERY};
+    ctx.engine
+        .load()
+        .retries
+        .keep_recent(config.upstream.failover_replay);
+    if let Some(cluster) = &ctx.upstream.cluster {
+        let weak = Arc::downgrade(ctx);
+        cluster.on_failover(move |_old, new| {
+            let Some(ctx) = weak.upgrade() else { return };
+            let Some(cluster) = &ctx.upstream.cluster else {
+                return;
+            };
+            let engine = ctx.engine.load();
+            engine.upstream_life().lost();
+            let replayed = engine.retries.replay_where(|key| {
+                let slot = crate::command::slot::key_slot(key);
+                (cluster.owner(slot) == Some(new)).then_some(u32::from(slot))
+            });
+            tracing::info!(
+                replayed,
+                "invalidations of recent writes in the failed-over slots sent again"
+            );
+        });
+    }
     match ctx.upstream.refresh_cluster().await {
         Ok(_) => tracing::info!(
             primaries = ctx.upstream.nodes_up().len(),

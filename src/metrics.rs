@@ -332,6 +332,7 @@ pub struct Live {
     pub cluster_primaries_up: u64,
     pub cluster_map_changes: u64,
     pub cluster_redirects: u64,
+    pub cluster_failovers: u64,
 }
 
 /// One scrape's view: the counters plus gauges read just now.
@@ -521,6 +522,12 @@ impl Collector for Scrape {
             "cluster_redirects",
             "Commands sent again after -MOVED, -ASK or -TRYAGAIN (clients never see them).",
             live.cluster_redirects,
+        )?;
+        counter(
+            &mut enc,
+            "cluster_failovers",
+            "Times slots failed over to their primary's replica (fills without state dropped for fill_window, recent invalidations of those slots sent again).",
+            live.cluster_failovers,
         )?;
         counter(
             &mut enc,

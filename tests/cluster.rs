@@ -295,6 +295,94 @@ fn a_killed_primary_is_replaced_and_clients_recover_within_seconds() {
     assert_eq!(c.call(&words("GET victim")), bulk("2"));
 }
 
+/// A replica promoted by a failover may lack what its old primary acknowledged: here an
+/// invalidation and a miss's record. cachet recognises the failover in the slot map
+/// (the replica now serves its primary's slots), sends its recent invalidations of
+/// those slots again, and drops fills of keys without state for `fill_window`: the
+/// entry deleted before the failover does not come back, and the miss's slow fill is
+/// not stored. (The lost replication is simulated: the replica saves its dataset before
+/// the commands and reloads it after they replicated, which leaves it exactly as a
+/// replication stream cut before them would have.)
+#[test]
+fn after_a_failover_lost_invalidations_are_sent_again_and_lost_misses_refuse_fills() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let (entry, missed) = (":1:{fo}entry", ":1:{fo}missed");
+    let mut c = Raw::connect(cachet.addr);
+    let mut reader = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&cmd(&[b"SET", entry.as_bytes(), b"v1"])), OK);
+    let primary = cluster.primary_of(entry);
+    let replica = cluster.replica_of(primary);
+    let mut on_replica = Raw::connect(replica.addr());
+    assert_eq!(on_replica.call(&words("READONLY")), OK);
+    let mut replica_get = |key: &str| on_replica.call(&cmd(&[b"GET", key.as_bytes()]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while replica_get(entry) != bulk("v1") {
+        assert!(Instant::now() < deadline, "the entry never replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(Raw::connect(replica.addr()).call(&words("SAVE")), OK);
+    // A miss (recorded upstream), then a writer's delete of both keys.
+    assert_eq!(reader.call(&cmd(&[b"GET", missed.as_bytes()])), NIL);
+    assert_eq!(
+        c.call(&cmd(&[b"DEL", entry.as_bytes(), missed.as_bytes()])),
+        b":1\r\n"
+    );
+    while replica_get(entry) != NIL {
+        assert!(Instant::now() < deadline, "the delete never replicated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The replica as if the miss and the delete had been lost on the way.
+    assert_eq!(
+        Raw::connect(replica.addr()).call(&words("DEBUG RELOAD NOSAVE")),
+        OK
+    );
+    assert_eq!(replica_get(entry), bulk("v1"));
+    assert_eq!(
+        Raw::connect(replica.addr()).call(&words("CLUSTER FAILOVER FORCE")),
+        OK
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while replica_get(entry) != NIL {
+        if Instant::now() > deadline {
+            let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
+            let nodes = Raw::connect(replica.addr()).call(&words("CLUSTER NODES"));
+            panic!(
+                "the delete was not sent again to the promoted replica: {} {}",
+                String::from_utf8_lossy(&nodes),
+                metrics
+                    .lines()
+                    .filter(|l| l.contains("cluster")
+                        || l.contains("restart")
+                        || l.contains("retr"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.call(&cmd(&[b"GET", entry.as_bytes()])), NIL);
+    // The reader's fill, from before the delete, arrives: dropped, not stored.
+    assert_eq!(
+        reader.call(&cmd(&[b"SET", missed.as_bytes(), b"old", b"EX", b"600"])),
+        OK
+    );
+    assert_eq!(replica_get(missed), NIL);
+    let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
+    assert_eq!(
+        support::http::sample(&metrics, "cachet_cluster_failovers_total"),
+        1.0
+    );
+    // After fill_window, fills are judged by the state the new primary keeps again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(reader.call(&cmd(&[b"GET", missed.as_bytes()])), NIL);
+    assert_eq!(
+        reader.call(&cmd(&[b"SET", missed.as_bytes(), b"new", b"EX", b"600"])),
+        OK
+    );
+    assert_eq!(replica_get(missed), bulk("new"));
+}
+
 // The fill protocol against a cluster: its state lives beside each key, in its slot.
 
 #[test]

@@ -148,6 +148,13 @@ impl Profile {
         )
     }
 
+    /// Profiles that run with a Sentinel upstream: not the one that cuts off the
+    /// Redis behind the cachets through the fault proxy (the cachets reach the primary
+    /// Sentinel names). `upstream-restart` fails the primary over instead.
+    pub fn runs_behind_sentinel(self) -> bool {
+        !matches!(self, Profile::DroppedInvalidation)
+    }
+
     /// Profiles that need at least two cachets.
     pub fn needs_several(self) -> bool {
         matches!(self, Profile::MultiSidecar | Profile::RestartOneOfSeveral)
@@ -336,7 +343,13 @@ pub struct Targets {
     /// The cachets' upstream is a Redis Cluster (these nodes); the direct runs still
     /// use one Redis (the workers' client routes to one address).
     pub cluster: Vec<Proc>,
+    /// The cachets' upstream is the primary a sentinel names: a primary, its replica
+    /// and the sentinel (last), watching [`SENTINEL_MASTER`].
+    pub sentinel: Vec<Proc>,
 }
+
+/// The name the spawned sentinel knows the primary by.
+pub const SENTINEL_MASTER: &str = "cachet-check";
 
 /// What the suite runs.
 pub struct Options {
@@ -370,6 +383,11 @@ pub async fn run_suite(opts: &Options, targets: &Targets, db: Arc<Db>) -> Vec<Pr
         }
         if !targets.cluster.is_empty() && !profile.runs_on_a_cluster() {
             report.skipped = Some("not with --cluster".into());
+            out.push(report);
+            continue;
+        }
+        if !targets.sentinel.is_empty() && !profile.runs_behind_sentinel() {
+            report.skipped = Some("not with --sentinel".into());
             out.push(report);
             continue;
         }
@@ -431,6 +449,13 @@ pub async fn run_suite(opts: &Options, targets: &Targets, db: Arc<Db>) -> Vec<Pr
 
 /// The process a profile restarts at half time, for one of its runs.
 fn fault_of(profile: Profile, label: &str, t: &Targets) -> Option<Fault> {
+    if let (Profile::UpstreamRestart, "cachet", Some(sentinel)) =
+        (profile, label, t.sentinel.last())
+    {
+        // Behind Sentinel the upstream's fault is a failover to the replica.
+        let port = sentinel.port;
+        return Some(Box::new(move || Proc::fail_over(port, SENTINEL_MASTER)));
+    }
     let procs: Vec<Arc<Mutex<Proc>>> = match (profile, label) {
         (Profile::UpstreamRestart, "direct") => t.direct_redis.iter().cloned().collect(),
         (Profile::UpstreamRestart, _) => t.redis.iter().cloned().collect(),

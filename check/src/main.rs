@@ -37,6 +37,12 @@ struct Cli {
     /// cross-slot transaction, are skipped.
     #[arg(long, requires = "spawn")]
     cluster: bool,
+    /// With --spawn: the cachets' upstream is the primary a redis-sentinel names
+    /// (`redis+sentinel://`), with one replica; `upstream-restart` fails the primary
+    /// over (`SENTINEL FAILOVER`) instead of restarting it; `dropped-invalidation` is
+    /// skipped.
+    #[arg(long, requires = "spawn", conflicts_with = "cluster")]
+    sentinel: bool,
     /// With --spawn: this many cachets in front of one Redis.
     #[arg(long, default_value_t = 1, value_name = "N")]
     proxies: usize,
@@ -179,6 +185,7 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
             cachets: Vec::new(),
             faults: None,
             cluster: Vec::new(),
+            sentinel: Vec::new(),
         });
     }
     let exe = std::env::current_exe().context("locating cachet-check")?;
@@ -209,9 +216,19 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
     } else {
         Vec::new()
     };
-    let upstream_url = match cluster.first() {
-        Some(seed) => format!("redis+cluster://{}", seed.addr()),
-        None => format!("redis://{}/0", upstream_faults.addr),
+    let sentinel = if cli.sentinel {
+        Proc::sentinel_set(cachet_check::SENTINEL_MASTER).map_err(anyhow::Error::msg)?
+    } else {
+        Vec::new()
+    };
+    let upstream_url = match (cluster.first(), sentinel.last()) {
+        (Some(seed), _) => format!("redis+cluster://{}", seed.addr()),
+        (None, Some(s)) => format!(
+            "redis+sentinel://{}/{}/0",
+            s.addr(),
+            cachet_check::SENTINEL_MASTER
+        ),
+        (None, None) => format!("redis://{}/0", upstream_faults.addr),
     };
     let mut cachets = Vec::new();
     let mut proxies = Vec::new();
@@ -228,5 +245,6 @@ async fn targets(cli: &Cli, windows: &Windows) -> anyhow::Result<Targets> {
         cachets,
         faults: Some((direct_faults, upstream_faults)),
         cluster,
+        sentinel,
     })
 }

@@ -114,6 +114,104 @@ impl Proc {
         Ok(nodes)
     }
 
+    /// A primary, its replica and one `redis-sentinel` watching them as `master`
+    /// (quorum 1, down after 1 s), the replica in sync and known to the sentinel.
+    /// Returns the three, the sentinel last.
+    pub fn sentinel_set(master: &str) -> Result<Vec<Proc>, String> {
+        let primary = Proc::redis()?;
+        let replica = Proc::redis_with(
+            free_port()?,
+            &["--replicaof", "127.0.0.1", &primary.port.to_string()],
+        )?;
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("cachet-check-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "sentinel monitor {master} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {master} 1000\n\
+                 sentinel failover-timeout {master} 3000\n",
+                primary.port
+            ),
+        )
+        .map_err(|e| format!("{}: {e}", conf.display()))?;
+        let mut sentinel = Proc {
+            child: None,
+            port,
+            program: "redis-server".into(),
+            args: vec![
+                conf.to_string_lossy().into_owned(),
+                "--sentinel".into(),
+                "--port".into(),
+                port.to_string(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "--dir".into(),
+                dir.to_string_lossy().into_owned(),
+            ],
+            dir: Some(dir),
+        };
+        sentinel.start()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ask = |port: u16, words: &[&str]| -> Result<String, String> {
+            let out = Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(words)
+                .output()
+                .map_err(|e| format!("redis-cli: {e}"))?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        loop {
+            let synced =
+                ask(replica.port, &["INFO", "replication"])?.contains("master_link_status:up");
+            let known = ask(port, &["SENTINEL", "REPLICAS", master])?.contains("ip");
+            if synced && known {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the replica did not sync, or the sentinel did not see it".into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(vec![primary, replica, sentinel])
+    }
+
+    /// Asks the sentinel on `port` to fail `master` over, and waits (up to 20 s) until
+    /// it names another primary and that primary says so itself.
+    pub fn fail_over(port: u16, master: &str) -> Result<(), String> {
+        let ask = |port: &str, words: &[&str]| -> Result<String, String> {
+            let out = Command::new("redis-cli")
+                .args(["-p", port])
+                .args(words)
+                .output()
+                .map_err(|e| format!("redis-cli: {e}"))?;
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let sentinel = port.to_string();
+        let named = |s: &str| -> Result<String, String> {
+            let out = ask(s, &["SENTINEL", "get-master-addr-by-name", master])?;
+            Ok(out.lines().nth(1).unwrap_or_default().to_owned())
+        };
+        let before = named(&sentinel)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut asked = false;
+        loop {
+            if !asked {
+                asked = ask(&sentinel, &["SENTINEL", "FAILOVER", master])? == "OK";
+            }
+            let now = named(&sentinel)?;
+            if !now.is_empty() && now != before && ask(&now, &["ROLE"])?.starts_with("master") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the sentinel did not fail {master} over"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn redis_with(port: u16, extra: &[&str]) -> Result<Proc, String> {
         let dir = std::env::temp_dir().join(format!("cachet-check-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

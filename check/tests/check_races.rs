@@ -45,6 +45,7 @@ async fn slow_fill_is_stale_directly_and_never_through_cachet() {
         cachets: Vec::new(),
         faults: None,
         cluster: Vec::new(),
+        sentinel: Vec::new(),
     };
     let opts = Options {
         profiles: vec![Profile::SlowFill],
@@ -109,6 +110,7 @@ async fn a_checker_without_teeth_fails_the_suite() {
         cachets: Vec::new(),
         faults: None,
         cluster: Vec::new(),
+        sentinel: Vec::new(),
     };
     let opts = Options {
         profiles: vec![Profile::WriteThrough, Profile::CachetRestart],

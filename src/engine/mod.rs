@@ -144,6 +144,9 @@ pub struct UpstreamLife {
     /// upstream, so that a primary Sentinel names anew counts as a restart).
     run_id: std::sync::Mutex<std::collections::HashMap<String, String>>,
     amnesia_until: AtomicU64,
+    /// The upstream's clock as last read, and when: where [`lost`](Self::lost) reckons
+    /// the upstream's now from.
+    clock: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     /// The current `fill_window` (ms): how long a lost state stays a reason to refuse.
     fill_window: AtomicU64,
     stats: Arc<Stats>,
@@ -155,6 +158,9 @@ impl UpstreamLife {
     /// state it kept (or rolled it back), so for `fill_window` a `SET` of a key without
     /// state may be the fill of a miss it forgot: such a `SET` is dropped, never stored.
     pub fn observe(&self, node: &str, run_id: &str, upstream_ms: u64) {
+        if let Ok(mut clock) = self.clock.lock() {
+            *clock = Some((upstream_ms, std::time::Instant::now()));
+        }
         let Ok(mut seen) = self.run_id.lock() else {
             return;
         };
@@ -168,6 +174,23 @@ impl UpstreamLife {
             );
         }
         seen.insert(node.to_owned(), run_id.to_owned());
+    }
+
+    /// The upstream may have lost state it acknowledged (a cluster's replica took over
+    /// a primary's slots, whose run id cachet never saw change): for `fill_window` from
+    /// now, as for a restart, a `SET` of a key without state is dropped. Now is the
+    /// upstream's clock as last read plus the time since, or this host's clock when no
+    /// connection has read it yet.
+    pub fn lost(&self) {
+        let now = match self.clock.lock().ok().and_then(|c| *c) {
+            Some((ms, at)) => ms.saturating_add(at.elapsed().as_millis() as u64),
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let until = now.saturating_add(self.fill_window.load(Ordering::Relaxed));
+        self.amnesia_until.fetch_max(until, Ordering::Relaxed);
+        self.stats.upstream_restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -189,6 +212,7 @@ impl Engine {
             upstream: Arc::new(UpstreamLife {
                 run_id: std::sync::Mutex::new(std::collections::HashMap::new()),
                 amnesia_until: AtomicU64::new(0),
+                clock: std::sync::Mutex::new(None),
                 fill_window: AtomicU64::new(ms(consistency.fill_window)),
                 stats: stats.clone(),
             }),

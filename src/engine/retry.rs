@@ -132,16 +132,32 @@ impl RetryQueue {
     /// over: the new primary may lack writes the old one acknowledged, and with them
     /// their invalidations), as deletes, in chunks. Returns how many.
     pub fn replay_recent(&self) -> usize {
-        let entries: Vec<Retry> = match self.recent.lock() {
-            Ok(mut r) => r.entries.drain(..).map(|(_, retry)| retry).collect(),
+        self.replay_where(|_| Some(0))
+    }
+
+    /// Re-sends, as [`replay_recent`](Self::replay_recent), the recent invalidations
+    /// whose first key `pick` gives a group (a cluster's slot: one chunk goes to one
+    /// node), and keeps the others for a later failover. Returns how many.
+    pub fn replay_where(&self, pick: impl Fn(&[u8]) -> Option<u32>) -> usize {
+        let mut chosen: std::collections::BTreeMap<(u32, u32), Vec<Retry>> = Default::default();
+        let mut n = 0;
+        match self.recent.lock() {
+            Ok(mut r) => {
+                let mut kept = std::collections::VecDeque::new();
+                for (at, retry) in r.entries.drain(..) {
+                    match retry.keys.first().and_then(|k| pick(k)) {
+                        Some(group) => {
+                            n += 1;
+                            chosen.entry((retry.db, group)).or_default().push(retry);
+                        }
+                        None => kept.push_back((at, retry)),
+                    }
+                }
+                r.entries = kept;
+            }
             Err(_) => return 0,
-        };
-        let n = entries.len();
-        let mut by_db: std::collections::BTreeMap<u32, Vec<Retry>> = Default::default();
-        for r in entries {
-            by_db.entry(r.db).or_default().push(r);
         }
-        for (db, retries) in by_db {
+        for ((db, _), retries) in chosen {
             for chunk in retries.chunks(REPLAY_CHUNK) {
                 let mut data = BytesMut::new();
                 let mut keys = Vec::new();
@@ -264,8 +280,27 @@ fn landed(reply: &[u8]) -> Outcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{Outcome, landed};
+    use super::{Outcome, Retry, RetryQueue, landed};
+    use bytes::Bytes;
+
+    #[tokio::test]
+    async fn a_failover_replays_only_the_invalidations_it_picks() {
+        let q = RetryQueue::default();
+        q.keep_recent(std::time::Duration::from_secs(10));
+        for key in ["a", "b", "c"] {
+            let cmd = vec![Bytes::from_static(b"DEL"), Bytes::from(key)];
+            q.remember(&Retry::of(&[cmd], vec![Bytes::from(key)]).unwrap());
+        }
+        let only_b = q.replay_where(|k| (k == b"b").then_some(7));
+        assert_eq!(only_b, 1);
+        assert!(q.is_pending(b"b") && !q.is_pending(b"a") && !q.is_pending(b"c"));
+        // The others are kept for a later failover; each is replayed once.
+        assert_eq!(q.replay_recent(), 2);
+        assert_eq!(q.replay_recent(), 0);
+        assert!(q.is_pending(b"a") && q.is_pending(b"c"));
+    }
 
     const MASTER: &[u8] = b"*3\r\n$6\r\nmaster\r\n:0\r\n*0\r\n";
     const SLAVE: &[u8] =

@@ -48,6 +48,20 @@ pub struct Cluster {
     pub changes: AtomicU64,
     /// Commands sent again after a redirect (a metric).
     pub redirects: AtomicU64,
+    /// Failovers seen: slots whose new primary was the old one's replica (a metric).
+    pub failovers: AtomicU64,
+    /// The primary each replica last replicated, by node number.
+    replica_of: std::sync::RwLock<std::collections::HashMap<u16, u16>>,
+    hook: std::sync::OnceLock<FailoverHook>,
+}
+
+/// Told `(old primary, new primary)` when slots fail over to a replica.
+pub struct FailoverHook(Box<dyn Fn(u16, u16) + Send + Sync>);
+
+impl std::fmt::Debug for FailoverHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FailoverHook")
+    }
 }
 
 /// Which node serves each slot.
@@ -103,6 +117,40 @@ impl Cluster {
             wake: tokio::sync::Notify::new(),
             changes: AtomicU64::new(0),
             redirects: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            replica_of: std::sync::RwLock::new(std::collections::HashMap::new()),
+            hook: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Sets what is done when slots fail over (once; later calls are ignored).
+    pub fn on_failover(&self, hook: impl Fn(u16, u16) + Send + Sync + 'static) {
+        let _ = self.hook.set(FailoverHook(Box::new(hook)));
+    }
+
+    /// Whether `new` taking over slots from `old` is a failover: `new` was `old`'s
+    /// replica.
+    fn is_failover(&self, old: u16, new: u16) -> bool {
+        old != NONE
+            && old != new
+            && self
+                .replica_of
+                .read()
+                .is_ok_and(|r| r.get(&new) == Some(&old))
+    }
+
+    /// Tells the hook of each failover in `pairs` (old, new), after the map shows it.
+    fn failed_over(&self, pairs: &[(u16, u16)]) {
+        for &(old, new) in pairs {
+            self.failovers.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                from = self.address(old).as_deref().unwrap_or("?"),
+                to = self.address(new).as_deref().unwrap_or("?"),
+                "cluster slots failed over to a replica"
+            );
+            if let Some(hook) = self.hook.get() {
+                (hook.0)(old, new);
+            }
         }
     }
 
@@ -171,11 +219,16 @@ impl Cluster {
         let node = self.node(address);
         if self.owner(slot) != Some(node) {
             let mut map = (**self.map.load()).clone();
+            let mut old = NONE;
             if let Some(o) = map.owner.get_mut(usize::from(slot)) {
+                old = *o;
                 *o = node;
             }
             self.map.store(Arc::new(map));
             self.changes.fetch_add(1, Ordering::Relaxed);
+            if self.is_failover(old, node) {
+                self.failed_over(&[(old, node)]);
+            }
         }
         self.wake.notify_one();
         node
@@ -183,16 +236,26 @@ impl Cluster {
 
     /// Installs the map read from `CLUSTER SLOTS`; whether any slot changed owner
     /// (slots no node serves in `slots` keep their last known owner).
-    pub fn install(&self, ranges: &[SlotRange], replicas: &[String]) -> bool {
-        for r in replicas {
-            self.node(r);
-        }
+    pub fn install(&self, ranges: &[SlotRange], replicas: &[Replica]) -> bool {
+        let now: std::collections::HashMap<u16, u16> = replicas
+            .iter()
+            .map(|(replica, primary)| (self.node(replica), self.node(primary)))
+            .collect();
         let old = self.map.load_full();
         let mut map = (*old).clone();
+        let mut failovers: Vec<(u16, u16)> = Vec::new();
         for (start, end, address) in ranges {
             let node = self.node(address);
             for s in *start..=(*end).min(SLOTS - 1) {
                 if let Some(o) = map.owner.get_mut(usize::from(s)) {
+                    // The new primary was the old one's replica, or the old one is the
+                    // new one's replica now (demoted by a manual failover).
+                    let failover = *o != NONE
+                        && *o != node
+                        && (self.is_failover(*o, node) || now.get(o) == Some(&node));
+                    if failover && !failovers.contains(&(*o, node)) {
+                        failovers.push((*o, node));
+                    }
                     *o = node;
                 }
             }
@@ -202,17 +265,23 @@ impl Cluster {
             self.map.store(Arc::new(map));
             self.changes.fetch_add(1, Ordering::Relaxed);
         }
+        if let Ok(mut r) = self.replica_of.write() {
+            r.extend(now);
+        }
+        self.failed_over(&failovers);
         changed
     }
 }
 
 /// A range of slots (first, last) and its primary's `host:port`.
 pub type SlotRange = (u16, u16, String);
+/// A replica's `host:port` and its primary's.
+pub type Replica = (String, String);
 
 /// The slot ranges and their primaries' addresses from a `CLUSTER SLOTS` reply asked
 /// of `asked` (whose host stands in for a node that does not know its own), and the
-/// replicas' addresses.
-pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<String>)> {
+/// replicas' addresses, each with its primary's.
+pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<Replica>)> {
     let asked_host = asked
         .rsplit_once(':')
         .map_or(asked, |(h, _)| h)
@@ -235,8 +304,14 @@ pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<Str
         let el = elements(range)?;
         let start = u16::try_from(int_value(el.first()?)?).ok()?;
         let end = u16::try_from(int_value(el.get(1)?)?).ok()?;
-        out.push((start, end, address(el.get(2)?)?));
-        replicas.extend(el.iter().skip(3).filter_map(|r| address(r)));
+        let primary = address(el.get(2)?)?;
+        replicas.extend(
+            el.iter()
+                .skip(3)
+                .filter_map(|r| address(r))
+                .map(|r| (r, primary.clone())),
+        );
+        out.push((start, end, primary));
     }
     Some((out, replicas))
 }
@@ -274,7 +349,10 @@ mod tests {
         let reply = b"*2\r\n*3\r\n:0\r\n:8191\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n\
 *4\r\n:8192\r\n:16383\r\n*3\r\n$0\r\n\r\n:7001\r\n$2\r\nid\r\n*2\r\n$1\r\nh\r\n:7003\r\n";
         let (ranges, replicas) = parse_slots(reply, "10.0.0.1:7000").unwrap();
-        assert_eq!(replicas, vec!["h:7003".to_owned()]);
+        assert_eq!(
+            replicas,
+            vec![("h:7003".to_owned(), "10.0.0.1:7001".to_owned())]
+        );
         assert_eq!(
             ranges,
             vec![
@@ -295,5 +373,44 @@ mod tests {
         assert_eq!(c.owner(5), Some(b));
         assert_eq!(c.owner(6), Some(a));
         assert_eq!(c.any(), Some(a));
+    }
+
+    #[test]
+    fn a_replica_taking_over_is_a_failover_and_a_migration_is_not() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let c = Cluster::new(vec!["p1:1".into()]);
+        let log = seen.clone();
+        c.on_failover(move |old, new| log.lock().unwrap().push((old, new)));
+        let range = |a: u16, b: u16, n: &str| (a, b, n.to_owned());
+        let replica = |r: &str, p: &str| (r.to_owned(), p.to_owned());
+        c.install(
+            &[range(0, 99, "p1:1"), range(100, 16383, "p2:1")],
+            &[replica("r1:1", "p1:1"), replica("r2:1", "p2:1")],
+        );
+        // Slots 0-9 migrate to the other primary: no failover.
+        c.install(
+            &[
+                range(0, 9, "p2:1"),
+                range(10, 99, "p1:1"),
+                range(100, 16383, "p2:1"),
+            ],
+            &[replica("r1:1", "p1:1"), replica("r2:1", "p2:1")],
+        );
+        assert!(seen.lock().unwrap().is_empty());
+        // p1's replica takes over its slots: one failover, told once.
+        let (p1, r1) = (c.node("p1:1"), c.node("r1:1"));
+        c.install(
+            &[
+                range(0, 9, "p2:1"),
+                range(10, 99, "r1:1"),
+                range(100, 16383, "p2:1"),
+            ],
+            &[replica("p1:1", "r1:1"), replica("r2:1", "p2:1")],
+        );
+        assert_eq!(*seen.lock().unwrap(), vec![(p1, r1)]);
+        // And back, learnt from a -MOVED first: the old primary is now r1's replica.
+        assert_eq!(c.moved(10, "p1:1"), p1);
+        assert_eq!(*seen.lock().unwrap(), vec![(p1, r1), (r1, p1)]);
+        assert_eq!(c.failovers.load(Ordering::Relaxed), 2);
     }
 }

@@ -94,6 +94,19 @@ impl RedisCluster {
         panic!("no node serves {key}");
     }
 
+    /// The replica of `primary`.
+    pub fn replica_of(&self, primary: &RedisServer) -> &RedisServer {
+        let port = format!(":{}\r\n", primary.port());
+        self.nodes
+            .iter()
+            .find(|n| {
+                let r = Raw::connect(n.addr()).call(&words("ROLE"));
+                let text = String::from_utf8_lossy(&r);
+                text.starts_with("*5\r\n$5\r\nslave") && text.contains(&port)
+            })
+            .expect("a replica")
+    }
+
     /// A primary other than `than`.
     pub fn other_primary(&self, than: &RedisServer) -> &RedisServer {
         self.nodes

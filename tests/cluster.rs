@@ -177,6 +177,64 @@ fn commands_answer_as_a_cluster_node_does() {
 /// A slot migrated with `SETSLOT MIGRATING/IMPORTING` and `MIGRATE`, as `redis-cli
 /// --cluster reshard` does, while a client reads and writes keys in it: `-ASK` and
 /// `-MOVED` are followed by cachet, the client sees no error and reads its writes.
+/// A client writing and reading back its own writes through `addr` until `stop`: keys
+/// from `key(n)`, strict ones and cache ones (whose writes run the fill protocol's
+/// scripts, their state in the same slot). Returns the rounds and every error, a read
+/// that did not return its own write with what each node holds.
+fn read_your_writes(
+    addr: std::net::SocketAddr,
+    nodes: Vec<std::net::SocketAddr>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    key: fn(u64) -> String,
+) -> std::thread::JoinHandle<(u64, Vec<String>)> {
+    std::thread::spawn(move || {
+        let mut c = Raw::connect(addr);
+        let mut errors = Vec::new();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            let key = match n % 2 {
+                0 => key(n),
+                _ => format!(":1:{}", key(n)),
+            };
+            let r = c.call(&words(&format!("SET {key} {n}")));
+            if r != OK {
+                errors.push(String::from_utf8_lossy(&r).into_owned());
+            }
+            let r = c.call(&words(&format!("GET {key}")));
+            if r != bulk(&n.to_string()) {
+                let direct: Vec<String> = nodes
+                    .iter()
+                    .map(|a| {
+                        let mut d = Raw::connect(*a);
+                        d.send(&words("ASKING"));
+                        let _ = d.frame();
+                        String::from_utf8_lossy(&d.call(&words(&format!("GET {key}")))).into_owned()
+                    })
+                    .collect();
+                let again =
+                    String::from_utf8_lossy(&c.call(&words(&format!("GET {key}")))).into_owned();
+                errors.push(format!(
+                    "GET {key} after SET {n}: {} (again: {again}; nodes: {direct:?})",
+                    String::from_utf8_lossy(&r)
+                ));
+            }
+        }
+        (n, errors)
+    })
+}
+
+fn no_errors(load: std::thread::JoinHandle<(u64, Vec<String>)>) {
+    let (n, errors) = load.join().unwrap();
+    assert!(n > 100, "{n} rounds");
+    assert!(
+        errors.is_empty(),
+        "{} errors: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+}
+
 #[test]
 fn a_slot_moved_under_load_is_followed_without_client_errors() {
     let cluster = RedisCluster::start();
@@ -187,69 +245,62 @@ fn a_slot_moved_under_load_is_followed_without_client_errors() {
     let addr = cachet.addr;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let nodes: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.addr()).collect();
-    let load = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let mut c = Raw::connect(addr);
-            let mut errors = Vec::new();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                n += 1;
-                // Strict keys, and cache keys whose writes run the fill protocol's
-                // scripts (their state shares the slot).
-                let key = match n % 2 {
-                    0 => format!("{{hot}}:{}", n % 50),
-                    _ => format!(":1:{{hot}}:{}", n % 50),
-                };
-                let r = c.call(&words(&format!("SET {key} {n}")));
-                if r != OK {
-                    errors.push(String::from_utf8_lossy(&r).into_owned());
-                }
-                let r = c.call(&words(&format!("GET {key}")));
-                if r != bulk(&n.to_string()) {
-                    let direct: Vec<String> = nodes
-                        .iter()
-                        .map(|a| {
-                            let mut d = Raw::connect(*a);
-                            d.send(&words("ASKING"));
-                            let _ = d.frame();
-                            String::from_utf8_lossy(&d.call(&words(&format!("GET {key}"))))
-                                .into_owned()
-                        })
-                        .collect();
-                    let again = String::from_utf8_lossy(&c.call(&words(&format!("GET {key}"))))
-                        .into_owned();
-                    errors.push(format!(
-                        "GET {key} after SET {n}: {} (again: {again}; nodes: {direct:?})",
-                        String::from_utf8_lossy(&r)
-                    ));
-                }
-            }
-            (n, errors)
-        })
-    };
+    let load = read_your_writes(addr, nodes, stop.clone(), |n| format!("{{hot}}:{}", n % 50));
     std::thread::sleep(Duration::from_millis(300));
     cluster.move_slot(slot, from, to, || {
         std::thread::sleep(Duration::from_millis(300))
     });
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (n, errors) = load.join().unwrap();
-    assert!(n > 100, "{n} rounds");
-    assert!(
-        errors.is_empty(),
-        "{} errors: {:?}",
-        errors.len(),
-        &errors[..errors.len().min(5)]
-    );
+    no_errors(load);
     assert_eq!(cluster.primary_of("{hot}").port(), to.port());
     // Followed, not avoided: commands were sent again, and the map changed.
     let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
     assert!(support::http::sample(&metrics, "cachet_cluster_redirects_total") > 0.0);
     assert!(support::http::sample(&metrics, "cachet_cluster_slot_map_changes_total") > 0.0);
+    assert_eq!(
+        support::http::sample(&metrics, "cachet_cluster_failovers_total"),
+        0.0
+    );
     let mut c = Raw::connect(addr);
     assert_eq!(c.call(&words("SET {hot}:after 1")), OK);
     assert_eq!(upstream(&cluster, "{hot}:after"), bulk("1"));
+}
+
+/// `redis-cli --cluster reshard` moves a thousand slots between primaries while two
+/// clients write keys spread over every slot and read each write back: no error, no
+/// lost write, and no failover seen where there was none.
+#[test]
+fn slots_resharded_by_redis_cli_under_load_lose_no_write() {
+    let cluster = RedisCluster::start();
+    let cachet = cachet(&cluster);
+    let from = cluster.primary_of("{hot}");
+    let to = cluster.other_primary(from);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let nodes: Vec<std::net::SocketAddr> = cluster.nodes.iter().map(|n| n.addr()).collect();
+    let loads = [
+        read_your_writes(cachet.addr, nodes.clone(), stop.clone(), |n| {
+            format!("spread:{}", n % 3000)
+        }),
+        read_your_writes(cachet.addr, nodes, stop.clone(), |n| {
+            format!("other:{}", (n * 7) % 3000)
+        }),
+    ];
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cluster.slots_of(from);
+    cluster.reshard(from, to, 1000);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for load in loads {
+        no_errors(load);
+    }
+    assert_eq!(cluster.slots_of(from), before - 1000);
+    let (_, metrics) = support::http::get(cachet.admin.unwrap(), "/metrics");
+    assert!(support::http::sample(&metrics, "cachet_cluster_redirects_total") > 0.0);
+    assert_eq!(
+        support::http::sample(&metrics, "cachet_cluster_failovers_total"),
+        0.0
+    );
 }
 
 /// A primary dies; its replica is promoted by the cluster; cachet's clients are served

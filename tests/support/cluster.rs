@@ -107,6 +107,53 @@ impl RedisCluster {
             .expect("a replica")
     }
 
+    /// The node id of `node`.
+    pub fn id_of(&self, node: &RedisServer) -> String {
+        let r = Raw::connect(node.addr()).call(&words("CLUSTER MYID"));
+        String::from_utf8_lossy(&r)
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// How many slots `node` serves, as its own line of `CLUSTER NODES` says.
+    pub fn slots_of(&self, node: &RedisServer) -> usize {
+        let r = Raw::connect(node.addr()).call(&words("CLUSTER NODES"));
+        let text = String::from_utf8_lossy(&r).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("myself"))
+            .expect("its own line");
+        line.split(' ')
+            .skip(8)
+            .filter(|r| !r.starts_with('['))
+            .map(|r| match r.split_once('-') {
+                Some((a, b)) => {
+                    b.parse::<usize>().expect("slot") - a.parse::<usize>().expect("slot") + 1
+                }
+                None => 1,
+            })
+            .sum()
+    }
+
+    /// Moves `slots` slots from `from` to `to` with `redis-cli --cluster reshard`.
+    pub fn reshard(&self, from: &RedisServer, to: &RedisServer, slots: usize) {
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "reshard", &from.addr().to_string()])
+            .args(["--cluster-from", &self.id_of(from)])
+            .args(["--cluster-to", &self.id_of(to)])
+            .args(["--cluster-slots", &slots.to_string()])
+            .arg("--cluster-yes")
+            .output()
+            .expect("redis-cli must be installed");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+
     /// A primary other than `than`.
     pub fn other_primary(&self, than: &RedisServer) -> &RedisServer {
         self.nodes
@@ -140,15 +187,7 @@ impl RedisCluster {
         to: &RedisServer,
         between: impl FnOnce(),
     ) {
-        let id_of = |n: &RedisServer| {
-            let r = Raw::connect(n.addr()).call(&words("CLUSTER MYID"));
-            String::from_utf8_lossy(&r)
-                .lines()
-                .nth(1)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        let (from_id, to_id) = (id_of(from), id_of(to));
+        let (from_id, to_id) = (self.id_of(from), self.id_of(to));
         let ok = |r: Vec<u8>| assert_eq!(r, b"+OK\r\n", "{}", String::from_utf8_lossy(&r));
         ok(Raw::connect(to.addr()).call(&words(&format!(
             "CLUSTER SETSLOT {slot} IMPORTING {from_id}"

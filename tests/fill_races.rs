@@ -9,7 +9,10 @@
 //! Every race runs twice: with clients that never log in, and with clients logged in
 //! as an ACL user of their own against a Redis with `requirepass` (their commands then
 //! run on that user's connections, and cachet's scripts check that user's rights), so
-//! that authentication changes none of the guarantees.
+//! that authentication changes none of the guarantees. And every race that does not
+//! cut the one upstream's connection runs a third time against a Redis Cluster of
+//! three primaries with a replica each (the fill protocol's state lives in each key's
+//! slot, so the same rules hold on whichever node serves it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -18,6 +21,7 @@ mod support;
 use std::time::Duration;
 
 use support::cachet::{Cachet, config_for};
+use support::cluster::RedisCluster;
 use support::raw::{Raw, words};
 use support::redis::RedisServer;
 use support::shim::{Fault, Shim};
@@ -35,6 +39,39 @@ enum Clients {
     Anonymous,
     /// Redis has `requirepass`; clients log in as the ACL user `app`.
     AclUser,
+    /// Clients that never log in, in front of a Redis Cluster.
+    OnACluster,
+}
+
+/// The upstream of a race: one Redis, or a cluster.
+enum Upstream {
+    One(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Upstream {
+    fn url(&self) -> String {
+        match self {
+            Upstream::One(redis) => redis.url(),
+            Upstream::Cluster(cluster) => cluster.url(),
+        }
+    }
+
+    /// The Redis that serves `key`.
+    fn serving(&self, key: &str) -> &RedisServer {
+        match self {
+            Upstream::One(redis) => redis,
+            Upstream::Cluster(cluster) => cluster.primary_of(key),
+        }
+    }
+
+    /// The one Redis (for the races that cut its connection).
+    fn one(&self) -> &RedisServer {
+        match self {
+            Upstream::One(redis) => redis,
+            Upstream::Cluster(_) => panic!("this race needs one Redis"),
+        }
+    }
 }
 
 thread_local! {
@@ -48,10 +85,11 @@ fn clients() -> Clients {
     CLIENTS.with(|c| c.get())
 }
 
-/// The Redis of a race: with a password and the user `app` for `Clients::AclUser`.
-fn start_redis() -> RedisServer {
+/// The Redis of a race: with a password and the user `app` for `Clients::AclUser`,
+/// a cluster for `Clients::OnACluster`.
+fn start_redis() -> Upstream {
     match clients() {
-        Clients::Anonymous => RedisServer::start(),
+        Clients::Anonymous => Upstream::One(RedisServer::start()),
         Clients::AclUser => {
             let redis = RedisServer::start_with(&["--requirepass", ADMIN_PASSWORD]);
             let mut admin = admin(&redis);
@@ -59,15 +97,16 @@ fn start_redis() -> RedisServer {
                 admin.call(&words("ACL SETUSER app on >app-pw ~* &* +@all -@dangerous")),
                 OK
             );
-            redis
+            Upstream::One(redis)
         }
+        Clients::OnACluster => Upstream::Cluster(RedisCluster::start()),
     }
 }
 
 /// An upstream URL with cachet's own credentials (the admin's) when Redis has them.
 fn with_admin(url: &str) -> String {
     match clients() {
-        Clients::Anonymous => url.to_owned(),
+        Clients::Anonymous | Clients::OnACluster => url.to_owned(),
         Clients::AclUser => url.replacen("://", &format!("://:{ADMIN_PASSWORD}@"), 1),
     }
 }
@@ -100,7 +139,7 @@ fn config(url: &str) -> cachet::Config {
     config
 }
 
-fn cachet(redis: &RedisServer) -> Cachet {
+fn cachet(redis: &Upstream) -> Cachet {
     Cachet::start_with(config(&with_admin(&redis.url())))
 }
 
@@ -109,8 +148,8 @@ fn get(c: &mut Raw, key: &str) -> Vec<u8> {
 }
 
 /// What Redis itself holds for `key` (a GET through cachet would record a miss).
-fn upstream(redis: &RedisServer, key: &str) -> Vec<u8> {
-    admin(redis).call(&words(&format!("GET {key}")))
+fn upstream(redis: &Upstream, key: &str) -> Vec<u8> {
+    admin(redis.serving(key)).call(&words(&format!("GET {key}")))
 }
 
 fn a_coalesced_misser_on_another_cachet_cannot_fill_after_an_invalidation() {
@@ -191,14 +230,18 @@ fn django_set_many_in_a_transaction_is_judged_like_a_set() {
     let a = cachet(&redis);
     let (mut app, mut writer) = (client(&a), client(&a));
     // get_many misses both keys; a writer invalidates one of them.
-    assert_eq!(app.call(&words("MGET :1:a :1:b")), b"*2\r\n$-1\r\n$-1\r\n");
-    assert_eq!(writer.call(&words("DEL :1:b")), b":0\r\n");
-    // set_many is redis-py's pipeline(): MULTI, MSET, EXPIRE each, EXEC.
+    assert_eq!(
+        app.call(&words("MGET :1:{s}a :1:{s}b")),
+        b"*2\r\n$-1\r\n$-1\r\n"
+    );
+    assert_eq!(writer.call(&words("DEL :1:{s}b")), b":0\r\n");
+    // set_many is redis-py's pipeline(): MULTI, MSET, EXPIRE each, EXEC. (The keys
+    // share a hash tag: a cluster runs a transaction in one slot.)
     for line in [
         "MULTI",
-        "MSET :1:a fresh :1:b stale",
-        "EXPIRE :1:a 60",
-        "EXPIRE :1:b 60",
+        "MSET :1:{s}a fresh :1:{s}b stale",
+        "EXPIRE :1:{s}a 60",
+        "EXPIRE :1:{s}b 60",
     ] {
         let r = app.call(&words(line));
         assert!(r == OK || r == b"+QUEUED\r\n", "{line}: {r:?}");
@@ -206,8 +249,8 @@ fn django_set_many_in_a_transaction_is_judged_like_a_set() {
     // The replies are exactly Redis's (EXPIRE of the dropped key answers 0, as it
     // would had the key expired).
     assert_eq!(app.call(&words("EXEC")), b"*3\r\n+OK\r\n:1\r\n:0\r\n");
-    assert_eq!(upstream(&redis, ":1:a"), b"$5\r\nfresh\r\n");
-    assert_eq!(upstream(&redis, ":1:b"), NIL);
+    assert_eq!(upstream(&redis, ":1:{s}a"), b"$5\r\nfresh\r\n");
+    assert_eq!(upstream(&redis, ":1:{s}b"), NIL);
 }
 
 fn every_set_form_is_judged_and_other_writes_invalidate() {
@@ -282,12 +325,13 @@ fn a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused() {
 }
 
 fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
-    let redis = start_redis();
+    let up = start_redis();
+    let redis = up.one();
     let shim = Shim::start(redis.addr());
     let mut config = config(&with_admin(&shim.url()));
     config.upstream.command_timeout = Duration::from_millis(300);
     let a = Cachet::start_with(config);
-    let mut direct = admin(&redis);
+    let mut direct = admin(redis);
     assert_eq!(direct.call(&words("SET :1:item old")), OK);
     let mut writer = client(&a);
     assert_eq!(get(&mut writer, ":1:item"), b"$3\r\nold\r\n");
@@ -303,11 +347,11 @@ fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
     // (The shim drops what it held: the delete is lost.)
     shim.reset_all();
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(upstream(&redis, ":1:item"), b"$3\r\nold\r\n");
+    assert_eq!(upstream(&up, ":1:item"), b"$3\r\nold\r\n");
     // Once the upstream is reachable again, cachet's re-sent invalidation deletes it.
     shim.set(Fault::Pass);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while upstream(&redis, ":1:item") != NIL {
+    while upstream(&up, ":1:item") != NIL {
         assert!(
             std::time::Instant::now() < deadline,
             "the invalidation was not re-sent"
@@ -333,20 +377,38 @@ fn a_refused_set_nx_never_claims_the_mutex() {
     assert_eq!(upstream(&redis, ":1:lock"), b"$3\r\ntwo\r\n");
 }
 
-/// Each race as a test with anonymous clients and as one with an ACL user.
+/// Each race as a test with anonymous clients, as one with an ACL user, and (unless it
+/// is marked `one_redis`) as one in front of a cluster.
 macro_rules! races {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)?; one_redis: $($one:ident),* $(,)?) => {
         mod anonymous_clients {
             $(#[test]
             fn $name() {
                 super::CLIENTS.with(|c| c.set(super::Clients::Anonymous));
                 super::$name();
             })*
+            $(#[test]
+            fn $one() {
+                super::CLIENTS.with(|c| c.set(super::Clients::Anonymous));
+                super::$one();
+            })*
         }
         mod acl_user_clients {
             $(#[test]
             fn $name() {
                 super::CLIENTS.with(|c| c.set(super::Clients::AclUser));
+                super::$name();
+            })*
+            $(#[test]
+            fn $one() {
+                super::CLIENTS.with(|c| c.set(super::Clients::AclUser));
+                super::$one();
+            })*
+        }
+        mod on_a_cluster {
+            $(#[test]
+            fn $name() {
+                super::CLIENTS.with(|c| c.set(super::Clients::OnACluster));
                 super::$name();
             })*
         }
@@ -362,6 +424,6 @@ races!(
     django_set_many_in_a_transaction_is_judged_like_a_set,
     every_set_form_is_judged_and_other_writes_invalidate,
     a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused,
-    an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete,
-    a_refused_set_nx_never_claims_the_mutex,
+    a_refused_set_nx_never_claims_the_mutex;
+    one_redis: an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete,
 );

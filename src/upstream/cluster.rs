@@ -1,8 +1,8 @@
 //! A Redis Cluster upstream (`redis+cluster://seed,seed`): which primary serves each of
 //! the 16384 hash slots, and how cachet keeps knowing it.
 //!
-//! The map comes from `CLUSTER SLOTS`, asked of a known primary (or, failing those, a
-//! seed): at start-up, every [`REFRESH_EVERY`], and at once when a reply says a slot
+//! The map comes from `CLUSTER SHARDS` (`CLUSTER SLOTS` before Redis 7.0), asked of a
+//! known primary (or, failing those, a seed): at start-up, every [`REFRESH_EVERY`], and at once when a reply says a slot
 //! moved (`-MOVED`, whose slot and address also update the map on the spot). Nodes get
 //! a small number, their index in an append-only table, which is part of a connection's
 //! [`Identity`](super::Identity): every primary has its own shared and dedicated
@@ -171,7 +171,7 @@ impl Cluster {
         (nodes.len() - 1) as u16
     }
 
-    /// Whether `CLUSTER SLOTS` ever named `address` (a primary or a replica): only
+    /// Whether the slot map ever named `address` (a primary or a replica): only
     /// such a node is followed on a redirect.
     pub fn knows(&self, address: &str) -> bool {
         self.nodes
@@ -234,7 +234,7 @@ impl Cluster {
         node
     }
 
-    /// Installs the map read from `CLUSTER SLOTS`; whether any slot changed owner
+    /// Installs the map read from `CLUSTER SHARDS` or `SLOTS`; whether any slot changed owner
     /// (slots no node serves in `slots` keep their last known owner).
     pub fn install(&self, ranges: &[SlotRange], replicas: &[Replica]) -> bool {
         let now: std::collections::HashMap<u16, u16> = replicas
@@ -282,11 +282,7 @@ pub type Replica = (String, String);
 /// of `asked` (whose host stands in for a node that does not know its own), and the
 /// replicas' addresses, each with its primary's.
 pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<Replica>)> {
-    let asked_host = asked
-        .rsplit_once(':')
-        .map_or(asked, |(h, _)| h)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let asked_host = host_of(asked);
     let address = |node: &[u8]| -> Option<String> {
         let node = elements(node)?;
         let host = std::str::from_utf8(string_value(node.first()?)?).ok()?;
@@ -314,6 +310,99 @@ pub fn parse_slots(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<Rep
         out.push((start, end, primary));
     }
     Some((out, replicas))
+}
+
+/// The same as [`parse_slots`] from a `CLUSTER SHARDS` reply (Redis 7.0 and later),
+/// which, unlike `CLUSTER SLOTS`, names replicas that are still loading or whose
+/// offset the asked node has not heard of yet: a failover is then recognised from the
+/// first map on. `None` when the reply is not one (an error from an older Redis).
+pub fn parse_shards(reply: &[u8], asked: &str) -> Option<(Vec<SlotRange>, Vec<Replica>)> {
+    let asked_host = host_of(asked);
+    let mut ranges = Vec::new();
+    let mut replicas = Vec::new();
+    for shard in elements(reply)? {
+        let fields = elements(shard)?;
+        let mut slots = Vec::new();
+        let mut primary = None;
+        let mut others = Vec::new();
+        for pair in fields.chunks(2) {
+            let (Some(name), Some(value)) = (pair.first(), pair.get(1)) else {
+                return None;
+            };
+            match string_value(name)? {
+                b"slots" => {
+                    for bound in elements(value)? {
+                        let n = int_value(bound).or_else(|| {
+                            std::str::from_utf8(string_value(bound)?).ok()?.parse().ok()
+                        })?;
+                        slots.push(u16::try_from(n).ok()?);
+                    }
+                }
+                b"nodes" => {
+                    for node in elements(value)? {
+                        let (address, role) = shard_node(node, asked_host)?;
+                        match role {
+                            b"master" => primary = Some(address),
+                            _ => others.push(address),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let Some(primary) = primary else { continue };
+        for pair in slots.chunks(2) {
+            if let (Some(&start), Some(&end)) = (pair.first(), pair.get(1)) {
+                ranges.push((start, end, primary.clone()));
+            }
+        }
+        replicas.extend(others.into_iter().map(|r| (r, primary.clone())));
+    }
+    Some((ranges, replicas))
+}
+
+/// A node of a `CLUSTER SHARDS` shard: its `host:port` (the endpoint clients are to
+/// use, else its IP, else the asked node's host) and its role.
+fn shard_node<'a>(node: &'a [u8], asked_host: &str) -> Option<(String, &'a [u8])> {
+    let fields = elements(node)?;
+    let (mut endpoint, mut ip, mut port, mut tls_port, mut role) = (None, None, None, None, None);
+    for pair in fields.chunks(2) {
+        let (Some(name), Some(value)) = (pair.first(), pair.get(1)) else {
+            return None;
+        };
+        match string_value(name)? {
+            b"endpoint" => endpoint = string_value(value),
+            b"ip" => ip = string_value(value),
+            b"port" => port = int_value(value),
+            b"tls-port" => tls_port = int_value(value),
+            b"role" => role = string_value(value),
+            _ => {}
+        }
+    }
+    let usable = |h: Option<&'a [u8]>| h.filter(|h| !h.is_empty() && *h != b"?");
+    let host = match usable(endpoint).or(usable(ip)) {
+        Some(h) => std::str::from_utf8(h).ok()?,
+        None => asked_host,
+    };
+    let port = u16::try_from(port.or(tls_port)?).ok()?;
+    Some((crate::config::join_host_port(host, port), role?))
+}
+
+/// The host of `host:port` (an IPv6 address without its brackets).
+fn host_of(address: &str) -> &str {
+    address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// `CLUSTER SHARDS`, encoded.
+pub fn shards_command() -> Vec<Bytes> {
+    vec![
+        Bytes::from_static(b"CLUSTER"),
+        Bytes::from_static(b"SHARDS"),
+    ]
 }
 
 /// `CLUSTER SLOTS`, encoded.
@@ -373,6 +462,44 @@ mod tests {
         assert_eq!(c.owner(5), Some(b));
         assert_eq!(c.owner(6), Some(a));
         assert_eq!(c.any(), Some(a));
+    }
+
+    #[test]
+    fn shards_name_primaries_ranges_and_loading_replicas() {
+        // As Redis 7.0 answers, a replica still loading included (CLUSTER SLOTS leaves
+        // it out); the second shard's primary has no endpoint and two ranges.
+        let node = |id: &str, endpoint: &str, port: u16, role: &str, health: &str| {
+            format!(
+                "*14\r\n$2\r\nid\r\n${}\r\n{id}\r\n$4\r\nport\r\n:{port}\r\n$2\r\nip\r\n$8\r\n10.0.0.9\r\n\
+$8\r\nendpoint\r\n${}\r\n{endpoint}\r\n$4\r\nrole\r\n${}\r\n{role}\r\n\
+$18\r\nreplication-offset\r\n:0\r\n$6\r\nhealth\r\n${}\r\n{health}\r\n",
+                id.len(),
+                endpoint.len(),
+                role.len(),
+                health.len()
+            )
+        };
+        let reply = format!(
+            "*2\r\n*4\r\n$5\r\nslots\r\n*2\r\n:0\r\n:8191\r\n$5\r\nnodes\r\n*2\r\n{}{}\
+*4\r\n$5\r\nslots\r\n*4\r\n:8192\r\n:9000\r\n:9001\r\n:16383\r\n$5\r\nnodes\r\n*1\r\n{}",
+            node("a", "127.0.0.1", 7000, "master", "online"),
+            node("b", "127.0.0.1", 7003, "replica", "loading"),
+            node("c", "?", 7001, "master", "online"),
+        );
+        let (ranges, replicas) = parse_shards(reply.as_bytes(), "h:7000").unwrap();
+        assert_eq!(
+            ranges,
+            vec![
+                (0, 8191, "127.0.0.1:7000".to_owned()),
+                (8192, 9000, "10.0.0.9:7001".to_owned()),
+                (9001, 16383, "10.0.0.9:7001".to_owned()),
+            ]
+        );
+        assert_eq!(
+            replicas,
+            vec![("127.0.0.1:7003".to_owned(), "127.0.0.1:7000".to_owned())]
+        );
+        assert_eq!(parse_shards(b"-ERR unknown subcommand\r\n", "h:1"), None);
     }
 
     #[test]

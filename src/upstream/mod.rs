@@ -578,8 +578,9 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// Reads a cluster's slot map from the first node that answers `CLUSTER SLOTS`
-    /// (known primaries, then the seeds); whether any slot changed primary.
+    /// Reads a cluster's slot map from the first node that answers `CLUSTER SHARDS` or
+    /// `CLUSTER SLOTS` (known primaries, then the seeds); whether any slot changed
+    /// primary.
     pub async fn refresh_cluster(&self) -> Result<bool, UpstreamError> {
         let Some(cluster) = &self.cluster else {
             return Ok(false);
@@ -599,17 +600,27 @@ impl Upstream {
                     .connect_as_identity(&own, self.own_on(0, 2, node))
                     .await?;
                 let limit = self.settings.command_timeout;
+                // Both in one round trip: SHARDS where the node has it (7.0+), else
+                // SLOTS.
                 let replies = tokio::time::timeout(
                     limit,
-                    connect::roundtrip(&mut conn, &[cluster::slots_command()]),
+                    connect::roundtrip(
+                        &mut conn,
+                        &[cluster::shards_command(), cluster::slots_command()],
+                    ),
                 )
                 .await
                 .map_err(|_| UpstreamError::Timeout(limit))??;
-                let reply = replies.first().ok_or(UpstreamError::Lost)?;
-                cluster::parse_slots(reply, &address).ok_or_else(|| {
+                let (shards, slots) = (replies.first(), replies.get(1));
+                let shards = shards.and_then(|r| cluster::parse_shards(r, &address));
+                let slots = || slots.and_then(|r| cluster::parse_slots(r, &address));
+                shards.or_else(slots).ok_or_else(|| {
                     UpstreamError::Protocol(format!(
                         "CLUSTER SLOTS answered {}",
-                        String::from_utf8_lossy(reply).trim_end()
+                        replies.get(1).map_or_else(
+                            || "nothing".into(),
+                            |r| String::from_utf8_lossy(r).trim_end().to_owned()
+                        )
                     ))
                 })
             }

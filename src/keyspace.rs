@@ -79,6 +79,7 @@ mod tests {
             max_ttl: None,
             hold_off: None,
             write_through: None,
+            over_max_ttl: None,
         }
     }
 

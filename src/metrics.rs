@@ -50,6 +50,8 @@ counters! {
         invalidations_published: "Invalidation messages published with writes.",
         invalidations_retried: "Invalidations re-sent after their write's fate became unknown, once confirmed.",
         lock_expiries_added: "Expiries given to lock keys set without one.",
+        lock_expiries_capped: "Commands on lock keys whose expiry above max_ttl (or removal) was shortened to max_ttl (over_max_ttl = \"cap\", and scripts).",
+        lock_expiries_refused: "Commands on lock keys refused for an expiry above max_ttl or its removal (over_max_ttl = \"refuse\").",
         key_lock_waits: "Writes that waited for earlier writes of the same key.",
         key_lock_timeouts: "Writes refused after waiting command_timeout for a key.",
         reserved_key_refusals: "Commands refused for naming cachet's reserved keys.",

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use cachet::config::{KeyspaceMode, KeyspaceRule};
+use cachet::config::{KeyspaceMode, KeyspaceRule, OverMaxTtl};
 use support::cachet::{Cachet, config_for};
 use support::raw::{Raw, cmd, words};
 use support::redis::RedisServer;
@@ -41,6 +41,7 @@ fn rule(pattern: &str, mode: KeyspaceMode) -> KeyspaceRule {
         max_ttl: None,
         hold_off: None,
         write_through: None,
+        over_max_ttl: None,
     }
 }
 
@@ -131,6 +132,11 @@ fn passthrough_and_lock_keys_publish_nothing_and_locks_expire() {
             max_ttl: Some(Duration::from_secs(30)),
             ..rule("lock:*", KeyspaceMode::Lock)
         },
+        KeyspaceRule {
+            max_ttl: Some(Duration::from_secs(30)),
+            over_max_ttl: Some(OverMaxTtl::Cap),
+            ..rule("capped:*", KeyspaceMode::Lock)
+        },
         rule("*", KeyspaceMode::Strict),
     ];
     let cachet = Cachet::start_with(config);
@@ -151,10 +157,37 @@ fn passthrough_and_lock_keys_publish_nothing_and_locks_expire() {
             .unwrap();
         assert!((29_000..=30_000).contains(&ms), "{key} has PTTL {ms}");
     }
-    // A longer explicit expiry is capped; a shorter one is kept; release passes through.
-    assert_eq!(c.call(&words("SET lock:long me EX 3600")), b"+OK\r\n");
-    let ttl = direct.call(&words("TTL lock:long"));
-    assert_eq!(ttl, b":30\r\n");
+    // A longer explicit expiry is refused (or, where the keyspace says so, capped); a
+    // shorter one is kept; release passes through.
+    assert_eq!(
+        c.call(&words("SET lock:long me EX 3600")),
+        b"-ERR cachet: a lock key may not expire in 3600000 ms; this lock keyspace's max_ttl is 30000 ms (over_max_ttl = \"refuse\")\r\n"
+    );
+    assert_eq!(direct.call(&words("EXISTS lock:long")), b":0\r\n");
+    assert_eq!(c.call(&words("SET capped:long me EX 3600")), b"+OK\r\n");
+    assert_eq!(direct.call(&words("TTL capped:long")), b":30\r\n");
+    assert_eq!(c.call(&words("PERSIST capped:long")), b":1\r\n");
+    assert_eq!(direct.call(&words("TTL capped:long")), b":30\r\n");
+    // Inside a transaction too; there the refusal aborts it at EXEC, as a command
+    // Redis cannot queue does; SETNX keeps its reply and gets its expiry after it.
+    assert_eq!(c.call(&words("SET lock:tx me EX 10")), b"+OK\r\n");
+    assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
+    assert_eq!(c.call(&words("SET raw:tx 1")), b"+QUEUED\r\n");
+    assert!(
+        c.call(&words("PERSIST lock:tx"))
+            .starts_with(b"-ERR cachet: a lock key must keep an expiry")
+    );
+    assert_eq!(
+        c.call(&words("EXEC")),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+    assert_eq!(direct.call(&words("EXISTS raw:tx")), b":0\r\n");
+    assert_eq!(c.call(&words("MULTI")), b"+OK\r\n");
+    assert_eq!(c.call(&words("SETNX lock:txnx me")), b"+QUEUED\r\n");
+    assert_eq!(c.call(&words("EXPIRE lock:tx 20")), b"+QUEUED\r\n");
+    assert_eq!(c.call(&words("EXEC")), b"*2\r\n:1\r\n:1\r\n");
+    assert_eq!(direct.call(&words("TTL lock:txnx")), b":30\r\n");
+    assert_eq!(direct.call(&words("TTL lock:tx")), b":20\r\n");
     assert_eq!(c.call(&words("SET lock:short me PX 5000")), b"+OK\r\n");
     let ttl = direct.call(&words("PTTL lock:short"));
     assert!(ttl.starts_with(b":4") || ttl.starts_with(b":5"), "{ttl:?}");

@@ -46,7 +46,13 @@ fn redis_py() -> PathBuf {
 }
 
 fn run_script(port: u16, pydeps: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/django_cache.py");
+    run("django_cache.py", port, pydeps)
+}
+
+fn run(script: &str, port: u16, pydeps: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
     let out = Command::new("python3")
         .env("PYTHONPATH", pydeps)
         .arg(script)
@@ -74,4 +80,65 @@ fn django_cache_traffic_with_redis_py_8() {
     let direct = run_script(direct_redis.port(), &pydeps);
     assert!(through.starts_with("ok "), "{through}");
     assert_eq!(through, direct);
+}
+
+/// redis-py's `Lock` through cachet, on a `lock` keyspace (max_ttl 30 s, longer expiries
+/// refused): a lock longer than max_ttl is refused and not held, one within it is held
+/// for what it asked, `extend` past max_ttl is capped after its script, and every other
+/// way to extend or remove the expiry is refused.
+#[test]
+fn redis_py_locks_keep_within_max_ttl() {
+    let pydeps = redis_py();
+    let redis = RedisServer::start();
+    let cachet = Cachet::start(&redis.url());
+    let out = run("locks.py", cachet.addr.port(), &pydeps);
+    let refused = "refused: cachet: ";
+    let expected = [
+        format!(
+            "timeout=120: {refused}a lock key may not expire in 120000 ms; this lock keyspace's max_ttl is 30000 ms (over_max_ttl = \"refuse\")"
+        ),
+        "held after refusal: 0".into(),
+        "timeout=10: True".into(),
+        "pttl within 10s: True".into(),
+        "second holder: False".into(),
+        "extend(100): True".into(),
+        "pttl capped to max_ttl: True".into(),
+        "extend(5, replace_ttl): True".into(),
+        "pttl replaced: True".into(),
+        "reacquire(): True".into(),
+        "pttl reacquired: True".into(),
+        format!(
+            "EXPIRE 120: {refused}a lock key may not expire in 120000 ms; this lock keyspace's max_ttl is 30000 ms (over_max_ttl = \"refuse\")"
+        ),
+    ];
+    let lines: Vec<&str> = out.lines().collect();
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(lines.get(i).copied(), Some(want.as_str()), "{out}");
+    }
+    for (i, name) in [
+        "PEXPIREAT in an hour",
+        "PERSIST",
+        "GETEX EX 120",
+        "GETEX PERSIST",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let line = lines.get(expected.len() + i).copied().unwrap_or_default();
+        assert!(line.starts_with(&format!("{name}: {refused}")), "{out}");
+    }
+    let rest: Vec<&str> = lines[expected.len() + 4..].to_vec();
+    assert_eq!(
+        rest,
+        [
+            "SET KEEPTTL: True",
+            "pttl unchanged: True",
+            "EXPIRE 20: True",
+            "release(): None",
+            "held after release: 0",
+            "timeout=None: True",
+            "pttl given: True",
+        ],
+        "{out}"
+    );
 }

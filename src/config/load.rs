@@ -20,7 +20,7 @@ use toml_edit::{Document, InlineTable, Item, Key, TableLike, Value};
 
 use super::{
     Config, ConfigError, ConfigErrors, DEFAULT_LOCK_MAX_TTL, KeyspaceMode, KeyspaceRule,
-    WriteThrough, units, validate,
+    OverMaxTtl, WriteThrough, units, validate,
 };
 
 const SECTIONS: &str =
@@ -38,6 +38,7 @@ struct RawRule {
     #[serde(deserialize_with = "units::optional_duration")]
     hold_off: Option<Duration>,
     write_through: Option<WriteThrough>,
+    over_max_ttl: Option<OverMaxTtl>,
 }
 
 pub(super) fn parse(
@@ -169,6 +170,7 @@ impl Loader<'_> {
                         max_ttl: None,
                         hold_off: None,
                         write_through: None,
+                        over_max_ttl: None,
                     }
                 }
             })
@@ -209,6 +211,9 @@ impl Loader<'_> {
                 .or((mode == KeyspaceMode::Lock).then_some(DEFAULT_LOCK_MAX_TTL)),
             hold_off: raw.hold_off,
             write_through: raw.write_through,
+            over_max_ttl: raw
+                .over_max_ttl
+                .or((mode == KeyspaceMode::Lock).then_some(OverMaxTtl::Refuse)),
         }
     }
 

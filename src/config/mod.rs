@@ -319,6 +319,23 @@ pub struct KeyspaceRule {
     pub hold_off: Option<Duration>,
     /// `cache` only: what a blind `SET` becomes; `None` means [`WriteThrough::Set`].
     pub write_through: Option<WriteThrough>,
+    /// `lock` only: what an expiry above `max_ttl` gets. A loaded `lock` rule always
+    /// has it ([`OverMaxTtl::Refuse`] when the file sets none).
+    pub over_max_ttl: Option<OverMaxTtl>,
+}
+
+/// What a `lock` keyspace does with a command that would give a lock key an expiry
+/// above its `max_ttl`, or remove it (`engine/lock_mode.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverMaxTtl {
+    /// Refused with an error, nothing run: a holder that asked for a longer lock
+    /// learns it cannot have one.
+    #[default]
+    Refuse,
+    /// Run with the expiry shortened to `max_ttl` (an expiry removed becomes
+    /// `max_ttl`): the lock may then expire while its holder still works.
+    Cap,
 }
 
 /// How a keyspace's keys are handled (docs/design.md, "Keyspaces").
@@ -490,6 +507,7 @@ impl Default for Config {
             max_ttl,
             hold_off: None,
             write_through: None,
+            over_max_ttl: (mode == KeyspaceMode::Lock).then_some(OverMaxTtl::Refuse),
         };
         Config {
             listen: ListenConfig::default(),

@@ -46,7 +46,7 @@ fn every_setting_is_read() {
 keyspace = [
     { pattern = "s:*", mode = "cache", hold_off = "1s", write_through = "invalidate" },
     { pattern = "p:*", mode = "passthrough" },
-    { pattern = "l:*", mode = "lock" },
+    { pattern = "l:*", mode = "lock", over_max_ttl = "cap" },
 ]
 
 [listen]
@@ -131,6 +131,7 @@ format = "json"
                 max_ttl: None,
                 hold_off: Some(ms(1000)),
                 write_through: Some(WriteThrough::Invalidate),
+                over_max_ttl: None,
             },
             KeyspaceRule {
                 pattern: "p:*".into(),
@@ -138,6 +139,7 @@ format = "json"
                 max_ttl: None,
                 hold_off: None,
                 write_through: None,
+                over_max_ttl: None,
             },
             KeyspaceRule {
                 pattern: "l:*".into(),
@@ -145,6 +147,7 @@ format = "json"
                 max_ttl: Some(DEFAULT_LOCK_MAX_TTL),
                 hold_off: None,
                 write_through: None,
+                over_max_ttl: Some(super::OverMaxTtl::Cap),
             },
         ]
     );
@@ -324,7 +327,7 @@ fn keyspace_bad_values() {
         errors("[[keyspace]]\npattern = \"a:*\"\nmode = \"cached\"\nttl = \"1s\"\n"),
         [
             "3: keyspace[0].mode: unknown variant `cached`, expected one of `passthrough`, `strict`, `cache`, `lock`",
-            "4: keyspace[0].ttl: unknown field `ttl`, expected one of `pattern`, `mode`, `max_ttl`, `hold_off`, `write_through`",
+            "4: keyspace[0].ttl: unknown field `ttl`, expected one of `pattern`, `mode`, `max_ttl`, `hold_off`, `write_through`, `over_max_ttl`",
         ]
     );
     assert_eq!(
@@ -358,6 +361,7 @@ write_through = "set"
 pattern = "p:*"
 mode = "passthrough"
 write_through = "invalidate"
+over_max_ttl = "cap"
 "#
         ),
         [
@@ -365,6 +369,7 @@ write_through = "invalidate"
             "9: keyspace[1].hold_off: only applies to mode = \"cache\", not \"lock\"",
             "10: keyspace[1].write_through: only applies to mode = \"cache\", not \"lock\"",
             "15: keyspace[2].write_through: only applies to mode = \"cache\", not \"passthrough\"",
+            "16: keyspace[2].over_max_ttl: only applies to mode = \"lock\", not \"passthrough\"",
         ]
     );
 }

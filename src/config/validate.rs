@@ -199,6 +199,9 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             Some(ttl) if ttl < MIN_REDIS_TTL => fail(key("max_ttl"), "must be at least 1ms".into()),
             _ => {}
         }
+        if rule.over_max_ttl.is_some() && rule.mode != KeyspaceMode::Lock {
+            fail(key("over_max_ttl"), only_for("lock", rule.mode));
+        }
         if rule.mode != KeyspaceMode::Cache {
             if rule.hold_off.is_some() {
                 fail(key("hold_off"), only_for("cache", rule.mode));

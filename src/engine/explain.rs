@@ -150,6 +150,7 @@ mod tests {
             max_ttl: None,
             hold_off: None,
             write_through: None,
+            over_max_ttl: None,
         }];
         let e = Engine::new(&ConsistencyConfig::default(), &rules);
         let time = b"*2\r\n$10\r\n1000000000\r\n$1\r\n0\r\n";

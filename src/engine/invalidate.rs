@@ -65,7 +65,10 @@ impl Engine {
         let base = self
             .lock_rewrite(req, info, keys)
             .unwrap_or_else(|| Plan::forward(req));
-        if inval.commands.is_empty() || info.flags.contains(CommandFlags::NO_MULTI) {
+        let caps = self.lock_caps_after_script(req, info, keys);
+        if (inval.commands.is_empty() && caps.is_empty())
+            || info.flags.contains(CommandFlags::NO_MULTI)
+        {
             return Plan {
                 written: inval.written,
                 ..base
@@ -78,14 +81,17 @@ impl Engine {
         let mut data = BytesMut::with_capacity(base.data.len() + 128 * inval.commands.len() + 32);
         data.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
         data.extend_from_slice(&base.data);
-        for c in &inval.commands {
+        for c in inval.commands.iter().chain(&caps) {
             encode_command(&mut data, c);
         }
         data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
         self.stats.invalidations(inval.published);
+        if !caps.is_empty() {
+            self.stats.lock_expiry_capped();
+        }
         Plan {
             data: data.freeze(),
-            frames: 3 + inval.commands.len() as u32,
+            frames: 3 + (inval.commands.len() + caps.len()) as u32,
             settle: Settle::Translate(settle),
             retry: Retry::of(&inval.retry, inval.written.clone()),
             written: inval.written,

@@ -352,6 +352,7 @@ impl Engine {
         if !info.is_write() {
             return Ok(Plan::forward(req));
         }
+        self.lock_refusal(req, info, keys)?;
         Ok(self.write_plan(req, info, keys, db))
     }
 

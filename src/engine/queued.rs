@@ -109,12 +109,43 @@ impl Engine {
                 ..Queued::default()
             });
         }
-        let inval = self.invalidation(req, info, keys, db);
+        self.lock_refusal(req, info, keys)?;
+        let mut inval = self.invalidation(req, info, keys, db);
         self.stats.invalidations(inval.published);
-        Ok(Queued {
+        let caps = self.lock_caps_after_script(req, info, keys);
+        if !caps.is_empty() {
+            self.stats.lock_expiry_capped();
+            inval.commands.extend(caps);
+        }
+        let mut queued = Queued {
             invalidations: inval.commands,
             ..Queued::default()
-        })
+        };
+        if let Some(plan) = self.lock_rewrite(req, info, keys) {
+            match (in_multi, &plan.settle) {
+                // Inside MULTI the reply is an element of EXEC's array, which cannot be
+                // translated: SETNX stays itself, and the expiry follows it (`NX`: a
+                // lock another holder set keeps its own).
+                (true, Settle::Translate(super::Translate::SetNxAsInt)) => {
+                    if let (Some(key), Some((max_ttl, _))) =
+                        (req.args.get(1), self.lock_rule(req, keys))
+                    {
+                        queued.after.push(vec![
+                            Bytes::from_static(b"PEXPIRE"),
+                            key.clone(),
+                            ms_bytes(max_ttl),
+                            Bytes::from_static(b"NX"),
+                        ]);
+                    }
+                }
+                (true, _) => queued.data = Some(plan.data),
+                (false, _) => {
+                    queued.data = Some(plan.data);
+                    queued.settle = plan.settle;
+                }
+            }
+        }
+        Ok(queued)
     }
 
     /// The `READ` script in `record` mode for the `cache` keys a `GET`/`MGET` reads,

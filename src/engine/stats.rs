@@ -17,6 +17,14 @@ impl Stats {
         self.lock_expiries_added.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn lock_expiry_capped(&self) {
+        self.lock_expiries_capped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lock_expiry_refused(&self) {
+        self.lock_expiries_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts what a judged `SET` came to.
     pub fn count_verdict(&self, v: Verdict) {
         let c = match v {

@@ -67,10 +67,9 @@ impl Session {
         }
         let (rewrite, settle) = match self.pinned_rewrite(&req, blocking) {
             Ok(r) => r,
-            Err(refusal) => {
-                self.reply(refusal);
-                return None;
-            }
+            // Reserved keys, a lock's expiry: inside a transaction the refusal aborts
+            // it at EXEC, as Redis's own queueing errors do.
+            Err(refusal) => return self.refuse(refusal).await,
         };
         let adds = rewrite.data.as_ref().is_some_and(|d| *d != req.raw)
             || !rewrite.after.is_empty()

@@ -179,3 +179,50 @@ fn reply_off_keeps_subscription_pushes() {
         c.call(&words("UNSUBSCRIBE ch"));
     }
 }
+
+/// `CLIENT TRACKING ON REDIRECT <id>` names the client that receives the invalidation
+/// messages by the id it learnt from `CLIENT ID`: through cachet a session's, whose
+/// subscribed connection then receives them as from Redis. An id nobody has gets
+/// Redis's error.
+#[test]
+fn client_tracking_redirect_names_a_session() {
+    let pair = Pair::start();
+    let mut receiver = pair.twin();
+    let direct_id = id_of(&mut receiver.direct);
+    let proxied_id = id_of(&mut receiver.proxied);
+    receiver.call(&words("SUBSCRIBE __redis__:invalidate"));
+    let mut tracked = pair.twin();
+    let redirect = |id: u64| words(&format!("CLIENT TRACKING ON REDIRECT {id}"));
+    tracked.direct.send(&redirect(direct_id));
+    tracked.proxied.send(&redirect(proxied_id));
+    tracked.frame(b"CLIENT TRACKING ON REDIRECT <id>");
+    tracked.call(&words("GET k"));
+    let mut writer = pair.twin();
+    writer.call(&words("SET k v"));
+    // The invalidation of k reaches the receiver, not the tracked client.
+    receiver.frame(b"invalidate k");
+    tracked.call(&words("PING"));
+    let mut other = pair.twin();
+    other.call(&words("CLIENT TRACKING ON REDIRECT 999999"));
+    other.call(&words("CLIENT TRACKING ON REDIRECT nope"));
+}
+
+/// A transaction whose `EXEC` runs a looping script: other clients get `-BUSY` as
+/// directly, `SCRIPT KILL` from another client stops it, and the `EXEC` answers as
+/// Redis does.
+#[test]
+fn a_transaction_running_a_looping_script_is_killed_by_another_client() {
+    let pair = Pair::start_with(BUSY_AFTER);
+    let mut looping = pair.twin();
+    looping.call(&words("MULTI"));
+    looping.call(&words("SET k before"));
+    looping.call(&cmd(&[b"EVAL", b"while true do end", b"0"]));
+    looping.send(&words("EXEC"));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut other = pair.twin();
+    other.script(&lines("GET k\nSET k v\nPING"));
+    other.call(&words("SCRIPT KILL"));
+    looping.frame(b"EXEC");
+    other.script(&lines("GET k\nSCRIPT KILL"));
+    looping.script(&lines("PING\nGET k"));
+}

@@ -31,6 +31,11 @@ pub struct RunReport {
     pub reads: u64,
     pub hits: u64,
     pub hit_rate: f64,
+    /// The hit rate of the reads that started once the cache was warm: after the
+    /// first `fill_window` (how far a cold start's misses reach: a key missed then and
+    /// written within `fill_window` is not cacheable until that miss's record ends), or
+    /// after half the run when it is shorter than twice that.
+    pub warm_hit_rate: f64,
     pub writes: u64,
     pub fills: u64,
     pub db_reads: u64,
@@ -81,6 +86,7 @@ impl RunReport {
         findings: &Findings,
         audit: &Audit,
         herd_rounds: &[u64],
+        warm_from_us: u64,
     ) -> RunReport {
         let mut r = RunReport {
             profile: profile.name().into(),
@@ -90,13 +96,20 @@ impl RunReport {
             ops_per_sec: round(ops as f64 / seconds.max(0.001), 0),
             ..RunReport::default()
         };
+        let (mut warm_reads, mut warm_hits) = (0u64, 0u64);
         for e in events {
+            let warm = e.start_us >= warm_from_us;
             match &e.op {
                 Op::Hit { .. } => {
                     r.reads += 1;
                     r.hits += 1;
+                    warm_reads += u64::from(warm);
+                    warm_hits += u64::from(warm);
                 }
-                Op::Miss => r.reads += 1,
+                Op::Miss => {
+                    r.reads += 1;
+                    warm_reads += u64::from(warm);
+                }
                 Op::DbRead { .. } => r.db_reads += 1,
                 Op::Fill { .. } => r.fills += 1,
                 Op::Write { .. } if e.worker != super::history::SETUP => r.writes += 1,
@@ -105,6 +118,7 @@ impl RunReport {
             }
         }
         r.hit_rate = round(r.hits as f64 / (r.reads.max(1)) as f64, 3);
+        r.warm_hit_rate = round(warm_hits as f64 / (warm_reads.max(1)) as f64, 3);
         let mut ages = findings.ages_us.clone();
         ages.sort_unstable();
         r.stale_reads = findings.stale_reads;
@@ -248,6 +262,9 @@ pub fn table(reports: &[ProfileReport]) -> String {
         row("operations/s", &|r| format!("{:.0}", r.ops_per_sec));
         row("cache reads", &|r| r.reads.to_string());
         row("hit rate", &|r| format!("{:.1}%", r.hit_rate * 100.0));
+        row("hit rate, warm", &|r| {
+            format!("{:.1}%", r.warm_hit_rate * 100.0)
+        });
         row("writes", &|r| r.writes.to_string());
         row("fills sent", &|r| r.fills.to_string());
         row("database reads", &|r| r.db_reads.to_string());

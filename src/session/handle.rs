@@ -82,6 +82,12 @@ impl Session {
                 None
             }
             Dispatched::AuthUpstream => self.auth_upstream(req, Post::Nothing),
+            Dispatched::Pinned { .. }
+                if kind == CommandKind::ClientTracking
+                    && req.args.iter().any(|a| a.eq_ignore_ascii_case(b"REDIRECT")) =>
+            {
+                self.tracking_redirect(req).await
+            }
             Dispatched::Pinned { blocking } => self.send_pinned(req, kind, blocking).await,
             Dispatched::Shared => self.send_shared(req, info.as_deref()).await,
             Dispatched::Control => self.send_control(req),

@@ -168,13 +168,7 @@ impl Session {
             let upstream = &ctx.upstream;
             let limit = upstream.settings().command_timeout;
             let result = async {
-                let own = upstream.logins.own().clone();
-                let mut conn = upstream.connect_as(&own).await?;
-                let list = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"LIST")];
-                let replies = tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[list]))
-                    .await
-                    .map_err(|_| UpstreamError::Timeout(limit))??;
-                let Some(upstream_id) = replies.first().and_then(|l| client_id_at(l, addr)) else {
+                let Some(upstream_id) = upstream_client_id(upstream, addr).await? else {
                     return Ok(Bytes::from_static(b":0\r\n"));
                 };
                 let mut unblock = vec![
@@ -305,6 +299,80 @@ impl Session {
 }
 
 /// The id `CLIENT LIST` gives the connection at `addr` (`addr=ip:port` on its line).
+/// The id Redis gives cachet's upstream connection at `addr` (cachet's side), from
+/// `CLIENT LIST` asked as cachet's own user; `None` when no such connection is listed.
+async fn upstream_client_id(
+    upstream: &crate::upstream::Upstream,
+    addr: std::net::SocketAddr,
+) -> Result<Option<u64>, UpstreamError> {
+    let limit = upstream.settings().command_timeout;
+    let own = upstream.logins.own().clone();
+    let mut conn = upstream.connect_as(&own).await?;
+    let list = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"LIST")];
+    let replies = tokio::time::timeout(limit, connect::roundtrip(&mut conn, &[list]))
+        .await
+        .map_err(|_| UpstreamError::Timeout(limit))??;
+    Ok(replies.first().and_then(|l| client_id_at(l, addr)))
+}
+
+impl Session {
+    /// `CLIENT TRACKING ON … REDIRECT <id>`: `id` is a session's, whose dedicated
+    /// connection (subscribed to `__redis__:invalidate`) is to receive this client's
+    /// invalidation messages. The id is translated to that connection's id upstream,
+    /// and the command sent on this session's own dedicated connection. An id no
+    /// session with a dedicated connection has gets Redis's own error.
+    pub(super) async fn tracking_redirect(&mut self, req: Request) -> Option<Request> {
+        if self.inflight > 0 {
+            return Some(req);
+        }
+        let at = req
+            .args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"REDIRECT"))
+            .map(|i| i + 1);
+        let Some(id) = at
+            .and_then(|i| req.args.get(i))
+            .and_then(|a| crate::resp::request::parse_int(a))
+        else {
+            // No id, or not a number: Redis says so in its own words.
+            return self
+                .send_pinned(req, crate::command::CommandKind::ClientTracking, false)
+                .await;
+        };
+        let target = u64::try_from(id)
+            .ok()
+            .and_then(|id| self.ctx.sessions.get(&id).and_then(|c| c.pinned()));
+        let no_such =
+            || Bytes::from_static(b"-ERR The client ID you want redirect to does not exist\r\n");
+        let (Some(at), Some(addr)) = (at, target) else {
+            self.reply(no_such());
+            return None;
+        };
+        let upstream_id = match upstream_client_id(&self.ctx.upstream, addr).await {
+            Ok(Some(id)) => id,
+            Ok(None) => {
+                self.reply(no_such());
+                return None;
+            }
+            Err(e) => {
+                self.reply(e.reply());
+                return None;
+            }
+        };
+        let mut args = req.args.clone();
+        if let Some(a) = args.get_mut(at) {
+            *a = Bytes::from(upstream_id.to_string());
+        }
+        let translated = Request::from_args(args.iter().map(|a| &a[..]));
+        self.send_pinned(
+            translated,
+            crate::command::CommandKind::ClientTracking,
+            false,
+        )
+        .await
+    }
+}
+
 fn client_id_at(list: &[u8], addr: std::net::SocketAddr) -> Option<u64> {
     let text = std::str::from_utf8(crate::resp::reply::string_value(list)?).ok()?;
     let want = format!("addr={addr}");

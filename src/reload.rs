@@ -9,12 +9,14 @@
 //! | `[auth]` | swapped credentials: new `AUTH` attempts use them; sessions already
 //! authenticated stay so (as in Redis) |
 //! | `[limits]` | new sessions decode with the new limits |
-//! | `[listen] max_clients` | read for every new client |
+//! | `[listen] max_clients`, `drain_delay` | read for every new client, at SIGTERM |
 //! | `[log] level` | the `tracing_subscriber` reload handle |
+//! | `[log] slow_command` | read for every command |
 //!
 //! Everything else (listen and admin addresses, TLS settings and the contents of their
 //! certificate files, the upstream, timeouts, the log format) is reported as needing a
-//! restart and left as it runs.
+//! restart and left as it runs. [`merge`] says so for every field of the configuration
+//! types, and the compiler makes a new field say it too.
 
 use std::fmt;
 use std::sync::Arc;
@@ -72,7 +74,7 @@ impl Context {
         let Some(source) = self.source.get() else {
             return Err("cachet was started without a configuration source to reload".into());
         };
-        let new = match load(source) {
+        let mut new = match load(source) {
             Ok(c) => c,
             Err(e) => {
                 self.metrics.reload_failures.fetch_add(1, Ordering::Relaxed);
@@ -92,7 +94,12 @@ impl Context {
                 return Err(format!("log.level: {e}"));
             }
         }
-        diff(&old, &new, self.log_reloader.get().is_some(), &mut report);
+        merge(
+            &old,
+            &mut new,
+            self.log_reloader.get().is_some(),
+            &mut report,
+        );
         if new.listen.tls == old.listen.tls
             && new.upstream.tls == old.upstream.tls
             && crate::tls::files_digest(&new) != self.tls_files
@@ -117,20 +124,9 @@ impl Context {
         }
         self.max_clients
             .store(new.listen.max_clients, Ordering::Relaxed);
-        // What needs a restart keeps running as it was started: the stored
-        // configuration says what runs, not what the file says.
-        let mut running = new;
-        running.listen.address = old.listen.address;
-        running.listen.idle_timeout = old.listen.idle_timeout;
-        running.listen.shutdown_grace = old.listen.shutdown_grace;
-        running.listen.tls = old.listen.tls.clone();
-        running.upstream = old.upstream.clone();
-        running.admin = old.admin.clone();
-        running.log.format = old.log.format;
-        if self.log_reloader.get().is_none() {
-            running.log.level = old.log.level.clone();
-        }
-        self.config.store(Arc::new(running));
+        // `merge` left what needs a restart as it was started: the stored configuration
+        // says what runs, not what the file says.
+        self.config.store(Arc::new(new));
         self.metrics.reloads.fetch_add(1, Ordering::Relaxed);
         if report.restart_required.is_empty() {
             tracing::info!(applied = ?report.applied, "configuration reloaded");
@@ -150,65 +146,109 @@ pub fn limits_of(config: &Config) -> Limits {
     }
 }
 
-/// Sorts the differences between `old` and `new` into applied and restart-required.
-fn diff(old: &Config, new: &Config, log_live: bool, report: &mut ReloadReport) {
-    let mut note = |changed: bool, name: &str, live: bool| {
+/// When a setting takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applies {
+    /// On reload.
+    Live,
+    /// At the next start: the change is reported, and the running value kept.
+    Restart,
+}
+
+/// Sorts the differences between `old` and `new` into applied and restart-required,
+/// and puts the running value back into `new` wherever only a restart applies, so that
+/// `new` becomes what runs. Every field of every section is named here: the
+/// destructuring is exhaustive, so a setting added to the configuration types does not
+/// compile until it says when it applies (nothing is left to a hand-kept list).
+fn merge(old: &Config, new: &mut Config, log_live: bool, report: &mut ReloadReport) {
+    use Applies::{Live, Restart};
+    let mut note = |name: &str, applies: Applies, changed: bool| {
         if changed {
-            let list = if live {
-                &mut report.applied
-            } else {
-                &mut report.restart_required
-            };
-            list.push(name.to_owned());
+            match applies {
+                Live => report.applied.push(name.to_owned()),
+                Restart => report.restart_required.push(name.to_owned()),
+            }
         }
     };
-    note(new.keyspace != old.keyspace, "keyspace", true);
-    note(new.consistency != old.consistency, "consistency", true);
-    note(
-        new.commands.deny != old.commands.deny,
-        "commands.deny",
-        true,
-    );
-    note(
-        new.commands.rename != old.commands.rename,
-        "commands.rename",
-        true,
-    );
-    note(
-        new.commands.scripts != old.commands.scripts,
-        "commands.scripts",
-        true,
-    );
-    note(new.auth != old.auth, "auth", true);
-    note(new.limits != old.limits, "limits", true);
-    note(
-        new.listen.max_clients != old.listen.max_clients,
+    // Compares one setting, notes it, and keeps the running value if it needs a restart.
+    macro_rules! setting {
+        ($name:literal, $applies:expr, $old:expr, $new:expr) => {{
+            let changed = $old != *$new;
+            note($name, $applies, changed);
+            if changed && $applies == Restart {
+                *$new = $old.clone();
+            }
+        }};
+    }
+    let Config {
+        listen,
+        upstream,
+        limits,
+        consistency,
+        keyspace,
+        commands,
+        auth,
+        admin,
+        log,
+    } = new;
+    let crate::config::ListenConfig {
+        address,
+        max_clients,
+        idle_timeout,
+        shutdown_grace,
+        drain_delay,
+        tls,
+    } = listen;
+    setting!("listen.address", Restart, old.listen.address, address);
+    setting!(
         "listen.max_clients",
-        true,
+        Live,
+        old.listen.max_clients,
+        max_clients
     );
-    note(new.log.level != old.log.level, "log.level", log_live);
-    note(
-        new.listen.address != old.listen.address,
-        "listen.address",
-        false,
-    );
-    note(
-        new.listen.idle_timeout != old.listen.idle_timeout,
+    setting!(
         "listen.idle_timeout",
-        false,
+        Restart,
+        old.listen.idle_timeout,
+        idle_timeout
     );
-    note(
-        new.listen.shutdown_grace != old.listen.shutdown_grace,
+    setting!(
         "listen.shutdown_grace",
-        false,
+        Restart,
+        old.listen.shutdown_grace,
+        shutdown_grace
     );
-    note(
-        new.listen.drain_delay != old.listen.drain_delay,
+    setting!(
         "listen.drain_delay",
-        true,
+        Live,
+        old.listen.drain_delay,
+        drain_delay
     );
-    note(new.listen.tls != old.listen.tls, "listen.tls", false);
-    note(new.upstream != old.upstream, "upstream", false);
-    note(new.admin != old.admin, "admin.address", false);
-    note(new.log.format != old.log.format, "log.format", false);
+    setting!("listen.tls", Restart, old.listen.tls, tls);
+    // The upstream is one setting: connections, logins and the command table depend on
+    // every part of it.
+    setting!("upstream", Restart, old.upstream, upstream);
+    setting!("limits", Live, old.limits, limits);
+    setting!("consistency", Live, old.consistency, consistency);
+    setting!("keyspace", Live, old.keyspace, keyspace);
+    let crate::config::CommandsConfig {
+        deny,
+        rename,
+        scripts,
+    } = commands;
+    setting!("commands.deny", Live, old.commands.deny, deny);
+    setting!("commands.rename", Live, old.commands.rename, rename);
+    setting!("commands.scripts", Live, old.commands.scripts, scripts);
+    setting!("auth", Live, old.auth, auth);
+    let crate::config::AdminConfig { address } = admin;
+    setting!("admin.address", Restart, old.admin.address, address);
+    let crate::config::LogConfig {
+        level,
+        format,
+        slow_command,
+    } = log;
+    let level_applies = if log_live { Live } else { Restart };
+    setting!("log.level", level_applies, old.log.level, level);
+    setting!("log.format", Restart, old.log.format, format);
+    setting!("log.slow_command", Live, old.log.slow_command, slow_command);
 }

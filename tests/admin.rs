@@ -277,7 +277,7 @@ fn reload_switches_a_keyspace_live_for_an_open_connection() {
     std::fs::write(&path, text).unwrap();
     let r = String::from_utf8(c.call(&words("CACHET RELOAD"))).unwrap();
     assert!(
-        r.starts_with("+OK applied: keyspace, commands.deny, limits"),
+        r.starts_with("+OK applied: limits, keyspace, commands.deny"),
         "{r}"
     );
     assert!(r.contains("needs a restart: listen.address"), "{r}");

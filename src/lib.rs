@@ -10,7 +10,8 @@
 //!
 //! | stage | file |
 //! |---|---|
-//! | start-up wiring, accept, connection limit, shutdown, background tasks | `listener.rs` |
+//! | start-up wiring and background tasks, in the order they start | `startup.rs` |
+//! | accept, connection limit, drain and shutdown | `listener.rs` |
 //! | TLS: acceptor and upstream connector from the configuration | `tls.rs` |
 //! | a plain or TLS connection, and its two halves | `stream.rs` |
 //! | one client: read, order, reply | `session/mod.rs` |
@@ -62,6 +63,7 @@ pub mod policy;
 pub mod reload;
 pub mod resp;
 pub mod session;
+pub mod startup;
 pub mod stream;
 pub mod tls;
 pub mod upstream;

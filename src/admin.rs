@@ -68,6 +68,7 @@ pub fn live(ctx: &Context) -> Live {
         uptime: ctx.started.elapsed(),
         cluster_primaries: nodes.len() as u64,
         cluster_primaries_up: nodes.iter().filter(|(_, up)| *up).count() as u64,
+        cluster_nodes: nodes.iter().map(|(a, up)| (a.to_string(), *up)).collect(),
         cluster_map_changes: read(cluster.map(|c| &c.changes)),
         cluster_redirects: read(cluster.map(|c| &c.redirects)),
         cluster_failovers: read(cluster.map(|c| &c.failovers)),

@@ -323,7 +323,7 @@ impl Drop for PinGauge {
 }
 
 /// Gauges read from elsewhere at scrape time.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Live {
     pub upstream_connections_up: u64,
     pub upstream_connections: u64,
@@ -332,6 +332,8 @@ pub struct Live {
     /// A Redis Cluster upstream's primaries, and those cachet's connection reaches.
     pub cluster_primaries: u64,
     pub cluster_primaries_up: u64,
+    /// Each primary's address, and whether cachet's own connection to it is up.
+    pub cluster_nodes: Vec<(String, bool)>,
     pub cluster_map_changes: u64,
     pub cluster_redirects: u64,
     pub cluster_failovers: u64,
@@ -513,6 +515,19 @@ impl Collector for Scrape {
             "Cluster primaries whose connection of cachet's own is up.",
             g(live.cluster_primaries_up),
         )?;
+        {
+            // No sample for a single upstream.
+            let mut f = enc.encode_descriptor(
+                "cluster_primary_up",
+                "1 while cachet's own connection to this cluster primary is up, by its address.",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (node, up) in &live.cluster_nodes {
+                f.encode_family(&[("node", node.as_str())])?
+                    .encode_gauge(&i64::from(*up))?;
+            }
+        }
         counter(
             &mut enc,
             "cluster_slot_map_changes",

@@ -337,6 +337,16 @@ fn a_killed_primary_is_replaced_and_clients_recover_within_seconds() {
         support::http::sample(&metrics, "cachet_cluster_primaries_up"),
         3.0
     );
+    // Each primary by address: the promoted replica up, the dead one gone.
+    let up: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("cachet_cluster_primary_up{") && l.ends_with(" 1"))
+        .collect();
+    assert_eq!(up.len(), 3, "{metrics}");
+    assert!(
+        !metrics.contains(&format!("node=\"127.0.0.1:{port}\"")),
+        "{metrics}"
+    );
     // The cluster itself needs node-timeout (2 s) and an election; cachet adds at most
     // its map refresh.
     assert!(

@@ -121,31 +121,44 @@ impl Engine {
             invalidations: inval.commands,
             ..Queued::default()
         };
-        if let Some(plan) = self.lock_rewrite(req, info, keys) {
-            match (in_multi, &plan.settle) {
-                // Inside MULTI the reply is an element of EXEC's array, which cannot be
-                // translated: SETNX stays itself, and the expiry follows it (`NX`: a
-                // lock another holder set keeps its own).
-                (true, Settle::Translate(super::Translate::SetNxAsInt)) => {
-                    if let (Some(key), Some((max_ttl, _))) =
-                        (req.args.get(1), self.lock_rule(req, keys))
-                    {
-                        queued.after.push(vec![
-                            Bytes::from_static(b"PEXPIRE"),
-                            key.clone(),
-                            ms_bytes(max_ttl),
-                            Bytes::from_static(b"NX"),
-                        ]);
-                    }
-                }
-                (true, _) => queued.data = Some(plan.data),
-                (false, _) => {
-                    queued.data = Some(plan.data);
-                    queued.settle = plan.settle;
+        self.queue_lock_rewrite(req, info, keys, in_multi, &mut queued);
+        Ok(queued)
+    }
+
+    /// A `lock` key's expiry added or capped (`lock_mode.rs`) on a dedicated connection.
+    fn queue_lock_rewrite(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+        in_multi: bool,
+        queued: &mut Queued,
+    ) {
+        let Some(plan) = self.lock_rewrite(req, info, keys) else {
+            return;
+        };
+        match (in_multi, &plan.settle) {
+            // Inside MULTI the reply is an element of EXEC's array, which cannot be
+            // translated: SETNX stays itself, and the expiry follows it (`NX`: a lock
+            // another holder set keeps its own).
+            (true, Settle::Translate(super::Translate::SetNxAsInt)) => {
+                if let (Some(key), Some((max_ttl, _))) =
+                    (req.args.get(1), self.lock_rule(req, keys))
+                {
+                    queued.after.push(vec![
+                        Bytes::from_static(b"PEXPIRE"),
+                        key.clone(),
+                        ms_bytes(max_ttl),
+                        Bytes::from_static(b"NX"),
+                    ]);
                 }
             }
+            (true, _) => queued.data = Some(plan.data),
+            (false, _) => {
+                queued.data = Some(plan.data);
+                queued.settle = plan.settle;
+            }
         }
-        Ok(queued)
     }
 
     /// The `READ` script in `record` mode for the `cache` keys a `GET`/`MGET` reads,

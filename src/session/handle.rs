@@ -45,19 +45,7 @@ impl Session {
         let route = dispatch::dispatch(&req, info.as_deref(), &self.table, &self.policy, &view);
         let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
         match route {
-            Dispatched::Admin => {
-                let explaining = req.args.len() == 3
-                    && req
-                        .args
-                        .get(1)
-                        .is_some_and(|s| s.eq_ignore_ascii_case(b"EXPLAIN"));
-                if explaining && self.inflight > 0 && self.route != Some(super::Route::Aux) {
-                    // Asked of Redis on a connection of its own: after what is owed.
-                    return Some(req);
-                }
-                self.admin(&req);
-                None
-            }
+            Dispatched::Admin => self.admin(req),
             Dispatched::Local(change, reply) => {
                 self.local(change, reply);
                 None
@@ -93,23 +81,42 @@ impl Session {
             Dispatched::Control => self.send_control(req),
             Dispatched::ClientUnblock => self.client_unblock(req),
             Dispatched::ClientKillId(id) => {
-                let killed = match self.ctx.sessions.get(&id) {
-                    Some(control) => {
-                        control.kill();
-                        1
-                    }
-                    None => 0,
-                };
-                let mut out = bytes::BytesMut::new();
-                crate::resp::reply::push_int(&mut out, killed);
-                self.reply(out.freeze());
+                self.client_kill_id(id);
                 None
             }
         }
     }
 
-    /// `CACHET …`.
-    fn admin(&mut self, req: &Request) {
+    /// `CLIENT KILL ID <id>`: closes the session with that id (`:1`), or `:0`.
+    fn client_kill_id(&mut self, id: u64) {
+        let killed = match self.ctx.sessions.get(&id) {
+            Some(control) => {
+                control.kill();
+                1
+            }
+            None => 0,
+        };
+        let mut out = bytes::BytesMut::new();
+        crate::resp::reply::push_int(&mut out, killed);
+        self.reply(out.freeze());
+    }
+
+    /// `CACHET …`; gives `EXPLAIN` back while replies are owed on another route (it is
+    /// asked of Redis on a connection of its own, after what is owed).
+    fn admin(&mut self, req: Request) -> Option<Request> {
+        let explaining = req.args.len() == 3
+            && req
+                .args
+                .get(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case(b"EXPLAIN"));
+        if explaining && self.inflight > 0 && self.route != Some(super::Route::Aux) {
+            return Some(req);
+        }
+        self.admin_now(&req);
+        None
+    }
+
+    fn admin_now(&mut self, req: &Request) {
         self.tally = Some(self.ctx.metrics.commands.cachet.0.clone());
         if req.args.len() == 3
             && req

@@ -26,44 +26,8 @@ impl Session {
         if self.inflight > 0 && self.route != Some(Route::Pinned) {
             return Some(req);
         }
-        if self.pinned.is_none() && self.ctx.upstream.cluster.is_some() {
-            if let Some(answered) = self.defer_multi(&req, kind) {
-                self.reply(answered);
-                return None;
-            }
-            // A cluster: the node serving the command's keys (`WATCH`, a blocking
-            // command, a deferred transaction's first command), or the keyless node
-            // (`SUBSCRIBE`).
-            let info = self.table.lookup(&req.args).cloned();
-            match self.cluster_node(&req, info.as_deref()) {
-                Ok(node) => self.node = node,
-                Err(refusal) => {
-                    self.reply(refusal.reply());
-                    return None;
-                }
-            }
-        }
-        if self.pinned.is_none() {
-            match self.ctx.upstream.pin(self.identity()).await {
-                Ok(conn) => {
-                    let mut p = Pinned::new(conn, self.identity());
-                    let reason = if self.deferred_multi {
-                        PinReason::Transaction
-                    } else {
-                        pin_reason(kind, blocking)
-                    };
-                    p.gauge = Some(self.ctx.metrics.pinned(reason));
-                    self.pinned = Some(p);
-                    if self.deferred_multi {
-                        self.deferred_multi = false;
-                        self.send_deferred_multi().await;
-                    }
-                }
-                Err(e) => {
-                    self.reply(e.reply());
-                    return None;
-                }
-            }
+        if self.pinned.is_none() && !self.pin(&req, kind, blocking).await {
+            return None;
         }
         let (rewrite, settle) = match self.pinned_rewrite(&req, blocking) {
             Ok(r) => r,
@@ -100,6 +64,50 @@ impl Session {
             }
         }
         None
+    }
+
+    /// Takes a dedicated connection for the session (before a cluster: on the node of
+    /// the command's keys). `false` when the client was answered instead: a `MULTI`
+    /// deferred until its first command, a refusal, or the upstream's error.
+    async fn pin(&mut self, req: &Request, kind: CommandKind, blocking: bool) -> bool {
+        if self.ctx.upstream.cluster.is_some() {
+            if let Some(answered) = self.defer_multi(req, kind) {
+                self.reply(answered);
+                return false;
+            }
+            // A cluster: the node serving the command's keys (`WATCH`, a blocking
+            // command, a deferred transaction's first command), or the keyless node
+            // (`SUBSCRIBE`).
+            let info = self.table.lookup(&req.args).cloned();
+            match self.cluster_node(req, info.as_deref()) {
+                Ok(node) => self.node = node,
+                Err(refusal) => {
+                    self.reply(refusal.reply());
+                    return false;
+                }
+            }
+        }
+        match self.ctx.upstream.pin(self.identity()).await {
+            Ok(conn) => {
+                let mut p = Pinned::new(conn, self.identity());
+                let reason = if self.deferred_multi {
+                    PinReason::Transaction
+                } else {
+                    pin_reason(kind, blocking)
+                };
+                p.gauge = Some(self.ctx.metrics.pinned(reason));
+                self.pinned = Some(p);
+                if self.deferred_multi {
+                    self.deferred_multi = false;
+                    self.send_deferred_multi().await;
+                }
+                true
+            }
+            Err(e) => {
+                self.reply(e.reply());
+                false
+            }
+        }
     }
 
     /// The engine's plan for a command on the pinned connection, as the connection

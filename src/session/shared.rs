@@ -16,6 +16,10 @@ use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
 use crate::upstream::{Capability, Job, UpstreamError, connect};
 
+/// Before a cluster: whether a command is fanned out, and a `SCAN`'s node, cursor and
+/// reply rewrite (`Session::cluster_route`).
+type ClusterRoute = (Option<super::cluster::FanOut>, Option<(u16, Request, Post)>);
+
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
 
@@ -27,29 +31,13 @@ impl Session {
         req: Request,
         info: Option<&CommandInfo>,
     ) -> Option<Request> {
-        let mut scan = None;
-        let fan_out = if self.ctx.upstream.cluster.is_some() {
-            match self.cluster_node(&req, info) {
-                Ok(node) => self.node = node,
-                Err(super::cluster::NoNode::CrossSlot)
-                    if !self.handling_part && self.split(&req, info) =>
-                {
-                    return None;
-                }
-                Err(refusal) => {
-                    self.reply(refusal.reply());
-                    return None;
-                }
+        let (fan_out, scan) = if self.ctx.upstream.cluster.is_some() {
+            match self.cluster_route(&req, info) {
+                Some(route) => route,
+                None => return None,
             }
-            if info.is_some_and(|i| i.kind == crate::command::CommandKind::Scan) {
-                scan = self.cluster_scan(&req);
-                if let Some((node, _, _)) = &scan {
-                    self.node = *node;
-                }
-            }
-            info.and_then(super::cluster::FanOut::of)
         } else {
-            None
+            (None, None)
         };
         let id = self.identity();
         let route = Route::Shared(id);
@@ -85,7 +73,6 @@ impl Session {
             self.send_fan_out(how, plan);
             return None;
         }
-        let cluster = self.ctx.upstream.cluster.is_some();
         if plan.is_plain()
             && self.reply_mode == super::local::ReplyMode::On
             && !self.handling_part
@@ -104,6 +91,14 @@ impl Session {
             self.refuse_for_rights(req, what);
             return None;
         }
+        self.send_plan(plan, post).await;
+        None
+    }
+
+    /// Sends a planned command as a job of its own, with its keys' ordering tokens and
+    /// its invalidation's retry, and waits for its reply in order. `None` when the
+    /// tokens could not be had (the client was answered).
+    async fn send_plan(&mut self, plan: crate::engine::Plan, post: Post) -> Option<()> {
         self.flush_batch();
         let held = if plan.written.is_empty() {
             None
@@ -113,7 +108,12 @@ impl Session {
         };
         let sent = plan.script.then(|| plan.data.clone());
         let on_fail = plan.retry.map(|r| self.retry_on_fail(r));
-        let kept = cluster.then(|| plan.data.clone());
+        let kept = self
+            .ctx
+            .upstream
+            .cluster
+            .is_some()
+            .then(|| plan.data.clone());
         let job = Job {
             data: plan.data,
             frames: plan.frames,
@@ -126,7 +126,37 @@ impl Session {
         if let Some(data) = kept {
             self.keep_for_redirect(&data, plan.frames);
         }
-        None
+        Some(())
+    }
+
+    /// Before a Redis Cluster: the node the command goes to (`self.node`), whether it is
+    /// fanned out to every primary, and a `SCAN`'s cursor on its node. `None` when the
+    /// command was answered here (refused, or split across slots).
+    fn cluster_route(
+        &mut self,
+        req: &Request,
+        info: Option<&CommandInfo>,
+    ) -> Option<ClusterRoute> {
+        match self.cluster_node(req, info) {
+            Ok(node) => self.node = node,
+            Err(super::cluster::NoNode::CrossSlot)
+                if !self.handling_part && self.split(req, info) =>
+            {
+                return None;
+            }
+            Err(refusal) => {
+                self.reply(refusal.reply());
+                return None;
+            }
+        }
+        let mut scan = None;
+        if info.is_some_and(|i| i.kind == crate::command::CommandKind::Scan) {
+            scan = self.cluster_scan(req);
+            if let Some((node, _, _)) = &scan {
+                self.node = *node;
+            }
+        }
+        Some((info.and_then(super::cluster::FanOut::of), scan))
     }
 
     /// What a job does if its write's fate becomes unknown: its invalidation is queued

@@ -433,35 +433,7 @@ impl Session {
         let Some(frames) = split_frames(bytes) else {
             return false;
         };
-        // Each redirected command: its bytes, its first frame, its frame count, where
-        // it goes, and whether after `ASKING`.
-        let mut again = Vec::new();
-        let (mut frame, mut start) = (0usize, 0usize);
-        let mut wait = false;
-        for &(end, n) in &resend.bounds {
-            let command = resend
-                .data
-                .slice(start.min(end)..end.min(resend.data.len()));
-            if let Some(a) = frames.get(frame).and_then(|f| again_in(f)) {
-                let (node, ask) = match a {
-                    Again::Redirect(r) if !cluster.knows(&r.address) => {
-                        cluster.wake.notify_one();
-                        frame += n as usize;
-                        start = end;
-                        continue;
-                    }
-                    Again::Redirect(r) if r.ask => (cluster.node(&r.address), true),
-                    Again::Redirect(r) => (cluster.moved(r.slot, &r.address), false),
-                    Again::TryAgain => {
-                        wait = true;
-                        (resend.node, false)
-                    }
-                };
-                again.push((command, frame, n as usize, node, ask));
-            }
-            frame += n as usize;
-            start = end;
-        }
+        let (again, wait) = redirected_commands(&cluster, resend, &frames);
         if again.is_empty() || resend.hops >= MAX_REDIRECTS || resend.waits >= MAX_TRYAGAIN {
             return false;
         }
@@ -506,43 +478,13 @@ impl Session {
             None
         };
         self.follow_ups += 1;
-        let tx = self.resolve_tx.clone();
-        tokio::spawn(async move {
-            if let Some(jobs) = jobs {
-                tokio::time::sleep(TRYAGAIN_AFTER).await;
-                for (conn, job) in jobs {
-                    conn.send(job);
-                }
-            }
-            let mut replaced = std::collections::HashMap::new();
-            for (mut rx, first, n, ask) in waiting {
-                match rx.recv().await.unwrap_or(Err(UpstreamError::Lost)) {
-                    Ok(b) => {
-                        let b = if ask { skip_first_frame(b) } else { b };
-                        replaced.insert(first, (b, n));
-                    }
-                    Err(e) => {
-                        let _ = tx.send((seq, Err(e)));
-                        return;
-                    }
-                }
-            }
-            let mut out = BytesMut::new();
-            let mut i = 0;
-            while let Some(f) = frames.get(i) {
-                match replaced.get(&i) {
-                    Some((b, n)) => {
-                        out.extend_from_slice(b);
-                        i += n;
-                    }
-                    None => {
-                        out.extend_from_slice(f);
-                        i += 1;
-                    }
-                }
-            }
-            let _ = tx.send((seq, Ok(out.freeze())));
-        });
+        tokio::spawn(splice_batch(
+            seq,
+            jobs,
+            waiting,
+            frames,
+            self.resolve_tx.clone(),
+        ));
         true
     }
 
@@ -631,10 +573,27 @@ impl Session {
         };
         let seq = *seq;
         let (data, frames) = asking_if(ask, resend.data.clone(), resend.frames);
-        let conn = self
-            .ctx
-            .upstream
-            .shared(crate::upstream::Identity { node, ..id }, self.id);
+        self.send_again(
+            seq,
+            crate::upstream::Identity { node, ..id },
+            (data, frames),
+            ask,
+            delay,
+        );
+        true
+    }
+
+    /// Sends slot `seq`'s request again on a connection of `id` (now, or after `delay`:
+    /// `-TRYAGAIN`), its reply resolving the slot (without `ASKING`'s).
+    fn send_again(
+        &mut self,
+        seq: u64,
+        id: crate::upstream::Identity,
+        (data, frames): (Bytes, u32),
+        ask: bool,
+        delay: Option<std::time::Duration>,
+    ) {
+        let conn = self.ctx.upstream.shared(id, self.id);
         let (rtx, mut rrx) = tokio::sync::mpsc::unbounded_channel();
         let job = Job {
             data,
@@ -666,7 +625,6 @@ impl Session {
             };
             let _ = tx.send((seq, reply));
         });
-        true
     }
 
     /// The node a follow-up of slot `idx` goes to: where its request went last.
@@ -736,6 +694,99 @@ impl Session {
         self.route = Some(super::Route::Aux);
         self.await_reply(Settle::Forward, None, Post::Nothing);
     }
+}
+
+/// A redirected command of a batch: its bytes, its first reply frame, its frame count,
+/// the node it goes to, and whether after `ASKING`.
+type Redirected = (Bytes, usize, usize, u16, bool);
+
+/// The commands of a batch whose replies (`frames`) say to go elsewhere or try again,
+/// and whether any must wait (`-TRYAGAIN`). A redirect to a node the slot map never
+/// named is not followed (the map is read again).
+fn redirected_commands(
+    cluster: &crate::upstream::cluster::Cluster,
+    resend: &Resend,
+    frames: &[Bytes],
+) -> (Vec<Redirected>, bool) {
+    let mut again = Vec::new();
+    let (mut frame, mut start) = (0usize, 0usize);
+    let mut wait = false;
+    for &(end, n) in &resend.bounds {
+        let command = resend
+            .data
+            .slice(start.min(end)..end.min(resend.data.len()));
+        if let Some(a) = frames.get(frame).and_then(|f| again_in(f)) {
+            let target = match a {
+                Again::Redirect(r) if !cluster.knows(&r.address) => {
+                    cluster.wake.notify_one();
+                    None
+                }
+                Again::Redirect(r) if r.ask => Some((cluster.node(&r.address), true)),
+                Again::Redirect(r) => Some((cluster.moved(r.slot, &r.address), false)),
+                Again::TryAgain => {
+                    wait = true;
+                    Some((resend.node, false))
+                }
+            };
+            if let Some((node, ask)) = target {
+                again.push((command, frame, n as usize, node, ask));
+            }
+        }
+        frame += n as usize;
+        start = end;
+    }
+    (again, wait)
+}
+
+/// Sends a batch's redirected commands (after `TRYAGAIN_AFTER` when `jobs` are given:
+/// Redis asked to wait) and splices their replies into the batch's `frames`, in place,
+/// as the reply of slot `seq`.
+async fn splice_batch(
+    seq: u64,
+    jobs: Option<Vec<(crate::upstream::SharedConn, Job)>>,
+    waiting: Vec<(
+        tokio::sync::mpsc::UnboundedReceiver<crate::upstream::Reply>,
+        usize,
+        usize,
+        bool,
+    )>,
+    frames: Vec<Bytes>,
+    tx: tokio::sync::mpsc::UnboundedSender<(u64, crate::upstream::Reply)>,
+) {
+    if let Some(jobs) = jobs {
+        tokio::time::sleep(TRYAGAIN_AFTER).await;
+        for (conn, job) in jobs {
+            conn.send(job);
+        }
+    }
+    let mut replaced = std::collections::HashMap::new();
+    for (mut rx, first, n, ask) in waiting {
+        match rx.recv().await.unwrap_or(Err(UpstreamError::Lost)) {
+            Ok(b) => {
+                let b = if ask { skip_first_frame(b) } else { b };
+                replaced.insert(first, (b, n));
+            }
+            Err(e) => {
+                let _ = tx.send((seq, Err(e)));
+                return;
+            }
+        }
+    }
+    let mut out = BytesMut::new();
+    let mut i = 0;
+    while let Some(f) = frames.get(i) {
+        match replaced.get(&i) {
+            Some((b, n)) => {
+                out.extend_from_slice(b);
+                i += n;
+            }
+            None => {
+                out.extend_from_slice(f);
+                i += 1;
+            }
+        }
+    }
+    let _ = tx.send((seq, Ok(out.freeze())));
 }
 
 /// A cluster `SCAN` reply from the `index`th of `nodes` primaries with the client's

@@ -42,6 +42,10 @@ impl Session {
         reply_rx: &mut ReplyRx,
         timeout: std::time::Duration,
     ) -> Step {
+        if let Some(why) = ending(&event) {
+            tracing::debug!(session = self.id, peer = %self.peer, "{why}");
+            return Step::End;
+        }
         match event {
             Event::ClientRead(Ok(0)) => {
                 self.closing = true;
@@ -50,22 +54,6 @@ impl Session {
                 }
             }
             Event::ClientRead(Ok(n)) => self.client_read(n).await,
-            Event::Idle => {
-                tracing::debug!(session = self.id, peer = %self.peer, "idle timeout; closing the connection");
-                return Step::End;
-            }
-            Event::Killed => {
-                tracing::debug!(session = self.id, peer = %self.peer, "killed by another client (CLIENT KILL)");
-                return Step::End;
-            }
-            Event::Revoked => {
-                tracing::debug!(session = self.id, peer = %self.peer, "the client's upstream user is gone; closing the connection");
-                return Step::End;
-            }
-            Event::ClientRead(Err(e)) => {
-                tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client read failed");
-                return Step::End;
-            }
             Event::Wrote(Ok(n)) => {
                 self.wrote(n);
                 // Decoding held back for a client that was not reading goes on
@@ -74,10 +62,6 @@ impl Session {
                 if self.paused && self.out.len() < MAX_OUT / 2 {
                     self.resume().await;
                 }
-            }
-            Event::Wrote(Err(e)) => {
-                tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
-                return Step::End;
             }
             Event::Upstream(r) => {
                 self.on_upstream(r);
@@ -115,6 +99,12 @@ impl Session {
                 }
                 return Step::ShuttingDown;
             }
+            // Ends the session (`ending`, above).
+            Event::Idle
+            | Event::Killed
+            | Event::Revoked
+            | Event::ClientRead(Err(_))
+            | Event::Wrote(Err(_)) => return Step::End,
         }
         Step::Go
     }
@@ -157,4 +147,16 @@ impl Session {
         self.resume().await;
         Step::Go
     }
+}
+
+/// Why `event` ends the session, if it does.
+fn ending(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Idle => "idle timeout; closing the connection".into(),
+        Event::Killed => "killed by another client (CLIENT KILL)".into(),
+        Event::Revoked => "the client's upstream user is gone; closing the connection".into(),
+        Event::ClientRead(Err(e)) => format!("client read failed: {e}"),
+        Event::Wrote(Err(e)) => format!("client write failed: {e}"),
+        _ => return None,
+    })
 }

@@ -132,11 +132,7 @@ impl Session {
     /// Before a Redis Cluster: the node the command goes to (`self.node`), whether it is
     /// fanned out to every primary, and a `SCAN`'s cursor on its node. `None` when the
     /// command was answered here (refused, or split across slots).
-    fn cluster_route(
-        &mut self,
-        req: &Request,
-        info: Option<&CommandInfo>,
-    ) -> Option<ClusterRoute> {
+    fn cluster_route(&mut self, req: &Request, info: Option<&CommandInfo>) -> Option<ClusterRoute> {
         match self.cluster_node(req, info) {
             Ok(node) => self.node = node,
             Err(super::cluster::NoNode::CrossSlot)

@@ -426,36 +426,43 @@ async fn write_loop(
                 continue;
             }
         }
-        let now = Instant::now();
-        let now_ms = clock_ms();
-        buf.clear();
-        for job in batch.drain(..) {
-            buf.extend_from_slice(&job.data);
-            let _ = pending.send(Pending {
-                job,
-                sent_at: now,
-                written_ms: now_ms,
-            });
-        }
-        while buf.len() < MAX_BATCH_BYTES {
-            match jobs.try_recv() {
-                Ok(job) => {
-                    buf.extend_from_slice(&job.data);
-                    let _ = pending.send(Pending {
-                        job,
-                        sent_at: now,
-                        written_ms: now_ms,
-                    });
-                }
-                Err(_) => break,
-            }
-        }
+        gather(&mut buf, &mut batch, jobs, &pending);
         wr.write_all_flushed(&buf)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
         if buf.capacity() > 4 * MAX_BATCH_BYTES {
             // A huge value passed through; do not keep its buffer forever.
             buf = BytesMut::with_capacity(16 * 1024);
+        }
+    }
+}
+
+/// Gathers into `buf` the jobs of `batch`, then whatever else is queued (up to
+/// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written.
+fn gather(
+    buf: &mut BytesMut,
+    batch: &mut Vec<Job>,
+    jobs: &mut mpsc::UnboundedReceiver<Job>,
+    pending: &mpsc::UnboundedSender<Pending>,
+) {
+    let now = Instant::now();
+    let now_ms = clock_ms();
+    buf.clear();
+    let queue = |buf: &mut BytesMut, job: Job| {
+        buf.extend_from_slice(&job.data);
+        let _ = pending.send(Pending {
+            job,
+            sent_at: now,
+            written_ms: now_ms,
+        });
+    };
+    for job in batch.drain(..) {
+        queue(buf, job);
+    }
+    while buf.len() < MAX_BATCH_BYTES {
+        match jobs.try_recv() {
+            Ok(job) => queue(buf, job),
+            Err(_) => break,
         }
     }
 }

@@ -339,6 +339,49 @@ pub struct Live {
     pub cluster_failovers: u64,
 }
 
+/// The process's own figures, from `/proc/self` (Linux; `None` elsewhere or when
+/// unreadable).
+#[derive(Debug, Default, Clone, Copy)]
+struct Process {
+    resident_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    cpu_seconds: Option<f64>,
+}
+
+/// Clock ticks per second of `/proc/self/stat`'s times (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+impl Process {
+    fn read() -> Process {
+        let resident_bytes = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            });
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64);
+        // After the command name (in parentheses, which may hold spaces): state, then
+        // utime and stime are the 12th and 13th fields.
+        let cpu_seconds = std::fs::read_to_string("/proc/self/stat")
+            .ok()
+            .and_then(|s| {
+                let rest = s.get(s.rfind(')')? + 1..)?;
+                let mut f = rest.split_whitespace().skip(11);
+                let utime: u64 = f.next()?.parse().ok()?;
+                let stime: u64 = f.next()?.parse().ok()?;
+                Some((utime + stime) as f64 / USER_HZ)
+            });
+        Process {
+            resident_bytes,
+            open_fds,
+            cpu_seconds,
+        }
+    }
+}
+
 /// One scrape's view: the counters plus gauges read just now.
 #[derive(Debug)]
 struct Scrape {
@@ -379,6 +422,42 @@ fn load(a: &AtomicU64) -> u64 {
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let m = &self.metrics;
+        {
+            let mut f = enc.encode_descriptor(
+                "build_info",
+                "Always 1; its version label is the version of cachet running.",
+                None,
+                MetricType::Gauge,
+            )?;
+            f.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?
+                .encode_gauge(&1i64)?;
+        }
+        let process = Process::read();
+        if let Some(v) = process.resident_bytes {
+            gauge(
+                &mut enc,
+                "process_resident_memory_bytes",
+                "Resident memory of the cachet process (Linux only, as the open descriptors and CPU time).",
+                i64::try_from(v).unwrap_or(i64::MAX),
+            )?;
+        }
+        if let Some(v) = process.open_fds {
+            gauge(
+                &mut enc,
+                "process_open_fds",
+                "File descriptors the cachet process has open (clients, upstream connections, listeners).",
+                i64::try_from(v).unwrap_or(i64::MAX),
+            )?;
+        }
+        if let Some(v) = process.cpu_seconds {
+            let mut m = enc.encode_descriptor(
+                "process_cpu_seconds",
+                "CPU time (user and system) the cachet process has used.",
+                None,
+                MetricType::Counter,
+            )?;
+            m.encode_counter::<NoLabelSet, f64, u64>(&v, None)?;
+        }
         {
             let mut f = enc.encode_descriptor(
                 "commands",

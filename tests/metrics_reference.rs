@@ -26,6 +26,20 @@ fn the_readme_lists_exactly_the_exposed_metrics() {
         })
         .collect();
     assert!(exposed.len() > 20, "{body}");
+    // The process's own figures are read, not placeholders.
+    for name in [
+        "cachet_process_resident_memory_bytes",
+        "cachet_process_open_fds",
+    ] {
+        assert!(support::http::sample(&body, name) > 0.0, "{name}: {body}");
+    }
+    assert!(
+        body.contains(&format!(
+            "cachet_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let listed: Vec<(String, String)> = readme

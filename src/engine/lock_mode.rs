@@ -71,9 +71,17 @@ impl Engine {
             return Ok(());
         };
         let max_ms = ms(max_ttl);
+        let key = keys
+            .first()
+            .and_then(|k| req.args.get(k.index))
+            .cloned()
+            .unwrap_or_default();
         let refuse = |what: String| {
             self.stats.lock_expiry_refused();
-            tracing::debug!(command = %info.name, max_ttl_ms = max_ms, "{what}");
+            self.decisions.log(
+                &format!("{} refused: {what} (max_ttl {max_ms} ms)", info.name),
+                &key,
+            );
             Err(crate::resp::reply::error(&format!(
                 "ERR cachet: {what}; this lock keyspace's max_ttl is {max_ms} ms (over_max_ttl = \"refuse\")"
             )))
@@ -97,14 +105,19 @@ impl Engine {
     ) -> Option<Plan> {
         let (max_ttl, _) = self.lock_rule(req, keys)?;
         let (args, translate) = rewrite(&info.name, &req.args, max_ttl)?;
-        if info.name == "set" || info.name == "setnx" {
-            if asked(&info.name, &req.args, now_ms()) == Asked::Nothing {
-                self.stats.lock_expiry_added();
-            } else {
-                self.stats.lock_expiry_capped();
-            }
+        if asked(&info.name, &req.args, now_ms()) == Asked::Nothing {
+            self.stats.lock_expiry_added();
         } else {
             self.stats.lock_expiry_capped();
+            let key = keys.first().and_then(|k| req.args.get(k.index));
+            self.decisions.log(
+                &format!(
+                    "{}: lock expiry capped to max_ttl ({} ms)",
+                    info.name,
+                    ms(max_ttl)
+                ),
+                key.map_or(&b""[..], |k| &k[..]),
+            );
         }
         let mut data = BytesMut::new();
         encode_command(&mut data, &args);

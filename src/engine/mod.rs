@@ -129,6 +129,8 @@ pub struct Engine {
     has_cache: bool,
     pub locks: Arc<KeyLocks>,
     pub stats: Arc<Stats>,
+    /// The rate-limited debug log of refusals (`stats.rs`).
+    pub decisions: Arc<stats::Decisions>,
     pub scripts: Scripts,
     pub retries: Arc<retry::RetryQueue>,
     /// What cachet knows of the upstream's life.
@@ -217,6 +219,7 @@ impl Engine {
                 stats: stats.clone(),
             }),
             stats,
+            decisions: Arc::default(),
         }
     }
 
@@ -230,6 +233,7 @@ impl Engine {
         Engine {
             locks: self.locks.clone(),
             stats: self.stats.clone(),
+            decisions: self.decisions.clone(),
             retries: self.retries.clone(),
             upstream: self.upstream.clone(),
             ..Engine::new(consistency, rules)

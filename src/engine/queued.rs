@@ -84,7 +84,7 @@ impl Engine {
                     settle: if in_multi {
                         Settle::Forward
                     } else {
-                        Settle::Store(call.reply)
+                        Settle::Store(Box::new(call.reply))
                     },
                     ..Queued::default()
                 });

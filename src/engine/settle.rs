@@ -26,7 +26,7 @@ pub enum Settle {
     /// A `GET` that missed, or an `MGET`, of `cache` keys (`reads.rs`).
     Read(Box<ReadState>),
     /// A `SET` or one of its relatives judged by a script (`stores.rs`).
-    Store(StoreReply),
+    Store(Box<StoreReply>),
 }
 
 /// The outcome of settling one reply.

@@ -37,3 +37,57 @@ impl Stats {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// Debug lines a second about the engine's refusals, at most.
+const DECISIONS_PER_SECOND: u64 = 10;
+
+/// A `debug` line for each thing the engine refused or changed (a fill dropped, deleted
+/// or kept, a write collapsed, a lock's expiry capped or refused): at most
+/// [`DECISIONS_PER_SECOND`] a second, the lines left out counted in the next one.
+/// Shared by every generation of the engine (reloads).
+#[derive(Debug, Default)]
+pub struct Decisions {
+    second: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+}
+
+impl Decisions {
+    pub fn log(&self, what: &str, key: &[u8]) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) >= DECISIONS_PER_SECOND {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let skipped = self.skipped.swap(0, Ordering::Relaxed);
+        tracing::debug!(key = %String::from_utf8_lossy(key), skipped, "{what}");
+    }
+}
+
+impl Verdict {
+    /// What a refusal or change means, for the decision log; `None` for a `SET` stored
+    /// or not set as Redis would.
+    pub fn refusal(self) -> Option<&'static str> {
+        Some(match self {
+            Verdict::Kept => {
+                "fill refused (an invalidation may have overtaken it); the key already holds this value"
+            }
+            Verdict::Deleted => {
+                "fill refused (an invalidation may have overtaken it); the key deleted, it may be newer"
+            }
+            Verdict::Dropped => {
+                "fill dropped: an invalidation may have overtaken it, or the upstream lost the state that would say"
+            }
+            Verdict::Invalidated => "write turned into an invalidation (write_through)",
+            Verdict::StoredWrite | Verdict::StoredFill | Verdict::NotSet => return None,
+        })
+    }
+}

@@ -42,6 +42,8 @@ pub struct StoreReply {
     /// The client's command as it sent it, when the script checks the client's ACL:
     /// sent as is when the check refuses it, so that Redis answers its own refusal.
     resend: Option<Bytes>,
+    /// The keys judged, in the order of the script's verdicts.
+    keys: Vec<Bytes>,
 }
 
 /// A `SET`'s options that matter to the judgement, parsed as Redis parses them.
@@ -117,7 +119,7 @@ impl Engine {
         Some(Plan {
             data: evalsha(call.script, &call.keys, &call.argv),
             frames: 1,
-            settle: Settle::Store(call.reply),
+            settle: Settle::Store(Box::new(call.reply)),
             written: call.written,
             retry: call.retry,
             script: true,
@@ -172,6 +174,7 @@ impl Engine {
                 kind,
                 proto,
                 resend,
+                keys: vec![key.clone()],
             },
             written: vec![key.clone()],
             retry: Retry::of(&[retry], vec![key.clone()]),
@@ -248,6 +251,7 @@ impl Engine {
                 kind,
                 proto: scope.proto,
                 resend,
+                keys: written.clone(),
             },
             retry: Retry::of(&[retry], written.clone()),
             written,
@@ -287,8 +291,11 @@ impl Engine {
                     .unwrap_or(Verdict::NotSet)
             })
             .collect();
-        for v in &verdicts {
+        for (i, v) in verdicts.iter().enumerate() {
             self.stats.count_verdict(*v);
+            if let (Some(what), Some(key)) = (v.refusal(), s.keys.get(i)) {
+                self.decisions.log(what, key);
+            }
         }
         let stored = |v: &Verdict| v.stored();
         match s.kind {

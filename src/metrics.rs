@@ -67,7 +67,7 @@ counters! {
         coalesce_timed_out: "Missers that waited coalesce_wait and were answered nil.",
         held_off_waits: "Missers that waited for a tombstone (hold_off after an invalidation) to end.",
         noscript_recoveries: "Script calls re-sent with their body after NOSCRIPT.",
-        upstream_restarts: "Times a shared connection found the upstream restarted (a new run id): its fill-protocol state is lost.",
+        upstream_restarts: "Times the upstream lost its fill-protocol state: a shared connection found a new run id (a restart), or a cluster's slots failed over to a replica.",
     }
 }
 

@@ -33,7 +33,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     (
         "engine",
         &[
-            "upstream", "session", "context", "listener", "reload", "admin",
+            "upstream", "session", "context", "listener", "startup", "reload", "admin",
         ],
     ),
     (

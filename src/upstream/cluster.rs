@@ -2,8 +2,9 @@
 //! the 16384 hash slots, and how cachet keeps knowing it.
 //!
 //! The map comes from `CLUSTER SHARDS` (`CLUSTER SLOTS` before Redis 7.0), asked of a
-//! known primary (or, failing those, a seed): at start-up, every [`REFRESH_EVERY`], and at once when a reply says a slot
-//! moved (`-MOVED`, whose slot and address also update the map on the spot). Nodes get
+//! known primary (or, failing those, a seed): at start-up, every [`REFRESH_EVERY`], and
+//! at once when a reply says a slot moved (`-MOVED`, whose slot and address also update
+//! the map on the spot). Nodes get
 //! a small number, their index in an append-only table, which is part of a connection's
 //! [`Identity`](super::Identity): every primary has its own shared and dedicated
 //! connections, made by the same code as a single upstream's.
@@ -13,6 +14,13 @@
 //! or `-ASK` says (a slot being migrated), and answers commands whose keys span slots
 //! with Redis's own `-CROSSSLOT` error. The fill protocol's state lives beside each key,
 //! in its slot (`engine/reserved.rs`), so every atomic unit stays on one node.
+//!
+//! A slot whose new primary was its old primary's replica has failed over (a migration
+//! moves slots between primaries instead). The promoted replica may lack what the old
+//! primary acknowledged, fill-protocol state included, so the failover is told to the
+//! hook set with [`Cluster::on_failover`] (`startup.rs`: unexplained fills are dropped
+//! for a while, and the recent invalidations of those slots are sent again;
+//! `docs/design.md`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

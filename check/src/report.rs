@@ -17,6 +17,10 @@ pub struct Audit {
     pub stale_keys: Vec<u32>,
     /// Keys whose cache entry is newer than the database's version (impossible).
     pub future_keys: Vec<u32>,
+    /// Keys whose cache entry is older than the database's version but not than the
+    /// last completed invalidation: the last delete failed at the client (a killed
+    /// cachet).
+    pub failed_delete_keys: Vec<u32>,
 }
 
 /// One run's figures.

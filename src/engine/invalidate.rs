@@ -50,17 +50,19 @@ impl Written {
 
 impl Engine {
     /// The plan of a write: the command (or its `lock` rewrite) and its invalidation in
-    /// one transaction.
+    /// one transaction. `Err` refuses a lock expiry its keyspace does not allow (checked
+    /// after the fast path of `strict` keys, which are never locks).
     pub(super) fn write_plan(
         &self,
         req: &Request,
         info: &CommandInfo,
         keys: &[KeyRef],
         db: u32,
-    ) -> Plan {
+    ) -> Result<Plan, Bytes> {
         if let Some(plan) = self.strict_write_plan(req, info, keys) {
-            return plan;
+            return Ok(plan);
         }
+        self.lock_refusal(req, info, keys)?;
         let inval = self.invalidation(req, info, keys, db);
         let base = self
             .lock_rewrite(req, info, keys)
@@ -69,10 +71,10 @@ impl Engine {
         if (inval.commands.is_empty() && caps.is_empty())
             || info.flags.contains(CommandFlags::NO_MULTI)
         {
-            return Plan {
+            return Ok(Plan {
                 written: inval.written,
                 ..base
-            };
+            });
         }
         let settle = match base.settle {
             Settle::Translate(t) => Translate::ExecFirst(Box::new(t)),
@@ -89,14 +91,14 @@ impl Engine {
         if !caps.is_empty() {
             self.stats.lock_expiry_capped();
         }
-        Plan {
+        Ok(Plan {
             data: data.freeze(),
             frames: 3 + (inval.commands.len() + caps.len()) as u32,
             settle: Settle::Translate(settle),
             retry: Retry::of(&inval.retry, inval.written.clone()),
             written: inval.written,
             script: false,
-        }
+        })
     }
 
     /// The plan of the most common write, built without intermediate lists: a command

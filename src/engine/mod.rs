@@ -356,8 +356,7 @@ impl Engine {
         if !info.is_write() {
             return Ok(Plan::forward(req));
         }
-        self.lock_refusal(req, info, keys)?;
-        Ok(self.write_plan(req, info, keys, db))
+        self.write_plan(req, info, keys, db)
     }
 
     /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that

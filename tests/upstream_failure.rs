@@ -196,3 +196,58 @@ fn an_invalidation_of_unknown_fate_is_retried_until_it_lands() {
         String::from_utf8_lossy(&msg)
     );
 }
+
+/// An upstream that moves (Sentinel names a new primary): a command queued the moment
+/// after the connection is told to reconnect is written to the new upstream, never to
+/// the old one. (An invalidation replayed after a failover is such a command: sent to
+/// the old primary, which is still a primary for a while, it would be lost with it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_queued_after_a_retarget_reaches_the_new_upstream() {
+    use cachet::upstream::{Job, Settings, Target, Upstream};
+    let servers = [RedisServer::start(), RedisServer::start()];
+    let target = Target::new(servers[0].addr().to_string());
+    let upstream = Upstream::new(Settings {
+        address: target.clone(),
+        username: None,
+        password: None,
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(5),
+        shared_connections: 1,
+        max_users: 4,
+        preload: Vec::new(),
+        tls: None,
+        on_connect: None,
+        node: None,
+    });
+    let conn = upstream.shared(upstream.own(0, 2), 0);
+    let call = |data: Vec<u8>| {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        conn.send(Job {
+            data: data.into(),
+            frames: 1,
+            reply: Some(tx),
+            held: None,
+            on_fail: None,
+        });
+        async move { rx.recv().await.unwrap().unwrap() }
+    };
+    assert_eq!(&call(words("PING")).await[..], b"+PONG\r\n");
+    for i in 1..=40 {
+        let now = &servers[i % 2];
+        target.set(now.addr().to_string());
+        upstream.retarget();
+        let reply = call(words(&format!("SET moved:{i} x"))).await;
+        assert_eq!(&reply[..], OK_REPLY, "round {i}");
+        let (here, there) = (
+            Raw::connect(now.addr()).call(&words(&format!("EXISTS moved:{i}"))),
+            Raw::connect(servers[(i + 1) % 2].addr()).call(&words(&format!("EXISTS moved:{i}"))),
+        );
+        assert_eq!(
+            (here.as_slice(), there.as_slice()),
+            (&b":1\r\n"[..], &b":0\r\n"[..]),
+            "round {i}"
+        );
+    }
+}
+
+const OK_REPLY: &[u8] = b"+OK\r\n";

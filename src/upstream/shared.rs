@@ -274,8 +274,12 @@ async fn run(
 ) {
     let mut backoff = FIRST_BACKOFF;
     let mut was_down = false;
+    // Jobs taken from the queue after the connection was told to reconnect: they go
+    // first on the next one (an invalidation replayed after a failover must reach the
+    // new primary, not the old one).
+    let mut carried = Vec::new();
     loop {
-        if jobs.is_closed() && jobs.is_empty() {
+        if jobs.is_closed() && jobs.is_empty() && carried.is_empty() {
             return;
         }
         match as_who.connect(&settings, id).await {
@@ -295,7 +299,8 @@ async fn run(
                 health.primary.store(false, Ordering::Relaxed);
                 health.replica_at_connect.store(false, Ordering::Relaxed);
                 health.up.store(true, Ordering::Relaxed);
-                let outcome = serve(stream, &settings, &mut jobs, &health, &rtt).await;
+                let outcome =
+                    serve(stream, &settings, &mut jobs, &mut carried, &health, &rtt).await;
                 health.up.store(false, Ordering::Relaxed);
                 health.outstanding_since.store(0, Ordering::Relaxed);
                 match outcome {
@@ -321,6 +326,9 @@ async fn run(
                 }
                 was_down = true;
                 // Fail closed: while down, every queued job gets an error now, not a hang.
+                for job in carried.drain(..) {
+                    job.fail(&e);
+                }
                 let deadline = Instant::now() + backoff;
                 loop {
                     tokio::select! {
@@ -350,6 +358,7 @@ async fn serve(
     stream: Stream,
     settings: &Settings,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    carried: &mut Vec<Job>,
     health: &Arc<Health>,
     rtt: &Histogram,
 ) -> Result<(), UpstreamError> {
@@ -358,7 +367,7 @@ async fn serve(
     let mut current = None;
     let timeout = settings.command_timeout;
     let result = tokio::select! {
-        r = write_loop(settings, wr, jobs, pending_tx, health) => r,
+        r = write_loop(settings, wr, jobs, carried, pending_tx, health) => r,
         r = read_loop(rd, &mut pending_rx, &mut current, timeout, rtt, health) => r,
     };
     // Whatever was written and not answered gets an error: the command may or may not
@@ -381,6 +390,7 @@ async fn write_loop(
     settings: &Settings,
     mut wr: WriteHalf,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    carried: &mut Vec<Job>,
     pending: mpsc::UnboundedSender<Pending>,
     health: &Arc<Health>,
 ) -> Result<(), UpstreamError> {
@@ -391,6 +401,7 @@ async fn write_loop(
     if let Some(observer) = &settings.on_connect {
         batch.push(identity_job(observer.clone(), settings.node.clone()));
     }
+    batch.append(carried);
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -402,6 +413,7 @@ async fn write_loop(
         if batch.is_empty() {
             tokio::select! {
                 job = jobs.recv() => match job {
+                    Some(job) if health.reconnect.load(Ordering::Relaxed) => carried.push(job),
                     Some(job) => batch.push(job),
                     None => {
                         // Every handle is gone; let the reader finish what is outstanding.
@@ -426,7 +438,7 @@ async fn write_loop(
                 continue;
             }
         }
-        gather(&mut buf, &mut batch, jobs, &pending);
+        gather(&mut buf, &mut batch, jobs, carried, &pending, health);
         wr.write_all_flushed(&buf)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
@@ -439,11 +451,14 @@ async fn write_loop(
 
 /// Gathers into `buf` the jobs of `batch`, then whatever else is queued (up to
 /// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written.
+/// A job queued after the connection was told to reconnect is `carried` to the next.
 fn gather(
     buf: &mut BytesMut,
     batch: &mut Vec<Job>,
     jobs: &mut mpsc::UnboundedReceiver<Job>,
+    carried: &mut Vec<Job>,
     pending: &mpsc::UnboundedSender<Pending>,
+    health: &Health,
 ) {
     let now = Instant::now();
     let now_ms = clock_ms();
@@ -461,6 +476,11 @@ fn gather(
     }
     while buf.len() < MAX_BATCH_BYTES {
         match jobs.try_recv() {
+            // Read after the job: whoever asked for the reconnect did so before queueing it.
+            Ok(job) if health.reconnect.load(Ordering::Relaxed) => {
+                carried.push(job);
+                break;
+            }
             Ok(job) => queue(buf, job),
             Err(_) => break,
         }

@@ -45,8 +45,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a connection whose upstream is loading or cut off from its primary probes it.
 const PROBE_EVERY: Duration = Duration::from_millis(250);
-/// How often a connection that reached a replica from the start may be replaced because
-/// writes are refused `-READONLY` (cachet configured with a replica's address).
+/// How often a connection may be replaced because writes are refused `-READONLY` (the
+/// first time at once: a failover; then at most this often: cachet configured with a
+/// replica's address).
 const REPLICA_RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// `last_replica_reconnect` before the first one.
 const NEVER: u64 = u64::MAX;
@@ -81,8 +82,8 @@ struct Health {
     /// end the connection once nothing is outstanding).
     wake_writer: Notify,
     wake_reader: Notify,
-    /// Milliseconds after `born` of the last reconnect of a connection that reached a
-    /// replica from the start, or [`NEVER`].
+    /// Milliseconds after `born` of the last reconnect because of a replica, or
+    /// [`NEVER`].
     born: Instant,
     last_replica_reconnect: AtomicU64,
     /// Warnings given once per shared connection rather than once per write.
@@ -128,19 +129,18 @@ impl Health {
         }
     }
 
-    /// `ROLE` confirmed a replica after a hint: replace the connection, unless it has
-    /// reached a replica since it was opened and was replaced less than
-    /// [`REPLICA_RECONNECT_EVERY`] ago.
+    /// `ROLE` confirmed a replica after a hint: replace the connection, unless the last
+    /// such replacement was less than [`REPLICA_RECONNECT_EVERY`] ago (the address
+    /// reaches a replica from the start: whether this connection did is not known in
+    /// time, the `ROLE` sent on connect is answered in a task of its own).
     fn confirmed_replica(&self) {
-        if self.replica_at_connect.load(Ordering::Relaxed) {
-            let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(NEVER - 1);
-            let last = self.last_replica_reconnect.load(Ordering::Relaxed);
-            let every = u64::try_from(REPLICA_RECONNECT_EVERY.as_millis()).unwrap_or(0);
-            if last != NEVER && now.saturating_sub(last) < every {
-                return;
-            }
-            self.last_replica_reconnect.store(now, Ordering::Relaxed);
+        let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(NEVER - 1);
+        let last = self.last_replica_reconnect.load(Ordering::Relaxed);
+        let every = u64::try_from(REPLICA_RECONNECT_EVERY.as_millis()).unwrap_or(0);
+        if last != NEVER && now.saturating_sub(last) < every {
+            return;
         }
+        self.last_replica_reconnect.store(now, Ordering::Relaxed);
         self.reconnect.store(true, Ordering::Relaxed);
         self.wake_writer.notify_one();
         self.wake_reader.notify_one();

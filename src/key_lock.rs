@@ -22,7 +22,8 @@ use tokio::time::Instant;
 struct Holder {
     owner: u64,
     count: u32,
-    released: Arc<Notify>,
+    /// Made by the first writer that has to wait (most tokens are never waited for).
+    released: Option<Arc<Notify>>,
 }
 
 /// All tokens of one cachet.
@@ -55,26 +56,36 @@ impl KeyLocks {
     /// Takes the tokens of `keys` for `owner`, or tells what to wait on. `keys` need not
     /// be sorted or unique.
     pub fn try_acquire(self: &Arc<Self>, owner: u64, keys: &[Bytes]) -> Result<Held, Arc<Notify>> {
-        let mut sorted: Vec<Bytes> = keys.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
+        let sorted;
+        let ordered: &[Bytes] = if keys.len() <= 1 {
+            keys
+        } else {
+            let mut copy = keys.to_vec();
+            copy.sort_unstable();
+            copy.dedup();
+            sorted = copy;
+            &sorted
+        };
         let mut held = Held {
             locks: self.clone(),
-            keys: Vec::with_capacity(sorted.len()),
+            keys: Vec::with_capacity(ordered.len()),
         };
-        for key in sorted {
+        for key in ordered {
             match self.map.entry(key.clone()) {
                 Entry::Vacant(v) => {
                     v.insert(Holder {
                         owner,
                         count: 1,
-                        released: Arc::new(Notify::new()),
+                        released: None,
                     });
                 }
                 Entry::Occupied(mut o) => {
                     let h = o.get_mut();
                     if h.owner != owner {
-                        let notify = h.released.clone();
+                        let notify = h
+                            .released
+                            .get_or_insert_with(|| Arc::new(Notify::new()))
+                            .clone();
                         drop(o);
                         // Dropping `held` gives back what was taken so far.
                         return Err(notify);
@@ -82,7 +93,7 @@ impl KeyLocks {
                     h.count += 1;
                 }
             }
-            held.keys.push(key);
+            held.keys.push(key.clone());
         }
         Ok(held)
     }
@@ -120,7 +131,9 @@ impl KeyLocks {
             h.count = h.count.saturating_sub(1);
             if h.count == 0 {
                 let (_, h) = o.remove_entry();
-                h.released.notify_waiters();
+                if let Some(released) = h.released {
+                    released.notify_waiters();
+                }
             }
         }
     }

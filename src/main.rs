@@ -90,8 +90,12 @@ fn main() -> ExitCode {
     match run(config, source, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("cachet: {e:#}");
+            // Once: in the log when it shows errors (on stderr too), else on stderr.
+            if tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e:#}");
+            } else {
+                eprintln!("cachet: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

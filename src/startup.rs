@@ -21,15 +21,17 @@ use crate::upstream::{Settings, Upstream};
 /// Why cachet could not start.
 #[derive(Debug, Error)]
 pub enum ServerError {
-    #[error("cannot listen on {address}: {source}")]
+    // (`error`, not `source`: the message already says it, and a source would be
+    // printed again after it.)
+    #[error("cannot listen on {address}: {error}")]
     Bind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("cannot listen for admin requests on {address}: {source}")]
+    #[error("cannot listen for admin requests on {address}: {error}")]
     AdminBind {
         address: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("TLS: {0}")]
     Tls(String),
@@ -52,12 +54,12 @@ pub async fn start(config: &Config) -> Result<Started, ServerError> {
     let address = config.listen.address;
     let listener = TcpListener::bind(address)
         .await
-        .map_err(|source| ServerError::Bind { address, source })?;
+        .map_err(|error| ServerError::Bind { address, error })?;
     let admin = match config.admin.address {
         Some(address) => Some(
             crate::admin::bind(address)
                 .await
-                .map_err(|source| ServerError::AdminBind { address, source })?,
+                .map_err(|error| ServerError::AdminBind { address, error })?,
         ),
         None => None,
     };
@@ -230,6 +232,7 @@ fn spawn_retries(ctx: &Arc<Context>) {
                 reply: Some(tx),
                 held: None,
                 on_fail: None,
+                joins: 0,
             });
             let reply = replies.recv().await.and_then(Result::ok);
             // A slot that moved: the map learns where, and the next try goes there.

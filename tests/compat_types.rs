@@ -676,3 +676,105 @@ fn multi_key_writes_of_many_keys() {
         ",
     ));
 }
+
+/// A pipeline of nothing but writes, as a bulk loader or Django's `set_many` sends
+/// them: cachet joins consecutive writes in one transaction, and every write is still
+/// answered as Redis answers it alone, errors included (a wrong type, a bad option or
+/// a bad number fail inside the transaction; a wrong argument count is refused before
+/// it, so it is never joined). In both protocols; and Redis really ran fewer
+/// transactions than writes.
+#[test]
+fn pipelined_writes_are_answered_one_by_one() {
+    let pair = Pair::start();
+    for proto in ["2", "3"] {
+        let mut c = pair.twin();
+        c.call_with(
+            &support::raw::words(&format!("HELLO {proto}")),
+            support::compare::hello_without_id,
+        );
+        let mut script = Vec::new();
+        for i in 0..600u32 {
+            let line = match i % 15 {
+                0 => format!("SET w{} v{i}", i % 50),
+                1 => format!("SET w{} v{i} GET", i % 50),
+                2 => format!("HSET wh{} f{i} {i}", i % 7),
+                3 => format!("LPUSH w{} x", i % 50),
+                4 => format!("INCR w{}", i % 50),
+                5 => format!("SET w{} v{i} BADOPTION", i % 50),
+                6 => format!("DEL w{} w{}", i % 50, (i + 1) % 50),
+                7 => format!("ZADD wz {i} m{}", i % 9),
+                8 => format!("EXPIRE w{} 100", i % 50),
+                9 => format!("SET w{}", i % 50),
+                10 => format!("INCRBY n{} notanumber", i % 3),
+                11 => format!("MSET w{} a w{} b", i % 50, (i + 7) % 50),
+                12 => format!("GETDEL w{}", i % 50),
+                13 => format!("SADD ws{} {i}", i % 4),
+                _ => format!("APPEND w{} tail", i % 50),
+            };
+            script.push(support::raw::words(&line));
+        }
+        c.pipeline(&script);
+    }
+    let calls = |name: &str| calls(&pair.upstream, name);
+    // 1,200 writes, 80 of them refused for their argument count and sent alone.
+    assert!(
+        calls("exec") < 300,
+        "{} transactions for 1,200 pipelined writes",
+        calls("exec")
+    );
+}
+
+/// Forty clients writing at once, one command at a time each: cachet joins the writes
+/// that meet on its shared connection into one transaction and gives each client the
+/// reply its own write got, errors included; every write still published its own
+/// invalidation; and Redis ran fewer transactions than writes.
+#[test]
+fn writes_of_many_clients_share_transactions() {
+    let pair = Pair::start();
+    let (clients, rounds) = (40u64, 150u64);
+    let addr = pair.cachet.addr;
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = support::raw::Raw::connect(addr);
+                for i in 0..rounds {
+                    let (line, expected) = match i % 3 {
+                        0 => (format!("SET t{t}:s v{i}"), "+OK\r\n".to_string()),
+                        1 => (format!("INCR t{t}:n"), format!(":{}\r\n", i / 3 + 1)),
+                        _ => (
+                            format!("INCR t{t}:s"),
+                            "-ERR value is not an integer or out of range\r\n".to_string(),
+                        ),
+                    };
+                    let r = c.call(&support::raw::words(&line));
+                    assert_eq!(String::from_utf8_lossy(&r), expected, "{line}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let calls = |name: &str| calls(&pair.upstream, name);
+    let writes = clients * rounds;
+    assert_eq!(calls("publish"), writes, "one invalidation per write");
+    assert!(
+        calls("exec") < writes,
+        "{} transactions for {writes} writes",
+        calls("exec")
+    );
+}
+
+/// How many times Redis ran the command `name` (`INFO commandstats`).
+fn calls(redis: &support::redis::RedisServer, name: &str) -> u64 {
+    let stats =
+        support::raw::Raw::connect(redis.addr()).call(&support::raw::words("INFO commandstats"));
+    String::from_utf8_lossy(&stats)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("cmdstat_{name}:calls="))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -131,3 +131,25 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A port already taken: cachet says so once, in one line, and exits non-zero.
+#[test]
+fn a_port_in_use_is_reported_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cachet"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--upstream",
+            "redis://127.0.0.1:1/0",
+        ])
+        .args(["--admin", "off"])
+        .output()
+        .expect("run cachet");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = format!("cannot listen on {addr}: Address already in use (os error 98)");
+    assert_eq!(stderr.matches(&said).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches("os error 98").count(), 1, "{stderr}");
+}

@@ -142,14 +142,8 @@ impl Engine {
         data.extend_from_slice(&req.raw);
         let start = data.len();
         for k in &written {
-            encode_command(
-                &mut data,
-                &[
-                    Bytes::from_static(b"PUBLISH"),
-                    self.channel.clone(),
-                    k.clone(),
-                ],
-            );
+            data.extend_from_slice(&self.publish_prefix);
+            crate::resp::reply::push_bulk(&mut data, k);
         }
         let end = data.len();
         data.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");

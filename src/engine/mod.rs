@@ -120,6 +120,8 @@ pub(crate) struct CacheKey {
 pub struct Engine {
     keyspaces: Keyspaces,
     channel: Bytes,
+    /// `PUBLISH <channel>` encoded, the start of every invalidation message.
+    publish_prefix: Bytes,
     prefix: Bytes,
     hold_off: Duration,
     lease_ttl: Duration,
@@ -202,6 +204,13 @@ impl Engine {
         Engine {
             keyspaces: Keyspaces::new(rules),
             channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
+            publish_prefix: {
+                let mut p = bytes::BytesMut::new();
+                crate::resp::reply::push_header(&mut p, b'*', 3);
+                crate::resp::reply::push_bulk(&mut p, b"PUBLISH");
+                crate::resp::reply::push_bulk(&mut p, consistency.invalidation_channel.as_bytes());
+                p.freeze()
+            },
             prefix: Bytes::copy_from_slice(consistency.reserved_prefix.as_bytes()),
             hold_off: consistency.hold_off,
             lease_ttl: consistency.lease_ttl,

@@ -51,6 +51,24 @@ impl Retry {
             keys,
         })
     }
+
+    /// Several retries of the database `db` as one, in order.
+    pub fn joined(retries: &[Retry], db: u32) -> Retry {
+        let mut data = BytesMut::with_capacity(retries.iter().map(|r| r.data.len()).sum());
+        let mut keys = Vec::with_capacity(retries.iter().map(|r| r.keys.len()).sum());
+        let mut frames = 0;
+        for r in retries {
+            data.extend_from_slice(&r.data);
+            frames += r.frames;
+            keys.extend(r.keys.iter().cloned());
+        }
+        Retry {
+            data: data.freeze(),
+            frames,
+            db,
+            keys,
+        }
+    }
 }
 
 /// Invalidations waiting to be re-sent, and the keys whose fills are refused meanwhile.
@@ -159,20 +177,7 @@ impl RetryQueue {
         }
         for ((db, _), retries) in chosen {
             for chunk in retries.chunks(REPLAY_CHUNK) {
-                let mut data = BytesMut::new();
-                let mut keys = Vec::new();
-                let mut frames = 0;
-                for r in chunk {
-                    data.extend_from_slice(&r.data);
-                    frames += r.frames;
-                    keys.extend(r.keys.iter().cloned());
-                }
-                self.submit(Retry {
-                    data: data.freeze(),
-                    frames,
-                    db,
-                    keys,
-                });
+                self.submit(Retry::joined(chunk, db));
             }
         }
         n

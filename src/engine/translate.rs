@@ -1,7 +1,7 @@
 //! Turning the upstream reply of a rewritten command back into the reply the plain
 //! command would have produced, so that rewrites stay invisible to the client.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::reserved;
 use crate::resp::Scanner;
@@ -18,6 +18,10 @@ pub enum Translate {
     Exec,
     /// As `Exec`, then translated by the inner rule.
     ExecFirst(Box<Translate>),
+    /// Several writes planned as `Exec`, sent in one `MULTI … EXEC` (the session joins
+    /// consecutive ones): write `i` queued `n[i]` commands, its own first. The reply
+    /// is each write's, in order, as `Exec` gives it ([`exec_each`]).
+    ExecEach(Vec<u32>),
     /// The client's reply is the first of several frames (cachet's own commands
     /// followed the client's).
     FirstFrame,
@@ -47,6 +51,7 @@ impl Translate {
                 Some(picked) => inner.apply(picked),
                 None => reply,
             },
+            Translate::ExecEach(queued) => exec_each(&reply, queued),
             Translate::FirstFrame => match frames(&reply).and_then(|f| f.into_iter().next()) {
                 Some(first) => first,
                 None => reply,
@@ -115,6 +120,87 @@ fn exec_first(reply: &Bytes) -> Option<Bytes> {
     }
 }
 
+/// The replies of writes joined in one transaction (`Translate::ExecEach`). With an
+/// `EXEC` array, write `i`'s reply is the element of its own command. Without one (the
+/// transaction was refused, or `MULTI` itself was), each write gets what Redis said
+/// when its command was queued if that was an error (what it would have said to the
+/// command alone), else the first error any command of the transaction got (Redis
+/// refuses the commands of one read alike: out of memory, a read-only replica, a busy
+/// script). A reply of any other shape becomes one error per write, never a count of
+/// replies the client does not expect.
+fn exec_each(reply: &Bytes, queued: &[u32]) -> Bytes {
+    let writes = queued.len();
+    let total: usize = queued.iter().map(|&n| n as usize).sum();
+    if let Some(elements_at) = crate::resp::reply::plain_transaction(reply, total)
+        && let Some(picked) = exec_each_plain(reply, queued, elements_at)
+    {
+        return picked;
+    }
+    let malformed = || {
+        let e = b"-ERR cachet: unexpected reply to a transaction of writes\r\n";
+        Bytes::from(e.repeat(writes))
+    };
+    let Some(frames) = frames(reply) else {
+        return malformed();
+    };
+    let (Some(exec), true) = (frames.last(), frames.len() == total + 2) else {
+        return malformed();
+    };
+    let mut out = BytesMut::with_capacity(reply.len());
+    if exec.starts_with(b"*") && !exec.starts_with(b"*-1") {
+        let Some(header) = exec.iter().position(|&b| b == b'\n') else {
+            return malformed();
+        };
+        let elements = exec.slice(header + 1..);
+        let Some(elements) = self::frames(&elements) else {
+            return malformed();
+        };
+        if elements.len() != total {
+            return malformed();
+        }
+        let mut at = 0;
+        for &n in queued {
+            if let Some(own) = elements.get(at) {
+                out.extend_from_slice(own);
+            }
+            at += n as usize;
+        }
+        return out.freeze();
+    }
+    let queue_replies = frames.get(1..=total).unwrap_or_default();
+    let first_error = queue_replies
+        .iter()
+        .find(|f| f.starts_with(b"-"))
+        .unwrap_or(exec);
+    let mut at = 0;
+    for &n in queued {
+        match queue_replies.get(at) {
+            Some(own) if own.starts_with(b"-") => out.extend_from_slice(own),
+            _ => out.extend_from_slice(first_error),
+        }
+        at += n as usize;
+    }
+    out.freeze()
+}
+
+/// [`exec_each`] of the common reply (every command queued, an `EXEC` array whose
+/// elements start at `elements_at`), scanning each element once.
+fn exec_each_plain(reply: &Bytes, queued: &[u32], elements_at: usize) -> Option<Bytes> {
+    let mut scanner = Scanner::default();
+    let mut pos = elements_at;
+    let mut out = BytesMut::with_capacity(reply.len() - elements_at);
+    for &n in queued {
+        for i in 0..n {
+            let len = scanner.scan(reply.get(pos..)?).ok()??.len;
+            if i == 0 {
+                out.extend_from_slice(reply.get(pos..pos + len)?);
+            }
+            pos += len;
+        }
+    }
+    (pos == reply.len()).then(|| out.freeze())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -137,6 +223,51 @@ mod tests {
             b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:0\r\n",
         );
         assert!(t.apply(runtime).starts_with(b"-WRONGTYPE"));
+    }
+
+    #[test]
+    fn exec_each_answers_every_write_in_order() {
+        let t = Translate::ExecEach(vec![2, 3, 2]);
+        let queued = "+QUEUED\r\n".repeat(7);
+        let ok = format!(
+            "+OK\r\n{queued}*7\r\n+OK\r\n:0\r\n:2\r\n:1\r\n:1\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:0\r\n"
+        );
+        assert_eq!(
+            &t.apply(Bytes::from(ok))[..],
+            b"+OK\r\n:2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+        );
+        // RESP3 elements of any type, nested included.
+        let t = Translate::ExecEach(vec![2, 2]);
+        let resp3 = "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n%1\r\n+a\r\n*1\r\n:1\r\n:0\r\n_\r\n:0\r\n";
+        assert_eq!(
+            &t.apply(Bytes::from(resp3))[..],
+            b"%1\r\n+a\r\n*1\r\n:1\r\n_\r\n"
+        );
+    }
+
+    #[test]
+    fn exec_each_of_a_refused_transaction() {
+        let t = Translate::ExecEach(vec![2, 2]);
+        // Out of memory: every queued command is refused alike.
+        let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+        let r = format!(
+            "+OK\r\n{oom}{oom}{oom}{oom}-EXECABORT Transaction discarded because of previous errors.\r\n"
+        );
+        assert_eq!(t.apply(Bytes::from(r)), Bytes::from(oom.repeat(2)));
+        // Only the second write refused: the first, queued, gets the same error.
+        let r = format!(
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n{oom}+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+        );
+        assert_eq!(t.apply(Bytes::from(r)), Bytes::from(oom.repeat(2)));
+        // `MULTI` refused too (a busy script): each write's own error.
+        let busy = "-BUSY Redis is busy running a script.\r\n";
+        let r = format!("{busy}{busy}{busy}{busy}{busy}-ERR EXEC without MULTI\r\n");
+        assert_eq!(t.apply(Bytes::from(r)), Bytes::from(busy.repeat(2)));
+        // A reply cut short: one error per write, never fewer replies.
+        let r = Bytes::from_static(b"+OK\r\n+QUEUED\r\n");
+        let got = t.apply(r);
+        assert_eq!(got.iter().filter(|&&b| b == b'\n').count(), 2);
+        assert!(got.starts_with(b"-ERR cachet"));
     }
 
     #[test]

@@ -200,6 +200,31 @@ pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
     Some(out)
 }
 
+/// What Redis answers `MULTI`, and then each command it queues in the transaction.
+pub const MULTI_OK: &[u8] = b"+OK\r\n";
+pub const QUEUED: &[u8] = b"+QUEUED\r\n";
+
+/// The length of the first `n` frames of `buf` from `from` when the transaction reply
+/// they begin is the common one: `+OK`, `n` times `+QUEUED`, then the header of an
+/// `EXEC` array of `n` elements; `None` for any other shape (an error among them, a
+/// refused transaction), which callers then read frame by frame.
+pub fn plain_transaction(buf: &[u8], n: usize) -> Option<usize> {
+    let queued_at = MULTI_OK.len();
+    let exec_at = queued_at + n.checked_mul(QUEUED.len())?;
+    if !buf.starts_with(MULTI_OK)
+        || !buf
+            .get(queued_at..exec_at)?
+            .chunks_exact(QUEUED.len())
+            .all(|c| c == QUEUED)
+    {
+        return None;
+    }
+    let exec = buf.get(exec_at..)?;
+    let eol = find_crlf(exec, 0)?;
+    let count = parse_int(exec.get(1..eol)?)?;
+    (exec.first() == Some(&b'*') && usize::try_from(count).ok()? == n).then_some(exec_at + eol + 2)
+}
+
 /// The payload of a simple string, bulk string or verbatim string frame.
 pub fn string_value(frame: &[u8]) -> Option<&[u8]> {
     let eol = find_crlf(frame, 0)?;

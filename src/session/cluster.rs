@@ -464,6 +464,7 @@ impl Session {
                     reply: Some(rtx),
                     held: None,
                     on_fail: None,
+                    joins: 0,
                 },
             ));
             waiting.push((rrx, first, n, ask));
@@ -601,6 +602,7 @@ impl Session {
             reply: Some(rtx),
             held: None,
             on_fail: None,
+            joins: 0,
         };
         // Sent now, not from the task: redirected commands of one pipeline reach the
         // new node in their order.
@@ -676,6 +678,7 @@ impl Session {
                     reply: Some(rtx),
                     held: None,
                     on_fail: None,
+                    joins: 0,
                 });
                 waiting.push(rrx);
             }

@@ -167,6 +167,9 @@ pub struct Session {
     /// Plain commands read in one go, not yet sent: one job (and one reply) for all of
     /// them instead of one each. The slot's sequence number, the bytes, the frames.
     batch: Option<(u64, BytesMut, u32)>,
+    /// Writes read in one go, each planned as its own `MULTI … EXEC`, not yet sent: one
+    /// transaction for all of them (`shared.rs`).
+    exec_batch: Option<shared::ExecBatch>,
     /// In front of a cluster: where each command of the batch ends in its bytes, and
     /// its reply frames (so that one a redirect names can be sent again alone).
     batch_bounds: Vec<(usize, u32)>,
@@ -235,6 +238,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         next_seq: 0,
         last_active: Instant::now(),
         batch: None,
+        exec_batch: None,
         batch_bounds: Vec::new(),
         resolve_tx,
         follow_ups: 0,

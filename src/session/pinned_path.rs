@@ -232,6 +232,7 @@ impl Session {
     pub(super) fn hang_up_blocked(&mut self) {
         self.pinned = None;
         self.batch = None;
+        self.exec_batch = None;
         self.slots.clear();
         self.inflight = 0;
         self.outstanding = 0;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::replies::{Post, Slot};
 use super::{Route, Session};
 use crate::command::CommandInfo;
-use crate::engine::{Retry, Scope, Settle};
+use crate::engine::{Retry, Scope, Settle, Translate};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
 use crate::upstream::{Capability, Job, UpstreamError, connect};
@@ -22,6 +22,36 @@ type ClusterRoute = (Option<super::cluster::FanOut>, Option<(u16, Request, Post)
 
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
+
+const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
+
+/// Consecutive writes of one read, joined in one transaction (`Session::join_exec`).
+#[derive(Debug)]
+pub(super) struct ExecBatch {
+    /// The sequence number of the slot that answers them all.
+    seq: u64,
+    /// `MULTI` and each write's commands so far (`EXEC` is added when sent).
+    data: BytesMut,
+    /// Commands each write queued, its own first.
+    queued: Vec<u32>,
+    held: Vec<Held>,
+    retries: Vec<Retry>,
+}
+
+/// Whether a write's plan can share a transaction with its neighbours: `MULTI`, the
+/// command, cachet's commands, `EXEC`, with the client's reply the first of the
+/// `EXEC` array, for a command Redis knows with the right number of arguments (Redis
+/// refuses a wrong one when it is queued, which would refuse the neighbours too).
+fn joins_transaction(
+    plan: &crate::engine::Plan,
+    info: Option<&CommandInfo>,
+    req: &Request,
+) -> bool {
+    matches!(plan.settle, Settle::Translate(Translate::Exec))
+        && !plan.script
+        && info.is_some_and(|i| i.arity_ok(req.args.len()))
+}
 
 impl Session {
     /// Sends a command over the session's shared connection, as the engine plans it.
@@ -91,14 +121,149 @@ impl Session {
             self.refuse_for_rights(req, what);
             return None;
         }
-        self.send_plan(plan, post).await;
+        let joins = joins_transaction(&plan, info, &req)
+            && self.ctx.upstream.cluster.is_none()
+            && !self.acts_for_other();
+        let plan = if joins && post == Post::Nothing {
+            match self.join_exec(plan) {
+                None => return None,
+                Some(plan) => plan,
+            }
+        } else {
+            plan
+        };
+        self.send_plan(plan, post, joins).await;
         None
+    }
+
+    /// Adds a write planned as its own `MULTI … EXEC` to the transaction of the writes
+    /// read just before it (or starts one): one transaction for a pipeline of writes
+    /// costs Redis two commands fewer per write (docs/design.md, G2), and cachet one
+    /// job and one reply slot for all. Each write stays atomic with its invalidation;
+    /// the transaction is larger, never split. Only for a plan that may share a
+    /// transaction at all (see `send_shared`), and only when the keys' ordering tokens
+    /// are free now. Gives the plan back otherwise.
+    fn join_exec(&mut self, plan: crate::engine::Plan) -> Option<crate::engine::Plan> {
+        let (Some(inner), true) = (
+            plan.data
+                .strip_prefix(MULTI)
+                .and_then(|d| d.strip_suffix(EXEC)),
+            self.reply_mode == super::local::ReplyMode::On
+                && !self.handling_part
+                && plan.frames >= 3,
+        ) else {
+            return Some(plan);
+        };
+        if self.exec_batch.is_none() && self.rbuf.is_empty() {
+            // Nothing more was read: a write alone (the shared connection may still join
+            // it with other clients' writes).
+            return Some(plan);
+        }
+        let held = if plan.written.is_empty() {
+            None
+        } else {
+            let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
+            match self.engine.locks.try_acquire(owner, &plan.written) {
+                Ok(h) => Some(h),
+                Err(_) => return Some(plan),
+            }
+        };
+        let queued = plan.frames - 2;
+        let joins = match (&self.exec_batch, self.slots.back()) {
+            (Some(b), Some(Slot::Await { seq, .. })) => {
+                b.seq == *seq
+                    && b.queued.iter().sum::<u32>() + queued <= crate::upstream::MAX_JOINED_COMMANDS
+            }
+            _ => false,
+        };
+        if joins
+            && let Some(b) = self.exec_batch.as_mut()
+            && let Some(Slot::Await { count, tallies, .. }) = self.slots.back_mut()
+        {
+            b.data.extend_from_slice(inner);
+            b.queued.push(queued);
+            b.held.extend(held);
+            b.retries.extend(plan.retry);
+            *count += 1;
+            self.outstanding += 1;
+            if let Some(t) = self.tally.take() {
+                tallies.push(t);
+            }
+            return None;
+        }
+        self.flush_batch();
+        self.await_reply(Settle::Translate(Translate::Exec), None, Post::Nothing);
+        let mut data =
+            // The rest of the read is likely more writes, each about doubled by its
+            // invalidation.
+            BytesMut::with_capacity((plan.data.len() + 2 * self.rbuf.len()).min(MAX_BATCH_HINT));
+        data.extend_from_slice(MULTI);
+        data.extend_from_slice(inner);
+        // Room for a typical pipeline's writes (redis-py sends 16 or so at a time).
+        let (mut queued_each, mut helds, mut retries) = (
+            Vec::with_capacity(16),
+            Vec::with_capacity(16),
+            Vec::with_capacity(16),
+        );
+        queued_each.push(queued);
+        helds.extend(held);
+        retries.extend(plan.retry);
+        self.exec_batch = Some(ExecBatch {
+            seq: self.next_seq,
+            data,
+            queued: queued_each,
+            held: helds,
+            retries,
+        });
+        None
+    }
+
+    /// Sends the pending transaction of writes: `MULTI`, each write with its
+    /// invalidations, `EXEC`, as one job holding every write's tokens and re-sending
+    /// every invalidation if its fate becomes unknown.
+    fn flush_exec_batch(&mut self) {
+        let Some(mut b) = self.exec_batch.take() else {
+            return;
+        };
+        b.data.extend_from_slice(EXEC);
+        let frames = 2 + b.queued.iter().sum::<u32>();
+        if b.queued.len() > 1
+            && let Some(Slot::Await { settle, .. }) = self
+                .slots
+                .iter_mut()
+                .rev()
+                .find(|s| matches!(s, Slot::Await { seq, .. } if *seq == b.seq))
+        {
+            *settle = Settle::Translate(Translate::ExecEach(b.queued));
+        }
+        let on_fail = match b.retries.len() {
+            0 => None,
+            1 => b.retries.pop().map(|r| self.retry_on_fail(r)),
+            _ => Some(self.retry_on_fail(Retry::joined(&b.retries, self.db))),
+        };
+        let held =
+            (!b.held.is_empty()).then(|| Box::new(b.held) as Box<dyn std::any::Any + Send + Sync>);
+        self.send_job(Job {
+            data: b.data.freeze(),
+            frames,
+            reply: Some(self.reply_tx.clone()),
+            held,
+            on_fail,
+            joins: frames - 2,
+        });
     }
 
     /// Sends a planned command as a job of its own, with its keys' ordering tokens and
     /// its invalidation's retry, and waits for its reply in order. `None` when the
     /// tokens could not be had (the client was answered).
-    async fn send_plan(&mut self, plan: crate::engine::Plan, post: Post) -> Option<()> {
+    /// `joins`: the plan may share a transaction with the jobs next to it on the
+    /// connection (another client's writes; `upstream/shared.rs`).
+    async fn send_plan(
+        &mut self,
+        plan: crate::engine::Plan,
+        post: Post,
+        joins: bool,
+    ) -> Option<()> {
         self.flush_batch();
         let held = if plan.written.is_empty() {
             None
@@ -120,6 +285,11 @@ impl Session {
             reply: Some(self.reply_tx.clone()),
             held: held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>),
             on_fail,
+            joins: if joins {
+                plan.frames.saturating_sub(2)
+            } else {
+                0
+            },
         };
         self.send_job(job);
         self.await_reply(plan.settle, sent, post);
@@ -212,8 +382,9 @@ impl Session {
         self.batch = Some((self.next_seq, buf, frames));
     }
 
-    /// Sends the pending batch, if any.
+    /// Sends the pending batch or transaction of writes, if any (at most one is).
     pub(super) fn flush_batch(&mut self) {
+        self.flush_exec_batch();
         let Some((seq, data, frames)) = self.batch.take() else {
             return;
         };
@@ -234,6 +405,7 @@ impl Session {
             reply: Some(self.reply_tx.clone()),
             held: None,
             on_fail: None,
+            joins: 0,
         });
     }
 
@@ -312,6 +484,7 @@ impl Session {
                 reply: Some(rtx),
                 held: None,
                 on_fail: None,
+                joins: 0,
             });
             let reply = rrx.recv().await.unwrap_or(Err(UpstreamError::Lost));
             let _ = tx.send((seq, reply));
@@ -340,6 +513,7 @@ impl Session {
             reply: None,
             held: None,
             on_fail: None,
+            joins: 0,
         });
     }
 }
@@ -462,6 +636,7 @@ async fn ask(
         reply: Some(tx),
         held: None,
         on_fail: None,
+        joins: 0,
     });
     match tokio::time::timeout(limit + Duration::from_millis(100), rx.recv()).await {
         Ok(Some(r)) => r,

@@ -32,6 +32,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::connect::{Identity, connect};
+use super::joined::{Pending, Writer};
 use super::login::{Login, Logins};
 use super::{Job, Settings, UpstreamError};
 use crate::metrics::Histogram;
@@ -345,14 +346,6 @@ async fn run(
     }
 }
 
-/// A job written upstream whose reply has not fully arrived.
-struct Pending {
-    job: Job,
-    sent_at: Instant,
-    /// `sent_at` in [`clock_ms`].
-    written_ms: u64,
-}
-
 /// Serves jobs on one open socket until it breaks (`Err`) or every handle is gone (`Ok`).
 async fn serve(
     stream: Stream,
@@ -377,11 +370,11 @@ async fn serve(
         Err(e) => e.clone(),
     };
     if let Some(p) = current {
-        p.job.fail(&err);
+        p.fail(&err);
     }
     pending_rx.close();
     while let Ok(p) = pending_rx.try_recv() {
-        p.job.fail(&err);
+        p.fail(&err);
     }
     result
 }
@@ -450,8 +443,9 @@ async fn write_loop(
 }
 
 /// Gathers into `buf` the jobs of `batch`, then whatever else is queued (up to
-/// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written.
-/// A job queued after the connection was told to reconnect is `carried` to the next.
+/// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written;
+/// consecutive writes that allow it share one transaction (`joined.rs`). A job queued
+/// after the connection was told to reconnect is `carried` to the next.
 fn gather(
     buf: &mut BytesMut,
     batch: &mut Vec<Job>,
@@ -460,31 +454,23 @@ fn gather(
     pending: &mpsc::UnboundedSender<Pending>,
     health: &Health,
 ) {
-    let now = Instant::now();
-    let now_ms = clock_ms();
     buf.clear();
-    let queue = |buf: &mut BytesMut, job: Job| {
-        buf.extend_from_slice(&job.data);
-        let _ = pending.send(Pending {
-            job,
-            sent_at: now,
-            written_ms: now_ms,
-        });
-    };
+    let mut writer = Writer::new(buf, pending, Instant::now(), clock_ms());
     for job in batch.drain(..) {
-        queue(buf, job);
+        writer.push(job);
     }
-    while buf.len() < MAX_BATCH_BYTES {
+    while writer.buf.len() < MAX_BATCH_BYTES {
         match jobs.try_recv() {
             // Read after the job: whoever asked for the reconnect did so before queueing it.
             Ok(job) if health.reconnect.load(Ordering::Relaxed) => {
                 carried.push(job);
                 break;
             }
-            Ok(job) => queue(buf, job),
+            Ok(job) => writer.push(job),
             Err(_) => break,
         }
     }
+    writer.close();
 }
 
 /// A `PING` whose reply says whether the upstream serves data. Only the states in which
@@ -507,6 +493,7 @@ fn probe_job(health: &Arc<Health>) -> Job {
         reply: Some(tx),
         held: None,
         on_fail: None,
+        joins: 0,
     }
 }
 
@@ -547,6 +534,7 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
         reply: Some(tx),
         held: None,
         on_fail: None,
+        joins: 0,
     }
 }
 
@@ -588,6 +576,7 @@ fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Jo
         reply: Some(tx),
         held: None,
         on_fail: None,
+        joins: 0,
     }
 }
 
@@ -659,11 +648,11 @@ impl Framing {
             }
             self.scanned += frame.len;
             self.frames_seen += 1;
-            if self.frames_seen >= cur.job.frames.max(1) {
+            if self.frames_seen >= cur.frames.max(1) {
                 let bytes = self.buf.split_to(self.scanned).freeze();
                 if let Some(done) = current.take() {
                     rtt.observe(done.sent_at.elapsed());
-                    done.job.complete(bytes);
+                    done.complete(bytes);
                 }
                 self.scanned = 0;
                 self.frames_seen = 0;

@@ -43,6 +43,11 @@ pub struct ServerInfo {
     pub databases: u32,
     /// Whether the upstream knows `CLIENT SETINFO` (Redis 7.2+).
     pub has_setinfo: bool,
+    /// cachet's own upstream user may run every command on every key and channel
+    /// (`ACL GETUSER`, read at start-up): then no command of a client's pipeline can be
+    /// refused when queued for its rights, and pipelined writes may share one
+    /// transaction (`session/shared.rs`).
+    pub own_user_unrestricted: bool,
     /// Whether these facts came from the upstream (false: built-in defaults).
     pub live: bool,
 }
@@ -67,6 +72,7 @@ impl Default for ServerInfo {
             hello: [fields.clone(), fields],
             databases: 16,
             has_setinfo: false,
+            own_user_unrestricted: false,
             live: false,
         }
     }
@@ -261,10 +267,77 @@ impl Context {
             ])
             .map(|c| c.name == "client|setinfo")
             .unwrap_or(false);
+        info.own_user_unrestricted = own_user_unrestricted(&mut conn, settings).await;
         info.live = true;
         self.server.store(Arc::new(info));
         Ok(())
     }
+}
+
+/// Whether the user `conn` is logged in as may run every command on every key and
+/// channel: `ACL GETUSER` of `ACL WHOAMI` says `+@all`, `~*` (or `allkeys`) and `&*` (or
+/// `allchannels`), with no selectors. A Redis without ACLs (before 6.0) has no
+/// restricted users. Any other answer, or none, counts as restricted.
+async fn own_user_unrestricted(conn: &mut crate::stream::Stream, settings: &Settings) -> bool {
+    let ask = |args: Vec<&str>| -> Vec<Bytes> {
+        args.into_iter()
+            .map(|a| Bytes::copy_from_slice(a.as_bytes()))
+            .collect()
+    };
+    let limit = settings.command_timeout.max(Duration::from_secs(1));
+    let Ok(Ok(who)) =
+        tokio::time::timeout(limit, roundtrip(conn, &[ask(vec!["ACL", "WHOAMI"])])).await
+    else {
+        return false;
+    };
+    let Some(who) = who.first() else {
+        return false;
+    };
+    if who.starts_with(b"-ERR unknown command") {
+        return true;
+    }
+    let Some(name) = reply::string_value(who).and_then(|n| std::str::from_utf8(n).ok()) else {
+        return false;
+    };
+    let Ok(Ok(user)) =
+        tokio::time::timeout(limit, roundtrip(conn, &[ask(vec!["ACL", "GETUSER", name])])).await
+    else {
+        return false;
+    };
+    user.first().is_some_and(|u| unrestricted(u))
+}
+
+/// [`own_user_unrestricted`]'s reading of an `ACL GETUSER` reply (a RESP2 flat array of
+/// field names and values, Redis 6.2 or 7).
+fn unrestricted(reply: &[u8]) -> bool {
+    let Some(el) = reply::elements(reply) else {
+        return false;
+    };
+    let mut flags: Vec<&[u8]> = Vec::new();
+    let (mut commands, mut keys, mut channels, mut selectors) = (false, false, false, true);
+    for pair in el.chunks_exact(2) {
+        let (Some(name), Some(value)) = (pair.first(), pair.get(1)) else {
+            continue;
+        };
+        let strings = || -> Vec<&[u8]> {
+            match reply::elements(value) {
+                Some(items) => items.into_iter().filter_map(reply::string_value).collect(),
+                None => reply::string_value(value).into_iter().collect(),
+            }
+        };
+        match reply::string_value(name).unwrap_or_default() {
+            b"flags" => flags = strings(),
+            b"commands" => commands = strings() == [b"+@all".as_slice()],
+            b"keys" => keys = matches!(strings().as_slice(), [b"~*"] | [b"*"]),
+            b"channels" => channels = matches!(strings().as_slice(), [b"&*"] | [b"*"]),
+            b"selectors" => selectors = reply::elements(value).is_some_and(|s| s.is_empty()),
+            _ => {}
+        }
+    }
+    commands
+        && (keys || flags.contains(&b"allkeys".as_slice()))
+        && (channels || flags.contains(&b"allchannels".as_slice()))
+        && selectors
 }
 
 /// The key/value frames of a `HELLO` reply (a RESP3 map or a RESP2 flat array).
@@ -281,4 +354,32 @@ fn hello_fields(frame: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod own_user_tests {
+    use super::unrestricted;
+
+    #[test]
+    fn reads_acl_getuser_as_redis_7_and_6_answer_it() {
+        // Redis 7.0, the `default` user of a fresh server.
+        let all = b"*12\r\n$5\r\nflags\r\n*2\r\n$2\r\non\r\n$6\r\nnopass\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n$2\r\n~*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*0\r\n";
+        assert!(unrestricted(all));
+        // One command less (`+@all -restore`).
+        let less = b"*12\r\n$5\r\nflags\r\n*2\r\n$2\r\non\r\n$6\r\nnopass\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$14\r\n+@all -restore\r\n$4\r\nkeys\r\n$2\r\n~*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*0\r\n";
+        assert!(!unrestricted(less));
+        // Some keys only.
+        let keys = b"*12\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n$7\r\n~app:*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*0\r\n";
+        assert!(!unrestricted(keys));
+        // A selector may add or restrict anything: counted as restricted.
+        let selector = b"*12\r\n$5\r\nflags\r\n*1\r\n$2\r\non\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n$2\r\n~*\r\n$8\r\nchannels\r\n$2\r\n&*\r\n$9\r\nselectors\r\n*1\r\n*2\r\n$8\r\ncommands\r\n$4\r\n+get\r\n";
+        assert!(!unrestricted(selector));
+        // Redis 6.2: `allkeys`/`allchannels` flags, key patterns without `~`.
+        let six = b"*10\r\n$5\r\nflags\r\n*4\r\n$2\r\non\r\n$7\r\nallkeys\r\n$11\r\nallchannels\r\n$6\r\nnopass\r\n$9\r\npasswords\r\n*0\r\n$8\r\ncommands\r\n$5\r\n+@all\r\n$4\r\nkeys\r\n*1\r\n$1\r\n*\r\n$8\r\nchannels\r\n*1\r\n$1\r\n*\r\n";
+        assert!(unrestricted(six));
+        assert!(!unrestricted(
+            b"-NOPERM this user has no permissions to run the 'acl|getuser' command\r\n"
+        ));
+        assert!(!unrestricted(b"*-1\r\n"));
+    }
 }

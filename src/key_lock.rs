@@ -107,21 +107,31 @@ impl KeyLocks {
         limit: Duration,
     ) -> Result<Held, LockTimeout> {
         let deadline = Instant::now() + limit;
+        let mut notify = match self.try_acquire(owner, keys) {
+            Ok(h) => return Ok(h),
+            Err(n) => n,
+        };
         loop {
-            let notify = match self.try_acquire(owner, keys) {
-                Ok(h) => return Ok(h),
-                Err(n) => n,
-            };
-            let notified = notify.notified();
+            let current = notify.clone();
+            let notified = current.notified();
             tokio::pin!(notified);
             // Registered before the second look, so a release in between is not missed.
             notified.as_mut().enable();
-            if let Ok(h) = self.try_acquire(owner, keys) {
-                return Ok(h);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return Err(LockTimeout);
-            }
+            notify = match self.try_acquire(owner, keys) {
+                Ok(h) => return Ok(h),
+                // Released and taken by another connection meanwhile: wait on the new
+                // holder's release, not the old one's (which has happened).
+                Err(n) if !Arc::ptr_eq(&n, &current) => n,
+                Err(_) => {
+                    if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                        return Err(LockTimeout);
+                    }
+                    match self.try_acquire(owner, keys) {
+                        Ok(h) => return Ok(h),
+                        Err(n) => n,
+                    }
+                }
+            };
         }
     }
 

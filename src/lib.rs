@@ -30,7 +30,6 @@
 //! | what a client's Redis user must be allowed for cachet's rewrites | `engine/acl.rs` |
 //! | per-key ordering tokens | `key_lock.rs` |
 //! | shared multiplexed upstream connections | `upstream/shared.rs` |
-//! | writes that meet on a shared connection joined in one transaction | `upstream/joined.rs` |
 //! | connecting and the per-connection handshake | `upstream/connect.rs` |
 //! | who upstream connections log in as | `upstream/login.rs` |
 //! | the primary Redis Sentinel names | `upstream/sentinel.rs` |

@@ -232,7 +232,6 @@ fn spawn_retries(ctx: &Arc<Context>) {
                 reply: Some(tx),
                 held: None,
                 on_fail: None,
-                joins: 0,
             });
             let reply = replies.recv().await.and_then(Result::ok);
             // A slot that moved: the map learns where, and the next try goes there.

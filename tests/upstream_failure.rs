@@ -228,7 +228,6 @@ async fn a_command_queued_after_a_retarget_reaches_the_new_upstream() {
             reply: Some(tx),
             held: None,
             on_fail: None,
-            joins: 0,
         });
         async move { rx.recv().await.unwrap().unwrap() }
     };

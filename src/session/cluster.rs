@@ -464,7 +464,6 @@ impl Session {
                     reply: Some(rtx),
                     held: None,
                     on_fail: None,
-                    joins: 0,
                 },
             ));
             waiting.push((rrx, first, n, ask));
@@ -602,7 +601,6 @@ impl Session {
             reply: Some(rtx),
             held: None,
             on_fail: None,
-            joins: 0,
         };
         // Sent now, not from the task: redirected commands of one pipeline reach the
         // new node in their order.
@@ -678,7 +676,6 @@ impl Session {
                     reply: Some(rtx),
                     held: None,
                     on_fail: None,
-                    joins: 0,
                 });
                 waiting.push(rrx);
             }

@@ -106,6 +106,9 @@ pub struct Session {
     /// What the upstream told about itself that routing needs (its number of
     /// databases, whether it knows `CLIENT SETINFO`), as of this batch of commands.
     server: (u32, bool),
+    /// Whether cachet's own upstream user has every right (`ServerInfo`), so that the
+    /// writes a client pipelines as that user may share a transaction.
+    own_unrestricted: bool,
     /// `[limits] client_output_buffer`: a subscriber (or monitor) owing more than this
     /// is disconnected, as Redis does with its pub/sub output buffer limit.
     output_limit: u64,
@@ -204,6 +207,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
         tally: None,
         current: None,
         server: (16, false),
+        own_unrestricted: false,
         slow: std::time::Duration::ZERO,
         output_limit: u64::MAX,
         peer,
@@ -436,6 +440,7 @@ impl Session {
         self.load_access();
         let server = self.ctx.server.load();
         self.server = (server.databases, server.has_setinfo);
+        self.own_unrestricted = server.own_user_unrestricted;
         let config = self.ctx.config.load();
         self.slow = config.log.slow_command;
         self.output_limit = config.limits.client_output_buffer;

@@ -23,6 +23,11 @@ type ClusterRoute = (Option<super::cluster::FanOut>, Option<(u16, Request, Post)
 /// Largest buffer reserved up front for a batch of plain commands.
 const MAX_BATCH_HINT: usize = 64 * 1024;
 
+/// Most commands queued in one joined transaction (64 single-key writes): Redis serves
+/// nobody else while it runs one, and a connection that breaks mid-reply fails a whole
+/// transaction.
+const MAX_JOINED_COMMANDS: u32 = 128;
+
 const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
@@ -33,24 +38,39 @@ pub(super) struct ExecBatch {
     seq: u64,
     /// `MULTI` and each write's commands so far (`EXEC` is added when sent).
     data: BytesMut,
+    /// The database the writes ran in (their invalidations' if re-sent; the session
+    /// may have switched since).
+    db: u32,
     /// Commands each write queued, its own first.
     queued: Vec<u32>,
     held: Vec<Held>,
     retries: Vec<Retry>,
 }
 
-/// Whether a write's plan can share a transaction with its neighbours: `MULTI`, the
-/// command, cachet's commands, `EXEC`, with the client's reply the first of the
-/// `EXEC` array, for a command Redis knows with the right number of arguments (Redis
-/// refuses a wrong one when it is queued, which would refuse the neighbours too).
+/// Whether a write's plan can share a transaction with the client's neighbouring
+/// writes: `MULTI`, the command, cachet's commands, `EXEC`, with the client's reply
+/// the first of the `EXEC` array, for a command Redis knows with the right number of
+/// arguments (Redis refuses a wrong one when it is queued, which would refuse the
+/// neighbours too). Commands an ACL rule most often denies (keyspace-wide writes,
+/// administrative and module commands) go alone for the same reason.
 fn joins_transaction(
     plan: &crate::engine::Plan,
     info: Option<&CommandInfo>,
     req: &Request,
 ) -> bool {
+    use crate::command::{CommandFlags, CommandKind};
     matches!(plan.settle, Settle::Translate(Translate::Exec))
         && !plan.script
-        && info.is_some_and(|i| i.arity_ok(req.args.len()))
+        && info.is_some_and(|i| {
+            i.arity_ok(req.args.len())
+                && !i
+                    .flags
+                    .intersects(CommandFlags::ADMIN | CommandFlags::MODULE)
+                && !matches!(
+                    i.kind,
+                    CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
+                )
+        })
 }
 
 impl Session {
@@ -121,10 +141,12 @@ impl Session {
             self.refuse_for_rights(req, what);
             return None;
         }
-        let joins = joins_transaction(&plan, info, &req)
+        let plan = if post == Post::Nothing
+            && joins_transaction(&plan, info, &req)
             && self.ctx.upstream.cluster.is_none()
-            && !self.acts_for_other();
-        let plan = if joins && post == Post::Nothing {
+            && self.own_unrestricted
+            && !self.acts_for_other()
+        {
             match self.join_exec(plan) {
                 None => return None,
                 Some(plan) => plan,
@@ -132,7 +154,7 @@ impl Session {
         } else {
             plan
         };
-        self.send_plan(plan, post, joins).await;
+        self.send_plan(plan, post).await;
         None
     }
 
@@ -171,8 +193,7 @@ impl Session {
         let queued = plan.frames - 2;
         let joins = match (&self.exec_batch, self.slots.back()) {
             (Some(b), Some(Slot::Await { seq, .. })) => {
-                b.seq == *seq
-                    && b.queued.iter().sum::<u32>() + queued <= crate::upstream::MAX_JOINED_COMMANDS
+                b.seq == *seq && b.queued.iter().sum::<u32>() + queued <= MAX_JOINED_COMMANDS
             }
             _ => false,
         };
@@ -211,6 +232,7 @@ impl Session {
         self.exec_batch = Some(ExecBatch {
             seq: self.next_seq,
             data,
+            db: self.db,
             queued: queued_each,
             held: helds,
             retries,
@@ -238,8 +260,8 @@ impl Session {
         }
         let on_fail = match b.retries.len() {
             0 => None,
-            1 => b.retries.pop().map(|r| self.retry_on_fail(r)),
-            _ => Some(self.retry_on_fail(Retry::joined(&b.retries, self.db))),
+            1 => b.retries.pop().map(|r| self.retry_on_fail(r, b.db)),
+            _ => Some(self.retry_on_fail(Retry::joined(&b.retries, b.db), b.db)),
         };
         let held =
             (!b.held.is_empty()).then(|| Box::new(b.held) as Box<dyn std::any::Any + Send + Sync>);
@@ -249,21 +271,13 @@ impl Session {
             reply: Some(self.reply_tx.clone()),
             held,
             on_fail,
-            joins: frames - 2,
         });
     }
 
     /// Sends a planned command as a job of its own, with its keys' ordering tokens and
     /// its invalidation's retry, and waits for its reply in order. `None` when the
     /// tokens could not be had (the client was answered).
-    /// `joins`: the plan may share a transaction with the jobs next to it on the
-    /// connection (another client's writes; `upstream/shared.rs`).
-    async fn send_plan(
-        &mut self,
-        plan: crate::engine::Plan,
-        post: Post,
-        joins: bool,
-    ) -> Option<()> {
+    async fn send_plan(&mut self, plan: crate::engine::Plan, post: Post) -> Option<()> {
         self.flush_batch();
         let held = if plan.written.is_empty() {
             None
@@ -272,7 +286,7 @@ impl Session {
             self.take_tokens(owner, &plan.written).await?
         };
         let sent = plan.script.then(|| plan.data.clone());
-        let on_fail = plan.retry.map(|r| self.retry_on_fail(r));
+        let on_fail = plan.retry.map(|r| self.retry_on_fail(r, self.db));
         let kept = self
             .ctx
             .upstream
@@ -285,11 +299,6 @@ impl Session {
             reply: Some(self.reply_tx.clone()),
             held: held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>),
             on_fail,
-            joins: if joins {
-                plan.frames.saturating_sub(2)
-            } else {
-                0
-            },
         };
         self.send_job(job);
         self.await_reply(plan.settle, sent, post);
@@ -327,8 +336,8 @@ impl Session {
 
     /// What a job does if its write's fate becomes unknown: its invalidation is queued
     /// for re-sending (and fills of its keys are refused here until it lands).
-    fn retry_on_fail(&self, mut retry: Retry) -> crate::upstream::OnFail {
-        retry.db = self.db;
+    fn retry_on_fail(&self, mut retry: Retry, db: u32) -> crate::upstream::OnFail {
+        retry.db = db;
         let queue = self.engine.retries.clone();
         // Kept for a while when a failover could lose the write (Sentinel).
         queue.remember(&retry);
@@ -405,7 +414,6 @@ impl Session {
             reply: Some(self.reply_tx.clone()),
             held: None,
             on_fail: None,
-            joins: 0,
         });
     }
 
@@ -484,7 +492,6 @@ impl Session {
                 reply: Some(rtx),
                 held: None,
                 on_fail: None,
-                joins: 0,
             });
             let reply = rrx.recv().await.unwrap_or(Err(UpstreamError::Lost));
             let _ = tx.send((seq, reply));
@@ -513,7 +520,6 @@ impl Session {
             reply: None,
             held: None,
             on_fail: None,
-            joins: 0,
         });
     }
 }
@@ -636,7 +642,6 @@ async fn ask(
         reply: Some(tx),
         held: None,
         on_fail: None,
-        joins: 0,
     });
     match tokio::time::timeout(limit + Duration::from_millis(100), rx.recv()).await {
         Ok(Some(r)) => r,

@@ -5,7 +5,6 @@
 
 pub mod cluster;
 pub mod connect;
-mod joined;
 pub mod login;
 pub mod sentinel;
 pub mod shared;
@@ -25,8 +24,6 @@ pub use shared::SharedConn;
 use crate::metrics::Histogram;
 use crate::resp::reply;
 use crate::stream::Stream;
-
-pub use joined::MAX_JOINED_COMMANDS;
 
 /// Where the upstream is: a fixed `host:port`, or the primary Sentinel names, which
 /// changes with a failover. Every new connection reads it.
@@ -171,10 +168,6 @@ pub struct Job {
     pub held: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// Called if the job fails (the owner decides what an unknown fate means).
     pub on_fail: Option<OnFail>,
-    /// `data` is `MULTI`, this many commands, `EXEC`, and may share one transaction with
-    /// the jobs written next to it (`shared.rs`, "Joined transactions"); 0 for any
-    /// other job.
-    pub joins: u32,
 }
 
 impl std::fmt::Debug for Job {
@@ -184,7 +177,6 @@ impl std::fmt::Debug for Job {
             .field("frames", &self.frames)
             .field("held", &self.held.is_some())
             .field("on_fail", &self.on_fail.is_some())
-            .field("joins", &self.joins)
             .finish()
     }
 }

@@ -32,7 +32,6 @@ use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::connect::{Identity, connect};
-use super::joined::{Pending, Writer};
 use super::login::{Login, Logins};
 use super::{Job, Settings, UpstreamError};
 use crate::metrics::Histogram;
@@ -283,6 +282,9 @@ async fn run(
         if jobs.is_closed() && jobs.is_empty() && carried.is_empty() {
             return;
         }
+        // Cleared before connecting, not after: a move asked for while this connects
+        // (it may reach the old address) replaces the new connection at once.
+        health.reconnect.store(false, Ordering::Relaxed);
         match as_who.connect(&settings, id).await {
             Ok(stream) => {
                 // Whether clients that never log in may run commands can change with
@@ -296,7 +298,6 @@ async fn run(
                 }
                 backoff = FIRST_BACKOFF;
                 health.not_serving.store(false, Ordering::Relaxed);
-                health.reconnect.store(false, Ordering::Relaxed);
                 health.primary.store(false, Ordering::Relaxed);
                 health.replica_at_connect.store(false, Ordering::Relaxed);
                 health.up.store(true, Ordering::Relaxed);
@@ -346,6 +347,14 @@ async fn run(
     }
 }
 
+/// A job written upstream whose reply has not fully arrived.
+struct Pending {
+    job: Job,
+    sent_at: Instant,
+    /// `sent_at` in [`clock_ms`].
+    written_ms: u64,
+}
+
 /// Serves jobs on one open socket until it breaks (`Err`) or every handle is gone (`Ok`).
 async fn serve(
     stream: Stream,
@@ -370,11 +379,11 @@ async fn serve(
         Err(e) => e.clone(),
     };
     if let Some(p) = current {
-        p.fail(&err);
+        p.job.fail(&err);
     }
     pending_rx.close();
     while let Ok(p) = pending_rx.try_recv() {
-        p.fail(&err);
+        p.job.fail(&err);
     }
     result
 }
@@ -394,13 +403,17 @@ async fn write_loop(
     if let Some(observer) = &settings.on_connect {
         batch.push(identity_job(observer.clone(), settings.node.clone()));
     }
+    // This connection's own checks, at the front of the first batch.
+    let mut checks = batch.len();
     batch.append(carried);
     let mut probe = tokio::time::interval_at(Instant::now() + PROBE_EVERY, PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if health.reconnect.load(Ordering::Relaxed) {
             // Draining: the reader ends the connection once everything written is
-            // answered; new jobs wait in the queue for the next connection.
+            // answered; new jobs wait in the queue for the next connection, and jobs
+            // not written yet go first on it (this connection's checks are dropped).
+            carried.extend(batch.drain(..).skip(checks));
             return std::future::pending().await;
         }
         if batch.is_empty() {
@@ -432,6 +445,7 @@ async fn write_loop(
             }
         }
         gather(&mut buf, &mut batch, jobs, carried, &pending, health);
+        checks = 0;
         wr.write_all_flushed(&buf)
             .await
             .map_err(|e| UpstreamError::Io(e.to_string()))?;
@@ -443,9 +457,8 @@ async fn write_loop(
 }
 
 /// Gathers into `buf` the jobs of `batch`, then whatever else is queued (up to
-/// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written;
-/// consecutive writes that allow it share one transaction (`joined.rs`). A job queued
-/// after the connection was told to reconnect is `carried` to the next.
+/// `MAX_BATCH_BYTES`), each handed to the reader as pending in the order written.
+/// A job queued after the connection was told to reconnect is `carried` to the next.
 fn gather(
     buf: &mut BytesMut,
     batch: &mut Vec<Job>,
@@ -454,23 +467,31 @@ fn gather(
     pending: &mpsc::UnboundedSender<Pending>,
     health: &Health,
 ) {
+    let now = Instant::now();
+    let now_ms = clock_ms();
     buf.clear();
-    let mut writer = Writer::new(buf, pending, Instant::now(), clock_ms());
+    let queue = |buf: &mut BytesMut, job: Job| {
+        buf.extend_from_slice(&job.data);
+        let _ = pending.send(Pending {
+            job,
+            sent_at: now,
+            written_ms: now_ms,
+        });
+    };
     for job in batch.drain(..) {
-        writer.push(job);
+        queue(buf, job);
     }
-    while writer.buf.len() < MAX_BATCH_BYTES {
+    while buf.len() < MAX_BATCH_BYTES {
         match jobs.try_recv() {
             // Read after the job: whoever asked for the reconnect did so before queueing it.
             Ok(job) if health.reconnect.load(Ordering::Relaxed) => {
                 carried.push(job);
                 break;
             }
-            Ok(job) => writer.push(job),
+            Ok(job) => queue(buf, job),
             Err(_) => break,
         }
     }
-    writer.close();
 }
 
 /// A `PING` whose reply says whether the upstream serves data. Only the states in which
@@ -493,7 +514,6 @@ fn probe_job(health: &Arc<Health>) -> Job {
         reply: Some(tx),
         held: None,
         on_fail: None,
-        joins: 0,
     }
 }
 
@@ -534,7 +554,6 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
         reply: Some(tx),
         held: None,
         on_fail: None,
-        joins: 0,
     }
 }
 
@@ -576,7 +595,6 @@ fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Jo
         reply: Some(tx),
         held: None,
         on_fail: None,
-        joins: 0,
     }
 }
 
@@ -648,11 +666,11 @@ impl Framing {
             }
             self.scanned += frame.len;
             self.frames_seen += 1;
-            if self.frames_seen >= cur.frames.max(1) {
+            if self.frames_seen >= cur.job.frames.max(1) {
                 let bytes = self.buf.split_to(self.scanned).freeze();
                 if let Some(done) = current.take() {
                     rtt.observe(done.sent_at.elapsed());
-                    done.complete(bytes);
+                    done.job.complete(bytes);
                 }
                 self.scanned = 0;
                 self.frames_seen = 0;

@@ -276,8 +276,9 @@ impl Context {
 
 /// Whether the user `conn` is logged in as may run every command on every key and
 /// channel: `ACL GETUSER` of `ACL WHOAMI` says `+@all`, `~*` (or `allkeys`) and `&*` (or
-/// `allchannels`), with no selectors. A Redis without ACLs (before 6.0) has no
-/// restricted users. Any other answer, or none, counts as restricted.
+/// `allchannels`), with no selectors. Any other answer, or none, counts as restricted:
+/// an unknown `ACL` too (a Redis before 6.0, but also one where `ACL` is renamed or
+/// hidden by a managed service, whose users may well be restricted).
 async fn own_user_unrestricted(conn: &mut crate::stream::Stream, settings: &Settings) -> bool {
     let ask = |args: Vec<&str>| -> Vec<Bytes> {
         args.into_iter()
@@ -293,9 +294,6 @@ async fn own_user_unrestricted(conn: &mut crate::stream::Stream, settings: &Sett
     let Some(who) = who.first() else {
         return false;
     };
-    if who.starts_with(b"-ERR unknown command") {
-        return true;
-    }
     let Some(name) = reply::string_value(who).and_then(|n| std::str::from_utf8(n).ok()) else {
         return false;
     };

@@ -14,7 +14,7 @@ use crate::command::CommandInfo;
 use crate::engine::{Retry, Scope, Settle, Translate};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
-use crate::upstream::{Capability, Job, UpstreamError, connect};
+use crate::upstream::{Capability, Job, MULTI, UpstreamError, connect};
 
 /// Before a cluster: whether a command is fanned out, and a `SCAN`'s node, cursor and
 /// reply rewrite (`Session::cluster_route`).
@@ -28,7 +28,6 @@ const MAX_BATCH_HINT: usize = 64 * 1024;
 /// transaction.
 const MAX_JOINED_COMMANDS: u32 = 128;
 
-const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 const EXEC: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
 
 /// Consecutive writes of one read, joined in one transaction (`Session::join_exec`).
@@ -177,8 +176,7 @@ impl Session {
             return Some(plan);
         };
         if self.exec_batch.is_none() && self.rbuf.is_empty() {
-            // Nothing more was read: a write alone (the shared connection may still join
-            // it with other clients' writes).
+            // Nothing more was read: a write alone, sent as planned.
             return Some(plan);
         }
         let held = if plan.written.is_empty() {

@@ -182,7 +182,7 @@ impl std::fmt::Debug for Job {
 }
 
 /// How a job that wraps a write in a transaction begins.
-const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
+pub const MULTI: &[u8] = b"*1\r\n$5\r\nMULTI\r\n";
 
 impl Job {
     pub fn complete(mut self, bytes: Bytes) {

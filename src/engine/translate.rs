@@ -148,11 +148,7 @@ fn exec_each(reply: &Bytes, queued: &[u32]) -> Bytes {
     };
     let mut out = BytesMut::with_capacity(reply.len());
     if exec.starts_with(b"*") && !exec.starts_with(b"*-1") {
-        let Some(header) = exec.iter().position(|&b| b == b'\n') else {
-            return malformed();
-        };
-        let elements = exec.slice(header + 1..);
-        let Some(elements) = self::frames(&elements) else {
+        let Some(elements) = crate::resp::reply::elements(exec) else {
             return malformed();
         };
         if elements.len() != total {

@@ -201,13 +201,13 @@ pub fn elements(frame: &[u8]) -> Option<Vec<&[u8]>> {
 }
 
 /// What Redis answers `MULTI`, and then each command it queues in the transaction.
-pub const MULTI_OK: &[u8] = b"+OK\r\n";
-pub const QUEUED: &[u8] = b"+QUEUED\r\n";
+const MULTI_OK: &[u8] = b"+OK\r\n";
+const QUEUED: &[u8] = b"+QUEUED\r\n";
 
-/// The length of the first `n` frames of `buf` from `from` when the transaction reply
-/// they begin is the common one: `+OK`, `n` times `+QUEUED`, then the header of an
-/// `EXEC` array of `n` elements; `None` for any other shape (an error among them, a
-/// refused transaction), which callers then read frame by frame.
+/// Where the elements of the `EXEC` array start when the transaction reply `buf` has
+/// the common shape: `+OK`, `n` times `+QUEUED`, then the header of an `EXEC` array of
+/// `n` elements; `None` for any other shape (an error among them, a refused
+/// transaction), which callers then read frame by frame.
 pub fn plain_transaction(buf: &[u8], n: usize) -> Option<usize> {
     let queued_at = MULTI_OK.len();
     let exec_at = queued_at + n.checked_mul(QUEUED.len())?;

@@ -54,8 +54,8 @@ fn decode(c: &mut Criterion) {
 
 /// cachet's request decoder against `redis-protocol`'s decoders on the same client
 /// pipelines, each producing the arguments as `Bytes` that share the read buffer
-/// (what the session needs): small commands, and large values. The README records the
-/// numbers; the faster one is the one cachet uses.
+/// (what the session needs): small commands, and large values. docs/performance.md
+/// ("Request decoding") records the numbers; the faster one is the one cachet uses.
 fn decode_vs_redis_protocol(c: &mut Criterion) {
     use redis_protocol::resp2::decode::{decode_bytes_mut, decode_range};
     use redis_protocol::resp2::types::{BytesFrame, RangeFrame};

@@ -130,7 +130,7 @@ async fn answer(mut stream: TcpStream, ctx: &Context) -> std::io::Result<()> {
                 (
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
-                    metrics::render(&ctx.metrics, &engine.stats, live(ctx)),
+                    metrics::render(&ctx.metrics, &engine.stats, &engine.tallies, live(ctx)),
                 )
             }
             "/healthz" => (200, "text/plain", "ok\n".to_owned()),

@@ -9,15 +9,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, watch};
 
 use crate::config::Config;
 use crate::context::Context;
 use crate::reload::{ConfigSource, LogReloader};
 use crate::session;
-use crate::stream::Stream;
+use crate::stream::{Peer, Stream};
 
 pub use crate::startup::ServerError;
 
@@ -39,6 +41,8 @@ impl From<()> for Stop {
 /// A bound, not yet running, cachet.
 pub struct Server {
     listener: TcpListener,
+    /// `[listen] unix_socket`, and its path.
+    unix: Option<(UnixListener, PathBuf)>,
     /// `[listen.tls]`: the acceptor and how long a handshake may take.
     tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     admin: Option<TcpListener>,
@@ -55,6 +59,7 @@ impl Server {
         let started = crate::startup::start(config).await?;
         Ok(Server {
             listener: started.listener,
+            unix: started.unix,
             tls: started.tls,
             admin: started.admin,
             ctx: started.ctx,
@@ -105,10 +110,12 @@ impl Server {
                 self.shutdown.subscribe(),
             ));
         }
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), address = %self.local_addr(), tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
+        let unix_socket = self.unix.as_ref().map(|(_, p)| p.display().to_string());
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), address = %self.local_addr(), unix_socket, tls = self.tls.is_some(), upstream = %self.ctx.upstream.settings().address, upstream_tls = self.ctx.upstream.settings().tls.is_some(), "cachet listening");
         let stop = loop {
             tokio::select! {
-                accepted = self.listener.accept() => self.accepted(accepted, &active).await,
+                accepted = self.listener.accept() => self.accepted(accepted.map(Incoming::tcp), &active).await,
+                accepted = accept_unix(&self.unix) => self.accepted(accepted.map(Incoming::Unix), &active).await,
                 s = &mut signal => break s.into(),
             }
         };
@@ -122,12 +129,17 @@ impl Server {
             tokio::pin!(until);
             loop {
                 tokio::select! {
-                    accepted = self.listener.accept() => self.accepted(accepted, &active).await,
+                    accepted = self.listener.accept() => self.accepted(accepted.map(Incoming::tcp), &active).await,
+                    accepted = accept_unix(&self.unix) => self.accepted(accepted.map(Incoming::Unix), &active).await,
                     _ = &mut until => break,
                 }
             }
         }
         drop(self.listener);
+        if let Some((unix, path)) = self.unix.take() {
+            drop(unix);
+            let _ = std::fs::remove_file(path);
+        }
         let _ = self.shutdown.send(true);
         let clients = active.count.load(Ordering::Relaxed);
         tracing::info!(clients, grace = ?self.grace, "shutting down: draining clients");
@@ -143,13 +155,9 @@ impl Server {
         tracing::info!("cachet stopped");
     }
 
-    async fn accepted(
-        &self,
-        accepted: std::io::Result<(TcpStream, SocketAddr)>,
-        active: &Arc<Active>,
-    ) {
+    async fn accepted(&self, accepted: std::io::Result<Incoming>, active: &Arc<Active>) {
         match accepted {
-            Ok((stream, peer)) => self.admit(stream, peer, active),
+            Ok(incoming) => self.admit(incoming, active),
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -158,14 +166,20 @@ impl Server {
         }
     }
 
-    fn admit(&self, mut stream: TcpStream, peer: SocketAddr, active: &Arc<Active>) {
+    fn admit(&self, incoming: Incoming, active: &Arc<Active>) {
         let metrics = &self.ctx.metrics;
+        // TLS is for the TCP listener only, as Redis's `tls-port`.
+        let tls = match incoming {
+            Incoming::Tcp(..) => self.tls.clone(),
+            Incoming::Unix(_) => None,
+        };
         if active.count.load(Ordering::Relaxed) >= self.ctx.max_clients.load(Ordering::Relaxed) {
             metrics.clients_rejected.fetch_add(1, Ordering::Relaxed);
-            if self.tls.is_some() {
+            if tls.is_some() {
                 // A plaintext error line would be garbage to a TLS client.
                 return;
             }
+            let mut stream = incoming.into_stream();
             tokio::spawn(async move {
                 let _ = stream
                     .write_all(b"-ERR max number of clients reached\r\n")
@@ -179,14 +193,15 @@ impl Server {
         metrics.clients_current.fetch_add(1, Ordering::Relaxed);
         let guard = ActiveGuard(active.clone(), metrics.clone());
         let ctx = self.ctx.clone();
-        let tls = self.tls.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let stream = match tls {
-                None => Stream::Plain(stream),
+            let peer = incoming.peer();
+            let stream = match (tls, incoming) {
+                (None, incoming) => incoming.into_stream(),
+                (Some(_), Incoming::Unix(stream)) => Stream::Unix(stream),
                 // The handshake runs in the client's own task, under a deadline, so a
                 // slow or hostile client delays nobody else.
-                Some((acceptor, limit)) => {
+                (Some((acceptor, limit)), Incoming::Tcp(stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     match tokio::time::timeout(limit, acceptor.accept(stream)).await {
                         Ok(Ok(s)) => Stream::from(s),
@@ -209,6 +224,41 @@ impl Server {
             };
             session::run(ctx, stream, peer).await;
         });
+    }
+}
+
+/// A client connection just accepted.
+enum Incoming {
+    Tcp(TcpStream, SocketAddr),
+    Unix(UnixStream),
+}
+
+impl Incoming {
+    fn tcp((stream, peer): (TcpStream, SocketAddr)) -> Incoming {
+        Incoming::Tcp(stream, peer)
+    }
+
+    fn peer(&self) -> Peer {
+        match self {
+            Incoming::Tcp(_, peer) => Peer::Tcp(*peer),
+            Incoming::Unix(_) => Peer::Unix,
+        }
+    }
+
+    /// The connection, plain.
+    fn into_stream(self) -> Stream {
+        match self {
+            Incoming::Tcp(s, _) => Stream::Plain(s),
+            Incoming::Unix(s) => Stream::Unix(s),
+        }
+    }
+}
+
+/// The next client on the Unix socket; never, without one.
+async fn accept_unix(unix: &Option<(UnixListener, PathBuf)>) -> std::io::Result<UnixStream> {
+    match unix {
+        Some((listener, _)) => listener.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
     }
 }
 

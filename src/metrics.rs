@@ -251,6 +251,48 @@ impl CommandTallies {
     }
 }
 
+/// The reads and fills of one `cache` keyspace, by its rule's pattern: what the hit
+/// ratio and the refusals of each keyspace are read from.
+#[derive(Debug, Default)]
+pub struct KeyspaceCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fills_stored: AtomicU64,
+    pub fills_refused: AtomicU64,
+}
+
+/// [`KeyspaceCounters`] by pattern, shared by every generation of the engine so that a
+/// reload keeps the counts of the rules it keeps. Locked only when an engine is built
+/// and at scrape time.
+#[derive(Debug, Default)]
+pub struct KeyspaceTallies {
+    by_pattern: Mutex<BTreeMap<String, Arc<KeyspaceCounters>>>,
+}
+
+impl KeyspaceTallies {
+    /// The counters of the rule whose pattern is `pattern`.
+    pub fn get(&self, pattern: &str) -> Arc<KeyspaceCounters> {
+        match self.by_pattern.lock() {
+            Ok(mut m) => m.entry(pattern.to_owned()).or_default().clone(),
+            Err(_) => Arc::default(),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(String, [u64; 4])> {
+        self.by_pattern
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(p, c)| {
+                        let v = [&c.hits, &c.misses, &c.fills_stored, &c.fills_refused];
+                        (p.clone(), v.map(load))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
 /// Everything cachet counts outside the engine.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -387,15 +429,22 @@ impl Process {
 struct Scrape {
     metrics: Arc<Metrics>,
     stats: Arc<EngineCounters>,
+    keyspaces: Arc<KeyspaceTallies>,
     live: Live,
 }
 
 /// The Prometheus text exposition (format 0.0.4) of everything cachet counts.
-pub fn render(metrics: &Arc<Metrics>, stats: &Arc<EngineCounters>, live: Live) -> String {
+pub fn render(
+    metrics: &Arc<Metrics>,
+    stats: &Arc<EngineCounters>,
+    keyspaces: &Arc<KeyspaceTallies>,
+    live: Live,
+) -> String {
     let mut registry = Registry::with_prefix("cachet");
     registry.register_collector(Box::new(Scrape {
         metrics: metrics.clone(),
         stats: stats.clone(),
+        keyspaces: keyspaces.clone(),
         live,
     }));
     let mut out = String::new();
@@ -646,6 +695,37 @@ impl Collector for Scrape {
         for (name, help, v) in self.stats.each() {
             counter(&mut enc, name, help, v)?;
         }
+        let keyspaces = self.keyspaces.snapshot();
+        {
+            let mut f = enc.encode_descriptor(
+                "keyspace_reads",
+                "Reads of keys of each cache keyspace (GET, and each key of MGET), by the keyspace's pattern and outcome (hit or miss).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (pattern, [hits, misses, _, _]) in &keyspaces {
+                for (outcome, v) in [("hit", hits), ("miss", misses)] {
+                    let labels = [("keyspace", pattern.as_str()), ("outcome", outcome)];
+                    f.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
+                }
+            }
+        }
+        {
+            let mut f = enc.encode_descriptor(
+                "keyspace_fills",
+                "SETs of keys of each cache keyspace that a recorded miss explained, by the keyspace's pattern and outcome (stored, or refused: kept, deleted or dropped).",
+                None,
+                MetricType::Counter,
+            )?;
+            for (pattern, [_, _, stored, refused]) in &keyspaces {
+                for (outcome, v) in [("stored", stored), ("refused", refused)] {
+                    let labels = [("keyspace", pattern.as_str()), ("outcome", outcome)];
+                    f.encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -664,6 +744,7 @@ mod tests {
         let text = render(
             &metrics,
             &Arc::new(EngineCounters::default()),
+            &Arc::default(),
             Live::default(),
         );
         assert!(
@@ -690,6 +771,7 @@ mod tests {
         let text = render(
             &Arc::new(metrics),
             &Arc::new(EngineCounters::default()),
+            &Arc::default(),
             Live::default(),
         );
         assert!(

@@ -198,6 +198,8 @@ fn merge(old: &Config, new: &mut Config, log_live: bool, report: &mut ReloadRepo
         shutdown_grace,
         drain_delay,
         tls,
+        unix_socket,
+        unix_socket_perm,
     } = listen;
     setting!("listen.address", Restart, old.listen.address, address);
     setting!(
@@ -225,6 +227,18 @@ fn merge(old: &Config, new: &mut Config, log_live: bool, report: &mut ReloadRepo
         drain_delay
     );
     setting!("listen.tls", Restart, old.listen.tls, tls);
+    setting!(
+        "listen.unix_socket",
+        Restart,
+        old.listen.unix_socket,
+        unix_socket
+    );
+    setting!(
+        "listen.unix_socket_perm",
+        Restart,
+        old.listen.unix_socket_perm,
+        unix_socket_perm
+    );
     // The upstream is one setting: connections, logins and the command table depend on
     // every part of it.
     setting!("upstream", Restart, old.upstream, upstream);

@@ -9,8 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use std::path::{Path, PathBuf};
 use thiserror::Error;
-use tokio::net::TcpListener;
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -33,6 +35,11 @@ pub enum ServerError {
         address: SocketAddr,
         error: std::io::Error,
     },
+    #[error("cannot listen on {}: {error}", path.display())]
+    UnixBind {
+        path: std::path::PathBuf,
+        error: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error("upstream.password_file: {0}")]
@@ -42,6 +49,8 @@ pub enum ServerError {
 /// What start-up made, for the accept loop.
 pub struct Started {
     pub listener: TcpListener,
+    /// `[listen] unix_socket`: the listener and its path (removed at exit).
+    pub unix: Option<(UnixListener, PathBuf)>,
     /// `[listen.tls]`: the acceptor and how long a handshake may take.
     pub tls: Option<(tokio_rustls::TlsAcceptor, Duration)>,
     pub admin: Option<TcpListener>,
@@ -55,6 +64,18 @@ pub async fn start(config: &Config) -> Result<Started, ServerError> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|error| ServerError::Bind { address, error })?;
+    let unix = match &config.listen.unix_socket {
+        Some(path) => Some((
+            bind_unix(path, config.listen.unix_socket_perm).map_err(|error| {
+                ServerError::UnixBind {
+                    path: path.clone(),
+                    error,
+                }
+            })?,
+            path.clone(),
+        )),
+        None => None,
+    };
     let admin = match config.admin.address {
         Some(address) => Some(
             crate::admin::bind(address)
@@ -98,11 +119,34 @@ pub async fn start(config: &Config) -> Result<Started, ServerError> {
     first_contact(&ctx, url.db).await;
     Ok(Started {
         listener,
+        unix,
         tls,
         admin,
         ctx,
         shutdown,
     })
+}
+
+/// Listens on the Unix socket at `path`, as Redis does: a socket left there (by a
+/// cachet that did not exit cleanly) is replaced; any other file is an error.
+fn bind_unix(path: &Path, perm: Option<u32>) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    if let Some(perm) = perm {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(perm))?;
+    }
+    Ok(listener)
 }
 
 /// The upstream's connection settings: its address (or Sentinel's, found later), the

@@ -1,7 +1,8 @@
-//! A connection on either side of cachet: plain TCP, or TLS over TCP.
+//! A connection on either side of cachet: plain TCP, TLS over TCP, or a Unix socket.
 //!
-//! Plain TCP keeps its zero-cost split (`into_split`: two handles on one socket); only
-//! TLS goes through `tokio::io::split`, whose halves share the TLS state behind a lock.
+//! Plain TCP and Unix sockets keep their zero-cost split (`into_split`: two handles on
+//! one socket); only TLS goes through `tokio::io::split`, whose halves share the TLS
+//! state behind a lock.
 //! The halves are enums, so the plain path costs one branch per read or write.
 //!
 //! A TLS write may leave encrypted bytes inside rustls when the socket is full, and
@@ -15,8 +16,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpStream, UnixStream, unix};
 use tokio_rustls::TlsStream;
 
 type Tls = TlsStream<TcpStream>;
@@ -27,6 +28,29 @@ pub enum Stream {
     Plain(TcpStream),
     /// Boxed: the TLS state is large, and plain connections should not carry its size.
     Tls(Box<Tls>),
+    Unix(UnixStream),
+}
+
+/// Who a client is, for the log: its address, or a Unix socket's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Tcp(std::net::SocketAddr),
+    Unix,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Tcp(a) => a.fmt(f),
+            Peer::Unix => f.write_str("unix"),
+        }
+    }
+}
+
+impl From<std::net::SocketAddr> for Peer {
+    fn from(a: std::net::SocketAddr) -> Peer {
+        Peer::Tcp(a)
+    }
 }
 
 impl From<TcpStream> for Stream {
@@ -48,10 +72,11 @@ impl From<tokio_rustls::client::TlsStream<TcpStream>> for Stream {
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Plain(s) => Some(s),
+            Stream::Tls(s) => Some(s.get_ref().0),
+            Stream::Unix(_) => None,
         }
     }
 
@@ -60,13 +85,15 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
+    /// Nagle off or on; nothing to do on a Unix socket.
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.tcp().set_nodelay(nodelay)
+        self.tcp().map_or(Ok(()), |s| s.set_nodelay(nodelay))
     }
 
-    /// This end's address (an upstream connection's, as Redis lists it in `CLIENT LIST`).
+    /// This end's address (an upstream connection's, as Redis lists it in `CLIENT LIST`);
+    /// `None` on a Unix socket.
     pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
-        self.tcp().local_addr().ok()
+        self.tcp()?.local_addr().ok()
     }
 
     /// Whether an idle connection is still usable: nothing to read (a closed one
@@ -76,7 +103,18 @@ impl Stream {
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        match self {
+            Stream::Plain(s) => matches!(s.poll_peek(&mut cx, &mut buf), Poll::Pending),
+            Stream::Tls(s) => matches!(s.get_ref().0.poll_peek(&mut cx, &mut buf), Poll::Pending),
+            // The socket is non-blocking: an idle one has nothing to peek.
+            Stream::Unix(s) => {
+                let mut probe = [std::mem::MaybeUninit::<u8>::uninit()];
+                matches!(
+                    socket2::SockRef::from(s).peek(&mut probe),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock
+                )
+            }
+        }
     }
 
     /// A read half and a write half that can be used from one task concurrently.
@@ -89,6 +127,10 @@ impl Stream {
             Stream::Tls(s) => {
                 let (rd, wr) = tokio::io::split(*s);
                 (ReadHalf::Tls(rd), WriteHalf::new(WriteInner::Tls(wr)))
+            }
+            Stream::Unix(s) => {
+                let (rd, wr) = s.into_split();
+                (ReadHalf::Unix(rd), WriteHalf::new(WriteInner::Unix(wr)))
             }
         }
     }
@@ -103,6 +145,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -116,6 +159,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -123,6 +167,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -130,6 +175,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -138,6 +184,7 @@ impl AsyncWrite for Stream {
 pub enum ReadHalf {
     Plain(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<Tls>),
+    Unix(unix::OwnedReadHalf),
 }
 
 impl std::fmt::Debug for ReadHalf {
@@ -145,6 +192,7 @@ impl std::fmt::Debug for ReadHalf {
         f.write_str(match self {
             ReadHalf::Plain(_) => "ReadHalf::Plain",
             ReadHalf::Tls(_) => "ReadHalf::Tls",
+            ReadHalf::Unix(_) => "ReadHalf::Unix",
         })
     }
 }
@@ -157,6 +205,7 @@ impl ReadHalf {
             (ReadHalf::Tls(rd), WriteInner::Tls(wr)) if rd.is_pair_of(&wr) => {
                 Some(Stream::Tls(Box::new(rd.unsplit(wr))))
             }
+            (ReadHalf::Unix(rd), WriteInner::Unix(wr)) => rd.reunite(wr).ok().map(Stream::Unix),
             _ => None,
         }
     }
@@ -171,6 +220,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
             ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Unix(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -178,6 +228,7 @@ impl AsyncRead for ReadHalf {
 enum WriteInner {
     Plain(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<Tls>),
+    Unix(unix::OwnedWriteHalf),
 }
 
 /// The writing half of a split [`Stream`].
@@ -192,6 +243,7 @@ impl std::fmt::Debug for WriteHalf {
         f.write_str(match self.inner {
             WriteInner::Plain(_) => "WriteHalf::Plain",
             WriteInner::Tls(_) => "WriteHalf::Tls",
+            WriteInner::Unix(_) => "WriteHalf::Unix",
         })
     }
 }
@@ -225,6 +277,7 @@ impl WriteHalf {
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         match &self.inner {
             WriteInner::Plain(w) => w.try_write(buf),
+            WriteInner::Unix(w) => w.try_write(buf),
             WriteInner::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
@@ -250,6 +303,7 @@ impl AsyncWrite for WriteHalf {
         let this = self.get_mut();
         match &mut this.inner {
             WriteInner::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            WriteInner::Unix(w) => Pin::new(w).poll_write(cx, buf),
             WriteInner::Tls(w) => {
                 let r = Pin::new(w).poll_write(cx, buf);
                 if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
@@ -264,6 +318,7 @@ impl AsyncWrite for WriteHalf {
         let this = self.get_mut();
         match &mut this.inner {
             WriteInner::Plain(w) => Pin::new(w).poll_flush(cx),
+            WriteInner::Unix(w) => Pin::new(w).poll_flush(cx),
             WriteInner::Tls(w) => {
                 let r = Pin::new(w).poll_flush(cx);
                 if matches!(r, Poll::Ready(Ok(()))) {
@@ -277,6 +332,7 @@ impl AsyncWrite for WriteHalf {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             WriteInner::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            WriteInner::Unix(w) => Pin::new(w).poll_shutdown(cx),
             WriteInner::Tls(w) => Pin::new(w).poll_shutdown(cx),
         }
     }

@@ -489,3 +489,54 @@ fn secrets_from_files_and_the_environment_are_used_and_never_shown() {
     assert!(!text.contains("env-secret"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Each `cache` keyspace has its own hit, miss, stored-fill and refused-fill counts,
+/// labelled with its pattern; the totals are their sums.
+#[test]
+fn reads_and_fills_are_counted_by_keyspace() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cachet.toml");
+    let text = config_text(&redis, "cache", "").replace(
+        "pattern = \"k:*\"",
+        "pattern = \"a:*\"\nmode = \"cache\"\n\n[[keyspace]]\npattern = \"b:\\\"*\"",
+    );
+    std::fs::write(&path, text).unwrap();
+    let cachet = start_from_file(&path);
+    let mut c = Raw::connect(cachet.addr);
+    assert_eq!(c.call(&words("GET a:1")), b"$-1\r\n");
+    assert_eq!(c.call(&words("SET a:1 v")), b"+OK\r\n");
+    assert_eq!(c.call(&words("GET a:1")), b"$1\r\nv\r\n");
+    assert_eq!(c.call(&words("GET a:1")), b"$1\r\nv\r\n");
+    // An MGET counts each key in its own keyspace: one hit, one miss.
+    let b1 = "b:\"1";
+    let mget = cmd(&[b"MGET", b1.as_bytes(), b"a:1"]);
+    assert_eq!(c.call(&mget), b"*2\r\n$-1\r\n$1\r\nv\r\n");
+    // An invalidation overtakes the miss: its fill is refused.
+    assert_eq!(c.call(&cmd(&[b"DEL", b1.as_bytes()])), b":0\r\n");
+    assert_eq!(c.call(&cmd(&[b"SET", b1.as_bytes(), b"old"])), b"+OK\r\n");
+    // A strict key is not a keyspace's read.
+    assert_eq!(c.call(&words("GET other")), b"$-1\r\n");
+    let m = metrics(&cachet);
+    let count = |family: &str, keyspace: &str, outcome: &str| {
+        sample(
+            &m,
+            &format!(
+                "cachet_keyspace_{family}_total{{keyspace=\"{keyspace}\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    assert_eq!(count("reads", "a:*", "hit"), 3.0, "{m}");
+    assert_eq!(count("reads", "a:*", "miss"), 1.0);
+    assert_eq!(count("fills", "a:*", "stored"), 1.0);
+    assert_eq!(count("fills", "a:*", "refused"), 0.0);
+    // The pattern's quote is escaped in the label, as the exposition format says.
+    assert_eq!(count("reads", "b:\\\"*", "hit"), 0.0, "{m}");
+    assert_eq!(count("reads", "b:\\\"*", "miss"), 1.0);
+    assert_eq!(count("fills", "b:\\\"*", "stored"), 0.0);
+    assert_eq!(count("fills", "b:\\\"*", "refused"), 1.0);
+    assert!(!m.contains("keyspace=\"*\""), "{m}");
+    assert_eq!(sample(&m, "cachet_cache_hits_total"), 3.0);
+    assert_eq!(sample(&m, "cachet_cache_misses_total"), 2.0);
+    assert_eq!(sample(&m, "cachet_fills_rejected_total"), 1.0);
+}

@@ -649,8 +649,9 @@ fn scripts_see_only_declared_keys() {
         direct.call(&words("EXISTS __cachet:{k}:lease:k")),
         b":0\r\n"
     );
-    // A key the script names only in its body is invisible to cachet: the limit the
-    // README documents (refuse scripts where that matters).
+    // A key the script names only in its body is invisible to cachet: the limit
+    // docs/security.md documents ("What cachet can and cannot enforce inside scripts":
+    // refuse scripts where that matters).
     assert_eq!(
         c.call(&auth_cmd(&[
             "EVAL",

@@ -1,7 +1,8 @@
 //! Commands Redis serves while it is busy, through cachet as directly: a looping
 //! script killed by `SCRIPT KILL` from another client, `FUNCTION KILL`, `SHUTDOWN
 //! NOSAVE`; other clients answered `-BUSY` as Redis answers them rather than queued
-//! behind the script on a shared connection (README, "What behaves differently").
+//! behind the script on a shared connection (docs/compatibility.md, "What behaves
+//! differently through a proxy, and why").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

@@ -1,6 +1,6 @@
 //! cachet as a sidecar going away: on SIGTERM `/readyz` turns 503 at once while old
 //! and new clients are still served for `[listen] drain_delay`, then a graceful
-//! shutdown; SIGINT stops at once (README, "Command line").
+//! shutdown; SIGINT stops at once (docs/configuration.md, "Command line").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

@@ -13,14 +13,16 @@
 //!
 //! Properties: no read returns a value older than the last completed invalidation,
 //! and once everyone is done the key holds the database's value or nothing.
-//! Assumptions, as in the README: a fill arrives within `fill_window` of its miss,
-//! and a writer that deletes before its commit commits within `hold_off`.
+//! Assumptions, as in docs/consistency.md ("The guarantee"): a fill arrives within
+//! `fill_window` of its miss, and a writer that deletes before its commit commits within
+//! `hold_off`.
 //!
 //! `old_rules` keeps the previous protocol (leases per connection, marks per cachet,
 //! `hold_off` checked at fill time) and shows the holes the model finds in it.
 //!
 //! A bounded depth runs in `cargo test`; `CACHET_MODEL_DEPTH=0 cargo test --release
-//! --test fill_model -- --nocapture` explores every state (README "Proving it").
+//! --test fill_model -- --nocapture` explores every state (docs/fill-protocol.md, "How it
+//! is proven").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 

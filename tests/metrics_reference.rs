@@ -1,5 +1,6 @@
-//! The README's metrics reference is `/metrics`: every metric cachet exposes is listed
-//! there with the help text it is exposed with, and nothing else is.
+//! The metrics reference in docs/operations.md ("Metrics") is `/metrics`: every metric
+//! cachet exposes is listed there with the help text it is exposed with, and nothing
+//! else is.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,7 +11,7 @@ use support::http::get;
 use support::redis::RedisServer;
 
 #[test]
-fn the_readme_lists_exactly_the_exposed_metrics() {
+fn the_operations_guide_lists_exactly_the_exposed_metrics() {
     let redis = RedisServer::start();
     let mut config = config_for(&redis.url());
     config.admin.address = Some("127.0.0.1:0".parse().unwrap());
@@ -40,9 +41,10 @@ fn the_readme_lists_exactly_the_exposed_metrics() {
         )),
         "{body}"
     );
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let listed: Vec<(String, String)> = readme
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+            .unwrap();
+    let listed: Vec<(String, String)> = reference
         .lines()
         .filter_map(|l| l.strip_prefix("| `cachet_"))
         .map(|l| {
@@ -58,11 +60,11 @@ fn the_readme_lists_exactly_the_exposed_metrics() {
         .collect();
     let missing: Vec<&String> = want
         .iter()
-        .filter(|row| !readme.lines().any(|l| l == row.as_str()))
+        .filter(|row| !reference.lines().any(|l| l == row.as_str()))
         .collect();
     assert!(
         missing.is_empty(),
-        "README rows missing or different; expected:\n{}",
+        "docs/operations.md rows missing or different; expected:\n{}",
         want.join("\n")
     );
     let unknown: Vec<&String> = listed
@@ -72,6 +74,6 @@ fn the_readme_lists_exactly_the_exposed_metrics() {
         .collect();
     assert!(
         unknown.is_empty(),
-        "README lists metrics not exposed: {unknown:?}"
+        "docs/operations.md lists metrics not exposed: {unknown:?}"
     );
 }

@@ -78,6 +78,11 @@ pub struct ListenConfig {
     pub drain_delay: Duration,
     /// `[listen.tls]`: when present, the listener speaks TLS only.
     pub tls: Option<ListenTls>,
+    /// A Unix socket to listen on as well (plain RESP, never TLS), as Redis's
+    /// `unixsocket`: a file left at the path is replaced, and removed at exit.
+    pub unix_socket: Option<PathBuf>,
+    /// The socket file's permissions (Redis's `unixsocketperm`), such as `0o660`.
+    pub unix_socket_perm: Option<u32>,
 }
 
 /// `[listen.tls]`: the certificate cachet presents to clients, and optionally the CA
@@ -117,6 +122,8 @@ impl Default for ListenConfig {
             shutdown_grace: Duration::from_secs(10),
             drain_delay: Duration::from_secs(5),
             tls: None,
+            unix_socket: None,
+            unix_socket_perm: None,
         }
     }
 }

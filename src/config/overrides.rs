@@ -18,7 +18,7 @@ impl Overrides {
     pub fn apply(&self, config: &mut Config) -> Vec<String> {
         let mut problems = Vec::new();
         if let Some(listen) = &self.listen {
-            match listen.parse() {
+            match super::units::parse_socket_addr(listen) {
                 Ok(a) => config.listen.address = a,
                 Err(e) => problems.push(format!("--listen {listen:?}: {e}")),
             }
@@ -33,7 +33,7 @@ impl Overrides {
             if admin.is_empty() || admin == "off" {
                 config.admin.address = None;
             } else {
-                match admin.parse() {
+                match super::units::parse_socket_addr(admin) {
                     Ok(a) => config.admin.address = Some(a),
                     Err(e) => problems.push(format!("--admin {admin:?}: {e}")),
                 }

@@ -282,12 +282,35 @@ fn wrong_types() {
 }
 
 #[test]
+fn host_names_resolve_and_unix_sockets_are_paths() {
+    let config = parse(
+        "[listen]\naddress = \"localhost:6390\"\nunix_socket = \"/run/cachet/cachet.sock\"\nunix_socket_perm = 0o660\n",
+    )
+    .unwrap();
+    assert!(config.listen.address.ip().is_loopback());
+    assert_eq!(config.listen.address.port(), 6390);
+    assert_eq!(
+        config.listen.unix_socket.as_deref(),
+        Some(std::path::Path::new("/run/cachet/cachet.sock"))
+    );
+    assert_eq!(config.listen.unix_socket_perm, Some(0o660));
+    let errors = errors("[listen]\naddress = \"no-such-host.invalid:6380\"\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with(
+            "2: listen.address: address \"no-such-host.invalid:6380\": cannot resolve the host name"
+        ),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn bad_addresses_and_urls() {
     assert_eq!(
-        errors("[listen]\naddress = \"localhost:6380\"\n[upstream]\nurl = \"http://h\"\n"),
+        errors("[listen]\naddress = \"localhost:638000\"\n[upstream]\nurl = \"http://h\"\n"),
         [
-            "2: listen.address: invalid address \"localhost:6380\": expected IP:port, such as \"127.0.0.1:6380\"",
-            "4: upstream.url: invalid upstream URL: unsupported scheme \"http\": expected redis, rediss, redis+sentinel or redis+cluster",
+            "2: listen.address: invalid address \"localhost:638000\": expected IP:port or host:port, such as \"127.0.0.1:6380\"",
+            "4: upstream.url: invalid upstream URL: unsupported scheme \"http\": expected redis, rediss, redis+sentinel, redis+cluster or unix",
         ]
     );
     for (url, message) in [
@@ -513,7 +536,7 @@ level = "loud"
     assert_eq!(
         errors,
         [
-            "3: listen.address: invalid address \"127.0.0.1\": expected IP:port, such as \"127.0.0.1:6380\"",
+            "3: listen.address: invalid address \"127.0.0.1\": expected IP:port or host:port, such as \"127.0.0.1:6380\"",
             "7: upstream.url: invalid upstream URL: invalid database \"x\": expected a number",
             "8: upstream.shared_connections: must be 1 to 64, not 0",
             "9: upstream.command_timeout: invalid duration \"5 seconds\": expected a number followed by ms, s, m or h",

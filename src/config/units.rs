@@ -88,9 +88,24 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses `IP:port` (`[v6]:port` for IPv6).
+/// `IP:port`, or `host:port` resolved now (the first address the resolver gives).
 pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| format!("invalid address {s:?}: expected IP:port, such as \"127.0.0.1:6380\""))
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    let invalid = || {
+        format!("invalid address {s:?}: expected IP:port or host:port, such as \"127.0.0.1:6380\"")
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(invalid)?;
+    if host.is_empty() || host.contains([':', '[', ']', ' ']) || port.parse::<u16>().is_err() {
+        return Err(invalid());
+    }
+    match std::net::ToSocketAddrs::to_socket_addrs(s) {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("address {s:?}: the host name resolves to no address")),
+        Err(e) => Err(format!("address {s:?}: cannot resolve the host name: {e}")),
+    }
 }
 
 /// Checks and normalises one `[commands] deny` entry: Redis command names are

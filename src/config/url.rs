@@ -3,7 +3,8 @@
 //! `redis[s]+sentinel://[user[:password]@]host[:port],host[:port]…/master-name[/db]`
 //! (sentinels' default port 26379; the credentials are the primary's), or for a Redis
 //! Cluster `redis[s]+cluster://[user[:password]@]host[:port],host[:port]…[/0]` (seed
-//! nodes; a cluster has database 0 only).
+//! nodes; a cluster has database 0 only), or for a Redis on a Unix socket
+//! `unix://[user[:password]@]/path/to/redis.sock[?db=N]` (redis-py's form).
 //!
 //! Parsed by hand (the grammar is small and fixed) so that no error message and no
 //! `Display` or `Debug` output ever contains the password: URLs end up in logs.
@@ -25,7 +26,7 @@ pub struct UpstreamUrl {
     /// `rediss://`: connect with TLS.
     pub tls: bool,
     /// Host name or IP address; IPv6 addresses without brackets. With Sentinel, the
-    /// first sentinel's.
+    /// first sentinel's. For a Unix socket, its absolute path (and `port` is 0).
     pub host: String,
     pub port: u16,
     /// With Sentinel: the sentinels' addresses (`host:port`) and the primary's name.
@@ -52,6 +53,9 @@ impl UpstreamUrl {
     /// repeat the credentials.
     pub fn parse(s: &str) -> Result<UpstreamUrl, String> {
         let fail = |why: String| format!("invalid upstream URL: {why}");
+        if let Some(rest) = s.strip_prefix("unix://") {
+            return UpstreamUrl::parse_unix(rest).map_err(fail);
+        }
         let (scheme, rest) = s.split_once("://").ok_or_else(|| {
             fail("expected redis://host:port/db or rediss://host:port/db".to_owned())
         })?;
@@ -64,7 +68,7 @@ impl UpstreamUrl {
             "rediss+cluster" => (true, false, true),
             _ => {
                 return Err(fail(format!(
-                    "unsupported scheme {scheme:?}: expected redis, rediss, redis+sentinel or redis+cluster"
+                    "unsupported scheme {scheme:?}: expected redis, rediss, redis+sentinel, redis+cluster or unix"
                 )));
             }
         };
@@ -79,25 +83,7 @@ impl UpstreamUrl {
             Some((userinfo, hostport)) => (Some(userinfo), hostport),
             None => (None, authority),
         };
-        let (username, password) = match userinfo {
-            None => (None, None),
-            Some(userinfo) => {
-                let (user, pass) = match userinfo.split_once(':') {
-                    Some((user, pass)) => (user, Some(pass)),
-                    None => (userinfo, None),
-                };
-                let decode = |part: &str| {
-                    percent_decode(part).ok_or_else(|| {
-                        fail("invalid percent-encoding in the credentials".to_owned())
-                    })
-                };
-                let non_empty = |s: String| (!s.is_empty()).then_some(s);
-                (
-                    non_empty(decode(user)?),
-                    pass.map(decode).transpose()?.and_then(non_empty),
-                )
-            }
-        };
+        let (username, password) = credentials(userinfo).map_err(fail)?;
         let parse_db = |db: &str| -> Result<u32, String> {
             match db {
                 "" => Ok(0),
@@ -176,8 +162,60 @@ impl UpstreamUrl {
         })
     }
 
-    /// `host:port`, IPv6 hosts bracketed: ready for a TCP connect.
+    /// `unix://[user[:password]@]/path[?db=N]`, after the scheme.
+    fn parse_unix(rest: &str) -> Result<UpstreamUrl, String> {
+        if rest.contains('#') {
+            return Err("fragments are not supported".to_owned());
+        }
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (userinfo, path) = match rest.rsplit_once("@/") {
+            Some((userinfo, path)) => (Some(userinfo), format!("/{path}")),
+            None => (None, rest.to_owned()),
+        };
+        if !path.starts_with('/') || path.len() < 2 {
+            return Err(
+                "expected the socket's absolute path: unix:///path/to/redis.sock".to_owned(),
+            );
+        }
+        let mut db = 0;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("db", n)) => {
+                    db = n
+                        .parse()
+                        .map_err(|_| format!("invalid database {n:?}: expected a number"))?;
+                }
+                _ => {
+                    return Err(format!(
+                        "unsupported query parameter {:?}: only db=N",
+                        pair.split('=').next().unwrap_or(pair)
+                    ));
+                }
+            }
+        }
+        let (username, password) = credentials(userinfo)?;
+        Ok(UpstreamUrl {
+            tls: false,
+            host: path,
+            port: 0,
+            sentinel: None,
+            cluster: None,
+            db,
+            username,
+            password,
+        })
+    }
+
+    /// Whether the upstream is a Unix socket (`host` is its path).
+    pub fn is_unix(&self) -> bool {
+        self.host.starts_with('/')
+    }
+
+    /// `host:port`, IPv6 hosts bracketed: ready for a TCP connect; a Unix socket's path.
     pub fn address(&self) -> String {
+        if self.is_unix() {
+            return self.host.clone();
+        }
         join_host_port(&self.host, self.port)
     }
 }
@@ -232,6 +270,26 @@ fn split_host_port(hostport: &str, default_port: u16) -> Result<(String, u16), S
     Ok((host.to_owned(), port))
 }
 
+/// The user name and password of a URL's `user[:password]`, percent-decoded; empty
+/// parts are absent.
+fn credentials(userinfo: Option<&str>) -> Result<(Option<String>, Option<String>), String> {
+    let Some(userinfo) = userinfo else {
+        return Ok((None, None));
+    };
+    let (user, pass) = match userinfo.split_once(':') {
+        Some((user, pass)) => (user, Some(pass)),
+        None => (userinfo, None),
+    };
+    let decode = |part: &str| {
+        percent_decode(part).ok_or_else(|| "invalid percent-encoding in the credentials".to_owned())
+    };
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Ok((
+        non_empty(decode(user)?),
+        pass.map(decode).transpose()?.and_then(non_empty),
+    ))
+}
+
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
 fn percent_decode(s: &str) -> Option<String> {
     let mut out = Vec::with_capacity(s.len());
@@ -251,7 +309,13 @@ fn percent_decode(s: &str) -> Option<String> {
 /// `redis://user:***@host:port/db`: the password is never printed.
 impl fmt::Display for UpstreamUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "rediss" } else { "redis" };
+        let scheme = if self.is_unix() {
+            "unix"
+        } else if self.tls {
+            "rediss"
+        } else {
+            "redis"
+        };
         let plus = if self.sentinel.is_some() {
             "+sentinel"
         } else if self.cluster.is_some() {
@@ -269,6 +333,7 @@ impl fmt::Display for UpstreamUrl {
         match (&self.sentinel, &self.cluster) {
             (Some(s), _) => write!(f, "{}/{}/{}", s.addresses.join(","), s.master, self.db),
             (None, Some(seeds)) => write!(f, "{}/{}", seeds.join(","), self.db),
+            (None, None) if self.is_unix() => write!(f, "{}?db={}", self.host, self.db),
             (None, None) => write!(f, "{}/{}", self.address(), self.db),
         }
     }
@@ -425,6 +490,23 @@ mod tests {
     }
 
     #[test]
+    fn unix_sockets() {
+        let u = url("unix:///var/run/redis/redis.sock");
+        assert!(u.is_unix() && !u.tls);
+        assert_eq!(u.address(), "/var/run/redis/redis.sock");
+        assert_eq!(u.db, 0);
+        assert_eq!(u.to_string(), "unix:///var/run/redis/redis.sock?db=0");
+        let u = url("unix://app:s%40cret@/tmp/r.sock?db=3");
+        assert_eq!(
+            (u.username.as_deref(), u.password.as_deref()),
+            (Some("app"), Some("s@cret"))
+        );
+        assert_eq!((u.address().as_str(), u.db), ("/tmp/r.sock", 3));
+        assert_eq!(u.to_string(), "unix://app:***@/tmp/r.sock?db=3");
+        assert!(!url("redis://h:1").is_unix());
+    }
+
+    #[test]
     fn errors() {
         for (input, why) in [
             (
@@ -433,9 +515,16 @@ mod tests {
             ),
             (
                 "http://h:1/0",
-                "unsupported scheme \"http\": expected redis, rediss, redis+sentinel or redis+cluster",
+                "unsupported scheme \"http\": expected redis, rediss, redis+sentinel, redis+cluster or unix",
             ),
-            ("unix:///tmp/redis.sock", "unsupported scheme \"unix\""),
+            ("unix://tmp/redis.sock", "the socket's absolute path"),
+            ("unix://", "the socket's absolute path"),
+            ("unix:///tmp/redis.sock?db=x", "invalid database \"x\""),
+            (
+                "unix:///tmp/redis.sock?timeout=1",
+                "unsupported query parameter \"timeout\"",
+            ),
+            ("unix://u:p%zz@/tmp/r.sock", "invalid percent-encoding"),
             (
                 "redis://h:abc/0",
                 "invalid port \"abc\": expected 1 to 65535",

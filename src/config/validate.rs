@@ -55,7 +55,7 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
     if upstream.url.host.is_empty() {
         fail("upstream.url".into(), "missing host".into());
     }
-    if upstream.url.port == 0 {
+    if upstream.url.port == 0 && !upstream.url.is_unix() {
         fail("upstream.url".into(), "port must be 1 to 65535".into());
     }
     if upstream.username().is_some() && upstream.password().is_none() {

@@ -68,7 +68,7 @@ impl Engine {
     /// The error a client gets for a write cachet cannot make for its user.
     pub fn lacking_reply(&self, user: &[u8], lacks: &str) -> Bytes {
         crate::resp::reply::error(&format!(
-            "NOPERM cachet: user '{}' may not run what cachet adds to this write to keep the cache consistent (it may not run: {lacks}); nothing was written. Grant those, or see the README's security section",
+            "NOPERM cachet: user '{}' may not run what cachet adds to this write to keep the cache consistent (it may not run: {lacks}); nothing was written. Grant those, or see docs/security.md",
             String::from_utf8_lossy(user)
         ))
     }

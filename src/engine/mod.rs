@@ -43,7 +43,8 @@ use bytes::{Bytes, BytesMut};
 use crate::command::{CommandInfo, CommandKind, KeyRef};
 use crate::config::{ConsistencyConfig, KeyspaceMode, KeyspaceRule, WriteThrough};
 use crate::key_lock::KeyLocks;
-use crate::keyspace::Keyspaces;
+use crate::keyspace::{KeyspaceMatch, Keyspaces};
+use crate::metrics::{KeyspaceCounters, KeyspaceTallies};
 use crate::resp::Request;
 use crate::resp::request::encode_command;
 pub use queued::{Queued, Situation};
@@ -113,6 +114,8 @@ pub(crate) struct CacheKey {
     pub state: Bytes,
     pub hold_off: Duration,
     pub policy: fill::Policy,
+    /// The index of its `[[keyspace]]` rule (its counters, [`Engine::tally`]).
+    pub rule: usize,
 }
 
 /// The engine of one cachet.
@@ -133,6 +136,10 @@ pub struct Engine {
     pub stats: Arc<Stats>,
     /// The rate-limited debug log of refusals (`stats.rs`).
     pub decisions: Arc<stats::Decisions>,
+    /// Reads and fills of each `cache` keyspace, by pattern (kept across reloads).
+    pub tallies: Arc<KeyspaceTallies>,
+    /// The counters of each rule by index: `Some` for `cache` rules.
+    rule_tallies: Vec<Option<Arc<KeyspaceCounters>>>,
     pub scripts: Scripts,
     pub retries: Arc<retry::RetryQueue>,
     /// What cachet knows of the upstream's life.
@@ -200,8 +207,22 @@ impl UpstreamLife {
 
 impl Engine {
     pub fn new(consistency: &ConsistencyConfig, rules: &[KeyspaceRule]) -> Engine {
+        Engine::with_tallies(consistency, rules, Arc::default())
+    }
+
+    fn with_tallies(
+        consistency: &ConsistencyConfig,
+        rules: &[KeyspaceRule],
+        tallies: Arc<KeyspaceTallies>,
+    ) -> Engine {
         let stats = Arc::new(Stats::default());
+        let rule_tallies = rules
+            .iter()
+            .map(|r| (r.mode == KeyspaceMode::Cache).then(|| tallies.get(&r.pattern)))
+            .collect();
         Engine {
+            tallies,
+            rule_tallies,
             keyspaces: Keyspaces::new(rules),
             channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
             publish_prefix: {
@@ -245,7 +266,7 @@ impl Engine {
             decisions: self.decisions.clone(),
             retries: self.retries.clone(),
             upstream: self.upstream.clone(),
-            ..Engine::new(consistency, rules)
+            ..Engine::with_tallies(consistency, rules, self.tallies.clone())
         }
     }
 
@@ -286,9 +307,23 @@ impl Engine {
     }
 
     /// Whether `key` is in a `cache` keyspace (what `cache_key` needs first, without
-    /// building anything).
-    pub(crate) fn cache_key_mode(&self, key: &[u8]) -> Option<()> {
-        (self.has_cache && self.keyspaces.lookup(key).mode == KeyspaceMode::Cache).then_some(())
+    /// building anything): the index of its rule.
+    pub(crate) fn cache_key_rule(&self, key: &[u8]) -> Option<usize> {
+        if !self.has_cache {
+            return None;
+        }
+        match self.keyspaces.lookup(key) {
+            KeyspaceMatch {
+                mode: KeyspaceMode::Cache,
+                rule: Some((index, _)),
+            } => Some(index),
+            _ => None,
+        }
+    }
+
+    /// The counters of the `cache` rule at `rule`.
+    pub(crate) fn tally(&self, rule: usize) -> Option<&KeyspaceCounters> {
+        self.rule_tallies.get(rule)?.as_deref()
     }
 
     /// The fill-protocol view of `key`, if it is in a `cache` keyspace.
@@ -300,8 +335,10 @@ impl Engine {
         if m.mode != KeyspaceMode::Cache {
             return None;
         }
+        let index = m.rule.map_or(0, |(i, _)| i);
         let rule = m.rule.map(|(_, r)| r);
         Some(CacheKey {
+            rule: index,
             state: reserved::state_key(&self.prefix, key)?,
             hold_off: rule.and_then(|r| r.hold_off).unwrap_or(self.hold_off),
             policy: match rule.and_then(|r| r.write_through).unwrap_or_default() {

@@ -26,6 +26,8 @@ pub struct ReadState {
     keys: Vec<Bytes>,
     /// Each key's state hash, when the key is in a `cache` keyspace.
     states: Vec<Option<Bytes>>,
+    /// Each `cache` key's rule (its counters); 0 for the others.
+    rules: Vec<usize>,
     mget: bool,
     proto: u8,
     /// Each key's value frame so far (`None`: absent so far).
@@ -63,9 +65,9 @@ impl Engine {
             // A `GET`: most are hits, which need nothing but the key's mode; the rest of
             // the read's state is made only for a miss.
             let key = keys.first()?;
-            self.cache_key_mode(key)?;
+            let rule = self.cache_key_rule(key)?;
             return Some(Plan {
-                settle: Settle::Get(key.clone(), proto),
+                settle: Settle::Get(key.clone(), proto, rule),
                 ..Plan::forward(req)
             });
         }
@@ -81,6 +83,7 @@ impl Engine {
         &self,
         key: Bytes,
         proto: u8,
+        rule: usize,
         reply: Bytes,
         cx: SettleContext<'_>,
     ) -> Settled {
@@ -89,6 +92,9 @@ impl Engine {
         }
         if !is_null(&reply) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = self.tally(rule) {
+                t.hits.fetch_add(1, Ordering::Relaxed);
+            }
             return Settled::Reply(reply);
         }
         match self.read_state(std::slice::from_ref(&key), false, proto) {
@@ -98,13 +104,29 @@ impl Engine {
         }
     }
 
+    /// Counts a read of the `i`th key, a `cache` key: a hit or a miss, in all and in
+    /// its keyspace.
+    fn count_read(&self, st: &ReadState, i: usize, hit: bool) {
+        let (all, tally) = match (hit, st.rules.get(i).and_then(|&r| self.tally(r))) {
+            (true, t) => (&self.stats.cache_hits, t.map(|t| &t.hits)),
+            (false, t) => (&self.stats.cache_misses, t.map(|t| &t.misses)),
+        };
+        all.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = tally {
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// The state of a read of `keys`; `None` when none is a `cache` key.
     fn read_state(&self, keys: &[Bytes], mget: bool, proto: u8) -> Option<ReadState> {
         let mut hold_off = Duration::ZERO;
+        let mut rules = Vec::with_capacity(keys.len());
         let states: Vec<Option<Bytes>> = keys
             .iter()
             .map(|k| {
-                self.cache_key(k).map(|c| {
+                let c = self.cache_key(k);
+                rules.push(c.as_ref().map_or(0, |c| c.rule));
+                c.map(|c| {
                     hold_off = hold_off.max(c.hold_off);
                     c.state
                 })
@@ -117,6 +139,7 @@ impl Engine {
             keys: keys.to_vec(),
             values: vec![None; keys.len()],
             states,
+            rules,
             mget,
             proto,
             asking: Vec::new(),
@@ -149,16 +172,19 @@ impl Engine {
                         }
                     }
                 } else if !is_null(&reply) {
-                    self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    self.count_read(&st, 0, true);
                     return Settled::Reply(reply);
                 }
                 st.asking = (0..st.keys.len())
                     .filter(|&i| st.values.get(i).is_some_and(Option::is_none))
                     .filter(|&i| st.states.get(i).is_some_and(Option::is_some))
                     .collect();
-                let cached = st.states.iter().filter(|s| s.is_some()).count();
-                let hits = cached.saturating_sub(st.asking.len()) as u64;
-                self.stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
+                for i in 0..st.keys.len() {
+                    let hit = st.values.get(i).is_some_and(Option::is_some);
+                    if hit && st.states.get(i).is_some_and(Option::is_some) {
+                        self.count_read(&st, i, true);
+                    }
+                }
                 if st.asking.is_empty() {
                     return Settled::Reply(reply);
                 }
@@ -223,7 +249,7 @@ impl Engine {
                     still.push(i);
                 }
                 _ => {
-                    self.stats.cache_misses.fetch_add(1, Ordering::Relaxed);
+                    self.count_read(&st, i, false);
                     if status == 2 && arg.and_then(int_value) == Some(1) {
                         self.stats.leases_granted.fetch_add(1, Ordering::Relaxed);
                     }

@@ -21,8 +21,9 @@ pub enum Settle {
     Forward,
     /// A rewritten command: the reply is translated back (`translate.rs`).
     Translate(Translate),
-    /// A `GET` of a `cache` key (`reads.rs`): the key and the client's protocol.
-    Get(Bytes, u8),
+    /// A `GET` of a `cache` key (`reads.rs`): the key, the client's protocol and the
+    /// index of the key's rule.
+    Get(Bytes, u8, usize),
     /// A `GET` that missed, or an `MGET`, of `cache` keys (`reads.rs`).
     Read(Box<ReadState>),
     /// A `SET` or one of its relatives judged by a script (`stores.rs`).
@@ -93,7 +94,7 @@ impl Engine {
         match settle {
             Settle::Forward => Settled::Reply(reply),
             Settle::Translate(t) => Settled::Reply(t.apply(reply)),
-            Settle::Get(key, proto) => self.settle_get(key, proto, reply, cx),
+            Settle::Get(key, proto, rule) => self.settle_get(key, proto, rule, reply, cx),
             Settle::Read(state) => self.settle_read(*state, reply, cx),
             Settle::Store(s) => self.settle_store(&s, reply),
         }

@@ -9,6 +9,8 @@
 //! A command whose options Redis would reject is not judged: it goes the general way
 //! and Redis answers its error, storing nothing.
 
+use std::sync::atomic::Ordering;
+
 use bytes::Bytes;
 
 use super::fill::Verdict;
@@ -293,8 +295,22 @@ impl Engine {
             .collect();
         for (i, v) in verdicts.iter().enumerate() {
             self.stats.count_verdict(*v);
-            if let (Some(what), Some(key)) = (v.refusal(), s.keys.get(i)) {
+            let Some(key) = s.keys.get(i) else { continue };
+            if let Some(what) = v.refusal() {
                 self.decisions.log(what, key);
+            }
+            let fill = match v {
+                Verdict::StoredFill => true,
+                Verdict::Kept | Verdict::Deleted | Verdict::Dropped => false,
+                _ => continue,
+            };
+            if let Some(t) = self.cache_key_rule(key).and_then(|r| self.tally(r)) {
+                let c = if fill {
+                    &t.fills_stored
+                } else {
+                    &t.fills_refused
+                };
+                c.fetch_add(1, Ordering::Relaxed);
             }
         }
         let stored = |v: &Verdict| v.stored();

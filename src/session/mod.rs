@@ -82,7 +82,7 @@ pub struct Session {
     /// The pinned connection's address as last told to `control`.
     pinned_at: Option<SocketAddr>,
     ctx: Arc<Context>,
-    peer: SocketAddr,
+    peer: crate::stream::Peer,
     table: Arc<CommandTable>,
     /// The engine, command policy and credentials as of this batch of commands (a
     /// reload swaps them).
@@ -184,7 +184,7 @@ pub struct Session {
 }
 
 /// Runs one client connection to its end.
-pub async fn run(ctx: Arc<Context>, stream: Stream, peer: SocketAddr) {
+pub async fn run(ctx: Arc<Context>, stream: Stream, peer: crate::stream::Peer) {
     if !stream.is_tls() {
         let _ = stream.set_nodelay(true);
     }

@@ -4,7 +4,7 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::login::{Login, LoginId};
 use super::{Settings, UpstreamError};
@@ -37,19 +37,15 @@ pub async fn connect(
             "no primary known yet (Sentinel has not named one)".into(),
         ));
     }
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(address.as_str())).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(UpstreamError::Unavailable(format!("{address}: {e}"))),
-        Err(_) => {
-            return Err(UpstreamError::Unavailable(format!(
-                "{address}: connect timed out after {}",
-                fmt_duration(timeout)
-            )));
-        }
-    };
+    if address.starts_with('/') {
+        let unix = within(timeout, &address, UnixStream::connect(address.as_str())).await?;
+        return handshake(settings, Stream::Unix(unix), id, login).await;
+    }
+    // A host name is resolved again on every connect, so a DNS change is followed.
+    let tcp = within(timeout, &address, TcpStream::connect(address.as_str())).await?;
     // Requests are batched by cachet itself; Nagle would only add latency.
     let _ = tcp.set_nodelay(true);
-    let mut stream = match &settings.tls {
+    let stream = match &settings.tls {
         None => Stream::Plain(tcp),
         Some(tls) => {
             let handshake = tls.connector.connect(tls.server_name.clone(), tcp);
@@ -69,6 +65,34 @@ pub async fn connect(
             }
         }
     };
+    handshake(settings, stream, id, login).await
+}
+
+/// A socket connect to `address`, given up after `timeout`.
+async fn within<S>(
+    timeout: std::time::Duration,
+    address: &str,
+    connect: impl std::future::Future<Output = std::io::Result<S>>,
+) -> Result<S, UpstreamError> {
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(UpstreamError::Unavailable(format!("{address}: {e}"))),
+        Err(_) => Err(UpstreamError::Unavailable(format!(
+            "{address}: connect timed out after {}",
+            fmt_duration(timeout)
+        ))),
+    }
+}
+
+/// The Redis handshake on a connected `stream`: credentials, protocol version,
+/// database, and the settings' preloaded commands.
+async fn handshake(
+    settings: &Settings,
+    mut stream: Stream,
+    id: Identity,
+    login: &Login,
+) -> Result<Stream, UpstreamError> {
+    let timeout = settings.connect_timeout;
     let mut commands: Vec<Vec<Bytes>> = Vec::new();
     if let Some(auth) = login.auth_command() {
         commands.push(auth);

@@ -256,6 +256,7 @@ mod tests {
             users: vec![AuthUser {
                 name: "app".into(),
                 password_sha256: sha_hex("app-pass").to_uppercase(),
+                password_sha256_file: None,
                 upstream_user: None,
                 upstream_password_file: None,
             }],
@@ -330,6 +331,7 @@ mod tests {
             users: vec![AuthUser {
                 name: "app".into(),
                 password_sha256: sha_hex(""),
+                password_sha256_file: None,
                 upstream_user: None,
                 upstream_password_file: None,
             }],
@@ -354,12 +356,14 @@ mod tests {
                 AuthUser {
                     name: "app".into(),
                     password_sha256: sha_hex("p"),
+                    password_sha256_file: None,
                     upstream_user: Some("app_rw".into()),
                     upstream_password_file: Some(file.clone()),
                 },
                 AuthUser {
                     name: "broken".into(),
                     password_sha256: sha_hex("p"),
+                    password_sha256_file: None,
                     upstream_user: Some("x".into()),
                     upstream_password_file: Some(dir.join("missing")),
                 },

@@ -449,6 +449,7 @@ fn auth_users_run_as_their_upstream_users() {
             users: vec![AuthUser {
                 name: "dashboard".into(),
                 password_sha256: sha("local-pw"),
+                password_sha256_file: None,
                 upstream_user: Some("reader".into()),
                 upstream_password_file: Some(file.clone()),
             }],

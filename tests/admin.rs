@@ -540,3 +540,44 @@ fn reads_and_fills_are_counted_by_keyspace() {
     assert_eq!(sample(&m, "cachet_cache_misses_total"), 2.0);
     assert_eq!(sample(&m, "cachet_fills_rejected_total"), 1.0);
 }
+
+/// `[auth]` digests may come from files (a mounted Secret); a reload reads them again,
+/// so a rotated password applies to new logins without a restart.
+#[test]
+fn an_auth_digest_file_is_read_again_on_reload() {
+    use sha2::Digest;
+    let hex = |password: &str| -> String {
+        sha2::Sha256::digest(password.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let digest = dir.path().join("digest");
+    std::fs::write(&digest, format!("{}\n", hex("first"))).unwrap();
+    let path = dir.path().join("cachet.toml");
+    let extra = format!(
+        "\n[auth]\npassword_sha256_file = \"{}\"\n",
+        digest.display()
+    );
+    std::fs::write(&path, config_text(&redis, "cache", &extra)).unwrap();
+    let cachet = start_from_file(&path);
+    let mut c = Raw::connect(cachet.addr);
+    assert!(c.call(&words("GET k")).starts_with(b"-NOAUTH"));
+    assert_eq!(c.call(&words("AUTH first")), b"+OK\r\n");
+    std::fs::write(&digest, hex("second")).unwrap();
+    assert!(
+        c.call(&words("CACHET RELOAD")).starts_with(b"+OK"),
+        "the reload applies"
+    );
+    let mut d = Raw::connect(cachet.addr);
+    assert!(d.call(&words("AUTH first")).starts_with(b"-WRONGPASS"));
+    assert_eq!(d.call(&words("AUTH second")), b"+OK\r\n");
+    // The digest is in no answer.
+    let info = String::from_utf8(c.call(&words("CACHET INFO"))).unwrap();
+    assert!(!info.contains(&hex("second")));
+    let (_, body) = get(cachet.admin.unwrap(), "/config");
+    assert!(body.contains("password_sha256_file"), "{body}");
+    assert!(!body.contains(&hex("second")), "{body}");
+}

@@ -38,6 +38,7 @@ fn auth_config() -> AuthConfig {
         users: vec![AuthUser {
             name: "app".into(),
             password_sha256: sha_hex(APP_PASSWORD),
+            password_sha256_file: None,
             upstream_user: None,
             upstream_password_file: None,
         }],

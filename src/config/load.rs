@@ -82,6 +82,12 @@ pub(super) fn parse(
             ),
         }
     }
+    if let Some(auth) = &mut config.auth {
+        for (key, message) in read_digest_files(auth) {
+            let at = locate(root, &key);
+            loader.fail(&key, at, message);
+        }
+    }
     let owned = checks
         .iter()
         .flat_map(|check| check(&config))
@@ -103,6 +109,54 @@ pub(super) fn parse(
     } else {
         Err(loader.finish())
     }
+}
+
+/// Fills in `[auth]`'s digests given as files (`password_sha256_file`): each file's
+/// first line, which must be a digest. Returns the problems, by key; a digest that
+/// could not be read is left empty, and its key is also blamed for the digest's own
+/// checks (`loader.fail`), so they are not reported again.
+fn read_digest_files(auth: &mut super::AuthConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut read = |key: String, inline: bool, path: &std::path::Path| -> Option<String> {
+        if inline {
+            problems.push((
+                key,
+                "give the digest or a file holding it, not both".to_owned(),
+            ));
+            return None;
+        }
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let digest = text.lines().next().unwrap_or_default().trim().to_owned();
+                match super::validate::check_sha256(&digest) {
+                    Ok(()) => Some(digest),
+                    Err(message) => {
+                        problems.push((key, format!("{}: {message}", path.display())));
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                problems.push((key, format!("cannot read {}: {e}", path.display())));
+                None
+            }
+        }
+    };
+    if let Some(path) = auth.password_sha256_file.clone() {
+        let inline = auth.password_sha256.is_some();
+        let digest = read("auth.password_sha256_file".to_owned(), inline, &path);
+        auth.password_sha256 = digest.or(auth.password_sha256.take());
+    }
+    for (i, user) in auth.users.iter_mut().enumerate() {
+        if let Some(path) = user.password_sha256_file.clone() {
+            let inline = !user.password_sha256.is_empty();
+            let key = format!("auth.users[{i}].password_sha256_file");
+            if let Some(digest) = read(key, inline, &path) {
+                user.password_sha256 = digest;
+            }
+        }
+    }
+    problems
 }
 
 /// A `[[keyspace]]` table and where it starts.

@@ -416,6 +416,9 @@ pub struct AuthConfig {
     /// The `default` user's password (Redis's `requirepass`), for `AUTH <password>`;
     /// `None`: the `default` user cannot log in.
     pub password_sha256: Option<String>,
+    /// A file whose first line is `password_sha256` (a mounted Secret), read at every
+    /// load and reload.
+    pub password_sha256_file: Option<PathBuf>,
     /// `[[auth.users]]`: named users, for `AUTH <name> <password>`.
     pub users: Vec<AuthUser>,
     /// The upstream user the `default` user's commands run as (with
@@ -429,7 +432,12 @@ pub struct AuthConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthUser {
     pub name: String,
+    /// Empty when it comes from `password_sha256_file` (filled in at load).
+    #[serde(default)]
     pub password_sha256: String,
+    /// A file whose first line is `password_sha256`, read at every load and reload.
+    #[serde(default)]
+    pub password_sha256_file: Option<PathBuf>,
     /// The upstream user this user's commands run as, so that Redis enforces that
     /// user's ACL on them; unset: cachet's own user.
     #[serde(default)]
@@ -449,6 +457,7 @@ impl fmt::Debug for AuthConfig {
                 "password_sha256",
                 &self.password_sha256.as_ref().map(|_| "***"),
             )
+            .field("password_sha256_file", &self.password_sha256_file)
             .field("users", &users)
             .field("upstream_user", &self.upstream_user)
             .field("upstream_password_file", &self.upstream_password_file)

@@ -715,7 +715,7 @@ fn auth_errors_name_line_and_key() {
     assert_eq!(
         errors("[auth]\n"),
         [
-            "1: auth: sets no password: give password_sha256 or at least one [[auth.users]] (without an [auth] section clients are not asked to authenticate)"
+            "1: auth: sets no password: give password_sha256 (or password_sha256_file) or at least one [[auth.users]] (without an [auth] section clients are not asked to authenticate)"
         ]
     );
     let twice = format!(
@@ -740,5 +740,53 @@ fn auth_errors_name_line_and_key() {
     assert!(
         missing[0].contains("auth.users") && missing[0].contains("password_sha256"),
         "{missing:?}"
+    );
+}
+
+#[test]
+fn auth_digests_may_come_from_files_read_at_every_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+    let file = dir.path().join("digest");
+    std::fs::write(&file, format!("{digest}\n")).unwrap();
+    let text = format!(
+        "[auth]\npassword_sha256_file = \"{0}\"\n\n[[auth.users]]\nname = \"app\"\npassword_sha256_file = \"{0}\"\n",
+        file.display()
+    );
+    let config = parse(&text).unwrap();
+    let auth = config.auth.as_ref().unwrap();
+    assert_eq!(auth.password_sha256.as_deref(), Some(digest));
+    assert_eq!(auth.users[0].password_sha256, digest);
+    // Never shown: the digest is as good as a weak password.
+    assert!(!format!("{config:?}").contains(digest));
+
+    // A rotated file is read again.
+    let other = "a".repeat(64);
+    std::fs::write(&file, &other).unwrap();
+    let config = parse(&text).unwrap();
+    assert_eq!(config.auth.unwrap().password_sha256, Some(other));
+
+    let missing = dir.path().join("missing");
+    let unread = errors(&format!(
+        "[auth]\npassword_sha256_file = \"{}\"\n",
+        missing.display()
+    ));
+    assert_eq!(unread.len(), 1, "{unread:?}");
+    assert!(
+        unread[0].starts_with("2: auth.password_sha256_file: cannot read "),
+        "{unread:?}"
+    );
+    std::fs::write(&file, "the password itself\n").unwrap();
+    let not_digests = errors(&text);
+    assert_eq!(not_digests.len(), 2, "{not_digests:?}");
+    assert!(not_digests[0].contains("auth.password_sha256_file: "));
+    assert!(not_digests[0].contains("must be a SHA-256 digest"));
+    assert!(not_digests[1].contains("auth.users[0].password_sha256_file: "));
+    assert_eq!(
+        errors(&format!(
+            "[auth]\npassword_sha256 = \"{digest}\"\npassword_sha256_file = \"{}\"\n",
+            file.display()
+        )),
+        ["3: auth.password_sha256_file: give the digest or a file holding it, not both"]
     );
 }

@@ -219,15 +219,20 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
     }
 
     if let Some(auth) = &config.auth {
-        if auth.password_sha256.is_none() && auth.users.is_empty() {
+        // A digest read from a file was checked when it was read (`load.rs`).
+        if auth.password_sha256.is_none()
+            && auth.password_sha256_file.is_none()
+            && auth.users.is_empty()
+        {
             fail(
                 "auth".into(),
-                "sets no password: give password_sha256 or at least one [[auth.users]] \
+                "sets no password: give password_sha256 (or password_sha256_file) or at least one [[auth.users]] \
                  (without an [auth] section clients are not asked to authenticate)"
                     .into(),
             );
         }
         if let Some(digest) = &auth.password_sha256
+            && auth.password_sha256_file.is_none()
             && let Err(message) = check_sha256(digest)
         {
             fail("auth.password_sha256".into(), message);
@@ -248,7 +253,9 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
             } else if !seen.insert(user.name.as_str()) {
                 fail(key("name"), format!("user {:?} is listed twice", user.name));
             }
-            if let Err(message) = check_sha256(&user.password_sha256) {
+            if user.password_sha256_file.is_none()
+                && let Err(message) = check_sha256(&user.password_sha256)
+            {
                 fail(key("password_sha256"), message);
             }
             if user.upstream_user.is_some() != user.upstream_password_file.is_some() {
@@ -288,7 +295,7 @@ pub(super) fn compared_with(key: &str) -> &'static [&'static str] {
 }
 
 /// A SHA-256 digest as 64 hex digits: passwords are never written in the file.
-fn check_sha256(digest: &str) -> Result<(), String> {
+pub(super) fn check_sha256(digest: &str) -> Result<(), String> {
     if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(())
     } else {

@@ -120,18 +120,27 @@ pub struct Context {
     pub draining: std::sync::atomic::AtomicBool,
 }
 
+/// How the upstream knows a session's dedicated connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinnedAt {
+    /// Its address on cachet's side, as `CLIENT LIST` shows it (TCP).
+    Addr(std::net::SocketAddr),
+    /// Its `CLIENT ID`, asked when it was pinned (a Unix socket, where every
+    /// connection has the same address).
+    Id(u64),
+}
+
 /// What other sessions may ask of a session, or know of it.
 #[derive(Debug, Default)]
 pub struct SessionControl {
-    /// The upstream connection the session holds for itself now (its address on
-    /// cachet's side, as `CLIENT LIST` shows it), if any.
-    pinned: std::sync::Mutex<Option<std::net::SocketAddr>>,
+    /// The upstream connection the session holds for itself now, if any.
+    pinned: std::sync::Mutex<Option<PinnedAt>>,
     killed: std::sync::atomic::AtomicBool,
     kill: tokio::sync::Notify,
 }
 
 impl SessionControl {
-    pub fn set_pinned(&self, addr: Option<std::net::SocketAddr>) {
+    pub fn set_pinned(&self, addr: Option<PinnedAt>) {
         if let Ok(mut p) = self.pinned.lock()
             && *p != addr
         {
@@ -139,7 +148,7 @@ impl SessionControl {
         }
     }
 
-    pub fn pinned(&self) -> Option<std::net::SocketAddr> {
+    pub fn pinned(&self) -> Option<PinnedAt> {
         self.pinned.lock().ok().and_then(|p| *p)
     }
 

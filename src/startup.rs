@@ -127,12 +127,21 @@ pub async fn start(config: &Config) -> Result<Started, ServerError> {
     })
 }
 
-/// Listens on the Unix socket at `path`, as Redis does: a socket left there (by a
-/// cachet that did not exit cleanly) is replaced; any other file is an error.
+/// Listens on the Unix socket at `path`, as Redis does: a socket left there by a
+/// process that is gone (a cachet that did not exit cleanly) is replaced; one that
+/// still accepts connections, or any other file, is an error.
 fn bind_unix(path: &Path, perm: Option<u32>) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another process listens on this socket",
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,

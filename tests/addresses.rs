@@ -65,25 +65,30 @@ fn cachet_listens_on_a_unix_socket_as_well_and_removes_it_at_exit() {
     assert!(!path.exists(), "the socket file is removed at exit");
 }
 
-#[test]
-fn a_file_in_the_way_of_the_unix_socket_stops_the_start() {
-    let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("not-a-socket");
-    std::fs::write(&path, "keep me").unwrap();
+/// What a cachet told to listen on the Unix socket `path` says as it fails to start.
+fn refused_start(redis: &RedisServer, dir: &std::path::Path, path: &std::path::Path) -> String {
     let text = format!(
         "[listen]\naddress = \"127.0.0.1:0\"\nunix_socket = \"{}\"\n[upstream]\nurl = \"{}\"\n",
         path.display(),
         redis.url()
     );
-    let file = dir.path().join("cachet.toml");
+    let file = dir.join("cachet.toml");
     std::fs::write(&file, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_cachet"))
         .args(["--config", file.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_file_in_the_way_of_the_unix_socket_stops_the_start() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, "keep me").unwrap();
+    let stderr = refused_start(&redis, dir.path(), &path);
     assert!(
         stderr.contains("not-a-socket") && stderr.contains("not a socket"),
         "{stderr}"
@@ -143,5 +148,62 @@ fn host_names_are_resolved_for_the_listener_and_the_upstream() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Over a Unix socket every upstream connection has the same address, so a session's
+/// dedicated connection is known by its `CLIENT ID`: `CLIENT UNBLOCK` and `CLIENT
+/// TRACKING … REDIRECT` still find it.
+#[test]
+fn client_unblock_and_tracking_redirect_work_over_a_unix_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("redis.sock");
+    let socket_arg = socket.to_string_lossy().into_owned();
+    let _redis = RedisServer::start_with(&["--unixsocket", &socket_arg]);
+    let cachet = Cachet::start(&format!("unix://{}", socket.display()));
+    let mut blocked = Raw::connect(cachet.addr);
+    let id = blocked.call(&words("CLIENT ID"));
+    let id = std::str::from_utf8(&id[1..id.len() - 2])
+        .unwrap()
+        .to_owned();
+    blocked.send(&words("BLPOP list 0"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let mut other = Raw::connect(cachet.addr);
+    assert_eq!(
+        other.call(&words(&format!("CLIENT UNBLOCK {id} TIMEOUT"))),
+        b":1\r\n"
+    );
+    assert_eq!(blocked.frame(), b"*-1\r\n");
+
+    // A subscriber's dedicated connection receives another client's invalidations.
+    let mut subscriber = Raw::connect(cachet.addr);
+    let sub_id = subscriber.call(&words("CLIENT ID"));
+    let sub_id = std::str::from_utf8(&sub_id[1..sub_id.len() - 2])
+        .unwrap()
+        .to_owned();
+    let confirm = subscriber.call(&words("SUBSCRIBE __redis__:invalidate"));
+    assert!(confirm.starts_with(b"*3\r\n"), "{confirm:?}");
+    assert_eq!(
+        other.call(&words(&format!("CLIENT TRACKING ON REDIRECT {sub_id}"))),
+        b"+OK\r\n"
+    );
+    assert_eq!(other.call(&words("GET tracked")), b"$-1\r\n");
+    let mut writer = Raw::connect(cachet.addr);
+    assert_eq!(writer.call(&words("SET tracked v")), b"+OK\r\n");
+    let message = String::from_utf8_lossy(&subscriber.frame()).into_owned();
+    assert!(message.contains("tracked"), "{message}");
+}
+
+#[test]
+fn a_unix_socket_another_process_listens_on_is_left_alone() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("busy.sock");
+    let _live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let stderr = refused_start(&redis, dir.path(), &path);
+    assert!(stderr.contains("another process listens"), "{stderr}");
+    assert!(
+        UnixStream::connect(&path).is_ok(),
+        "the socket is still there"
     );
 }

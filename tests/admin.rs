@@ -497,7 +497,7 @@ fn reads_and_fills_are_counted_by_keyspace() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cachet.toml");
-    let text = config_text(&redis, "cache", "").replace(
+    let text = config_text(&redis, "cache", "\n[consistency]\ncoalesce_wait = \"3s\"\n").replace(
         "pattern = \"k:*\"",
         "pattern = \"a:*\"\nmode = \"cache\"\n\n[[keyspace]]\npattern = \"b:\\\"*\"",
     );
@@ -517,6 +517,13 @@ fn reads_and_fills_are_counted_by_keyspace() {
     assert_eq!(c.call(&cmd(&[b"SET", b1.as_bytes(), b"old"])), b"+OK\r\n");
     // A strict key is not a keyspace's read.
     assert_eq!(c.call(&words("GET other")), b"$-1\r\n");
+    // A reader that waits for another client's fill and gets it: a hit.
+    assert_eq!(c.call(&words("GET a:2")), b"$-1\r\n");
+    let mut waiter = Raw::connect(cachet.addr);
+    waiter.send(&words("GET a:2"));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(c.call(&words("SET a:2 w")), b"+OK\r\n");
+    assert_eq!(waiter.frame(), b"$1\r\nw\r\n");
     let m = metrics(&cachet);
     let count = |family: &str, keyspace: &str, outcome: &str| {
         sample(
@@ -526,9 +533,9 @@ fn reads_and_fills_are_counted_by_keyspace() {
             ),
         )
     };
-    assert_eq!(count("reads", "a:*", "hit"), 3.0, "{m}");
-    assert_eq!(count("reads", "a:*", "miss"), 1.0);
-    assert_eq!(count("fills", "a:*", "stored"), 1.0);
+    assert_eq!(count("reads", "a:*", "hit"), 4.0, "{m}");
+    assert_eq!(count("reads", "a:*", "miss"), 2.0);
+    assert_eq!(count("fills", "a:*", "stored"), 2.0);
     assert_eq!(count("fills", "a:*", "refused"), 0.0);
     // The pattern's quote is escaped in the label, as the exposition format says.
     assert_eq!(count("reads", "b:\\\"*", "hit"), 0.0, "{m}");
@@ -536,8 +543,9 @@ fn reads_and_fills_are_counted_by_keyspace() {
     assert_eq!(count("fills", "b:\\\"*", "stored"), 0.0);
     assert_eq!(count("fills", "b:\\\"*", "refused"), 1.0);
     assert!(!m.contains("keyspace=\"*\""), "{m}");
-    assert_eq!(sample(&m, "cachet_cache_hits_total"), 3.0);
-    assert_eq!(sample(&m, "cachet_cache_misses_total"), 2.0);
+    assert_eq!(sample(&m, "cachet_coalesce_filled_total"), 1.0);
+    assert_eq!(sample(&m, "cachet_cache_hits_total"), 4.0);
+    assert_eq!(sample(&m, "cachet_cache_misses_total"), 3.0);
     assert_eq!(sample(&m, "cachet_fills_rejected_total"), 1.0);
 }
 

@@ -790,3 +790,19 @@ fn auth_digests_may_come_from_files_read_at_every_load() {
         ["3: auth.password_sha256_file: give the digest or a file holding it, not both"]
     );
 }
+
+#[test]
+fn unix_socket_settings_are_checked() {
+    assert_eq!(
+        errors("[listen]\nunix_socket = \"/run/c.sock\"\nunix_socket_perm = 660\n"),
+        [
+            "3: listen.unix_socket_perm: must be at most 0o777 (write it in octal, such as 0o660), not 0o1224"
+        ]
+    );
+    assert_eq!(
+        errors(
+            "[listen]\nunix_socket = \"/run/r.sock\"\n[upstream]\nurl = \"unix:///run/r.sock\"\n"
+        ),
+        ["2: listen.unix_socket: is the upstream's own socket (upstream.url)"]
+    );
+}

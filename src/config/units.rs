@@ -88,7 +88,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Parses `IP:port` (`[v6]:port` for IPv6).
-/// `IP:port`, or `host:port` resolved now (the first address the resolver gives).
+/// `IP:port`, or `host:port` resolved now (at every load and reload: the first IPv4
+/// address the resolver gives, else its first).
 pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse() {
         return Ok(a);
@@ -100,10 +101,18 @@ pub(crate) fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     if host.is_empty() || host.contains([':', '[', ']', ' ']) || port.parse::<u16>().is_err() {
         return Err(invalid());
     }
+    // The first IPv4 address if there is one: `localhost` often resolves to `::1`
+    // first, and applications that reach it as 127.0.0.1 must find cachet there.
     match std::net::ToSocketAddrs::to_socket_addrs(s) {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("address {s:?}: the host name resolves to no address")),
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            addrs
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(addrs.first())
+                .copied()
+                .ok_or_else(|| format!("address {s:?}: the host name resolves to no address"))
+        }
         Err(e) => Err(format!("address {s:?}: cannot resolve the host name: {e}")),
     }
 }

@@ -168,9 +168,12 @@ impl UpstreamUrl {
             return Err("fragments are not supported".to_owned());
         }
         let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (userinfo, path) = match rest.rsplit_once("@/") {
-            Some((userinfo, path)) => (Some(userinfo), format!("/{path}")),
-            None => (None, rest.to_owned()),
+        // `unix:///path`: no credentials, whatever the path holds.
+        let (userinfo, path) = match rest.split_once("@/") {
+            Some((userinfo, path)) if !rest.starts_with('/') => {
+                (Some(userinfo), format!("/{path}"))
+            }
+            _ => (None, rest.to_owned()),
         };
         if !path.starts_with('/') || path.len() < 2 {
             return Err(
@@ -504,6 +507,9 @@ mod tests {
         assert_eq!((u.address().as_str(), u.db), ("/tmp/r.sock", 3));
         assert_eq!(u.to_string(), "unix://app:***@/tmp/r.sock?db=3");
         assert!(!url("redis://h:1").is_unix());
+        // A path with `@/` in it has no credentials.
+        let u = url("unix:///srv/a@/r.sock");
+        assert_eq!((u.address().as_str(), u.username), ("/srv/a@/r.sock", None));
     }
 
     #[test]

@@ -34,6 +34,24 @@ pub(super) fn check(config: &Config) -> Vec<ConfigError> {
         }
     }
 
+    if let Some(perm) = listen.unix_socket_perm
+        && perm > 0o777
+    {
+        fail(
+            "listen.unix_socket_perm".into(),
+            format!("must be at most 0o777 (write it in octal, such as 0o660), not {perm:#o}"),
+        );
+    }
+    if let Some(path) = &listen.unix_socket
+        && config.upstream.url.is_unix()
+        && path.as_os_str() == config.upstream.url.host.as_str()
+    {
+        fail(
+            "listen.unix_socket".into(),
+            "is the upstream's own socket (upstream.url)".into(),
+        );
+    }
+
     if let Some(tls) = &listen.tls {
         if tls.handshake_timeout.is_zero() {
             fail(

@@ -114,8 +114,17 @@ pub(crate) struct CacheKey {
     pub state: Bytes,
     pub hold_off: Duration,
     pub policy: fill::Policy,
-    /// The index of its `[[keyspace]]` rule (its counters, [`Engine::tally`]).
-    pub rule: usize,
+    /// Its `[[keyspace]]` rule (its counters, [`Engine::tally`]).
+    pub rule: RuleOf,
+}
+
+/// A key's `[[keyspace]]` rule: its index in the rules of the engine that looked it up.
+/// A reply may be settled by a newer engine (a reload), whose rules may differ: it
+/// then looks the key up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RuleOf {
+    engine: u64,
+    index: usize,
 }
 
 /// The engine of one cachet.
@@ -140,6 +149,8 @@ pub struct Engine {
     pub tallies: Arc<KeyspaceTallies>,
     /// The counters of each rule by index: `Some` for `cache` rules.
     rule_tallies: Vec<Option<Arc<KeyspaceCounters>>>,
+    /// This engine among the generations of a cachet's engines (reloads).
+    id: u64,
     pub scripts: Scripts,
     pub retries: Arc<retry::RetryQueue>,
     /// What cachet knows of the upstream's life.
@@ -220,9 +231,11 @@ impl Engine {
             .iter()
             .map(|r| (r.mode == KeyspaceMode::Cache).then(|| tallies.get(&r.pattern)))
             .collect();
+        static ENGINES: AtomicU64 = AtomicU64::new(1);
         Engine {
             tallies,
             rule_tallies,
+            id: ENGINES.fetch_add(1, Ordering::Relaxed),
             keyspaces: Keyspaces::new(rules),
             channel: Bytes::copy_from_slice(consistency.invalidation_channel.as_bytes()),
             publish_prefix: {
@@ -306,9 +319,9 @@ impl Engine {
         )
     }
 
-    /// Whether `key` is in a `cache` keyspace (what `cache_key` needs first, without
-    /// building anything): the index of its rule.
-    pub(crate) fn cache_key_rule(&self, key: &[u8]) -> Option<usize> {
+    /// Whether `key` is in a `cache` keyspace and can keep fill-protocol state (what
+    /// `cache_key` needs first, without building anything): its rule.
+    pub(crate) fn cache_key_rule(&self, key: &[u8]) -> Option<RuleOf> {
         if !self.has_cache {
             return None;
         }
@@ -316,14 +329,23 @@ impl Engine {
             KeyspaceMatch {
                 mode: KeyspaceMode::Cache,
                 rule: Some((index, _)),
-            } => Some(index),
+            } if reserved::has_state_key(key) => Some(RuleOf {
+                engine: self.id,
+                index,
+            }),
             _ => None,
         }
     }
 
-    /// The counters of the `cache` rule at `rule`.
-    pub(crate) fn tally(&self, rule: usize) -> Option<&KeyspaceCounters> {
-        self.rule_tallies.get(rule)?.as_deref()
+    /// The counters of `key`'s `cache` rule, found by `rule` when this engine looked it
+    /// up, else looked up again.
+    pub(crate) fn tally(&self, rule: RuleOf, key: &[u8]) -> Option<&KeyspaceCounters> {
+        let index = if rule.engine == self.id {
+            rule.index
+        } else {
+            self.cache_key_rule(key)?.index
+        };
+        self.rule_tallies.get(index)?.as_deref()
     }
 
     /// The fill-protocol view of `key`, if it is in a `cache` keyspace.
@@ -338,7 +360,10 @@ impl Engine {
         let index = m.rule.map_or(0, |(i, _)| i);
         let rule = m.rule.map(|(_, r)| r);
         Some(CacheKey {
-            rule: index,
+            rule: RuleOf {
+                engine: self.id,
+                index,
+            },
             state: reserved::state_key(&self.prefix, key)?,
             hold_off: rule.and_then(|r| r.hold_off).unwrap_or(self.hold_off),
             policy: match rule.and_then(|r| r.write_through).unwrap_or_default() {

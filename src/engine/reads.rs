@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::time::Instant;
 
 use super::settle::{FollowUp, Settle, SettleContext, Settled, is_null, null, slice_of};
-use super::{Engine, Plan, evalsha, ms_bytes};
+use super::{Engine, Plan, RuleOf, evalsha, ms_bytes};
 use crate::command::CommandInfo;
 use crate::resp::Request;
 use crate::resp::reply::{elements, int_value, push_header};
@@ -26,8 +26,8 @@ pub struct ReadState {
     keys: Vec<Bytes>,
     /// Each key's state hash, when the key is in a `cache` keyspace.
     states: Vec<Option<Bytes>>,
-    /// Each `cache` key's rule (its counters); 0 for the others.
-    rules: Vec<usize>,
+    /// Each `cache` key's rule (its counters); a default for the others.
+    rules: Vec<RuleOf>,
     mget: bool,
     proto: u8,
     /// Each key's value frame so far (`None`: absent so far).
@@ -83,7 +83,7 @@ impl Engine {
         &self,
         key: Bytes,
         proto: u8,
-        rule: usize,
+        rule: RuleOf,
         reply: Bytes,
         cx: SettleContext<'_>,
     ) -> Settled {
@@ -92,7 +92,7 @@ impl Engine {
         }
         if !is_null(&reply) {
             self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if let Some(t) = self.tally(rule) {
+            if let Some(t) = self.tally(rule, &key) {
                 t.hits.fetch_add(1, Ordering::Relaxed);
             }
             return Settled::Reply(reply);
@@ -107,7 +107,12 @@ impl Engine {
     /// Counts a read of the `i`th key, a `cache` key: a hit or a miss, in all and in
     /// its keyspace.
     fn count_read(&self, st: &ReadState, i: usize, hit: bool) {
-        let (all, tally) = match (hit, st.rules.get(i).and_then(|&r| self.tally(r))) {
+        let tally = st
+            .rules
+            .get(i)
+            .zip(st.keys.get(i))
+            .and_then(|(&r, key)| self.tally(r, key));
+        let (all, tally) = match (hit, tally) {
             (true, t) => (&self.stats.cache_hits, t.map(|t| &t.hits)),
             (false, t) => (&self.stats.cache_misses, t.map(|t| &t.misses)),
         };
@@ -125,7 +130,7 @@ impl Engine {
             .iter()
             .map(|k| {
                 let c = self.cache_key(k);
-                rules.push(c.as_ref().map_or(0, |c| c.rule));
+                rules.push(c.as_ref().map(|c| c.rule).unwrap_or_default());
                 c.map(|c| {
                     hold_off = hold_off.max(c.hold_off);
                     c.state
@@ -222,6 +227,9 @@ impl Engine {
                 1 if mode != "record" => {
                     if let (Some(v), Some(slot)) = (arg, st.values.get_mut(i)) {
                         *slot = Some(slice_of(reply, v));
+                        // Found after all (another client's fill, or one that landed
+                        // since the plain read): a hit.
+                        self.count_read(&st, i, true);
                         if st.waited_for_lease {
                             self.stats.coalesce_filled.fetch_add(1, Ordering::Relaxed);
                         }

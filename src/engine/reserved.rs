@@ -54,11 +54,10 @@ pub use crate::command::slot::hash_tag;
 /// colocation impossible (an unterminated or empty tag that a wrapping `{…}` would
 /// change); such a key is handled as `strict`.
 pub fn state_key(prefix: &[u8], key: &[u8]) -> Option<Bytes> {
-    let tag = hash_tag(key);
-    // Wrapping `tag` in braces must make exactly `tag` the new key's hash tag.
-    if tag.is_empty() || tag.contains(&b'}') {
+    if !has_state_key(key) {
         return None;
     }
+    let tag = hash_tag(key);
     let mut out = BytesMut::with_capacity(prefix.len() + tag.len() + key.len() + 5);
     out.extend_from_slice(prefix);
     out.put_u8(b'{');
@@ -66,6 +65,13 @@ pub fn state_key(prefix: &[u8], key: &[u8]) -> Option<Bytes> {
     out.extend_from_slice(b"}:s:");
     out.extend_from_slice(key);
     Some(out.freeze())
+}
+
+/// Whether `key` can have a state hash ([`state_key`] is `Some`), without building it:
+/// wrapping its hash tag in braces must make exactly that tag the new key's tag.
+pub fn has_state_key(key: &[u8]) -> bool {
+    let tag = hash_tag(key);
+    !tag.is_empty() && !tag.contains(&b'}')
 }
 
 /// `prefix` as a `KEYS`/`SCAN MATCH` pattern that matches every reserved key.

@@ -22,8 +22,8 @@ pub enum Settle {
     /// A rewritten command: the reply is translated back (`translate.rs`).
     Translate(Translate),
     /// A `GET` of a `cache` key (`reads.rs`): the key, the client's protocol and the
-    /// index of the key's rule.
-    Get(Bytes, u8, usize),
+    /// key's rule.
+    Get(Bytes, u8, super::RuleOf),
     /// A `GET` that missed, or an `MGET`, of `cache` keys (`reads.rs`).
     Read(Box<ReadState>),
     /// A `SET` or one of its relatives judged by a script (`stores.rs`).

@@ -304,7 +304,7 @@ impl Engine {
                 Verdict::Kept | Verdict::Deleted | Verdict::Dropped => false,
                 _ => continue,
             };
-            if let Some(t) = self.cache_key_rule(key).and_then(|r| self.tally(r)) {
+            if let Some(t) = self.cache_key_rule(key).and_then(|r| self.tally(r, key)) {
                 let c = if fill {
                     &t.fills_stored
                 } else {

@@ -303,8 +303,12 @@ impl Session {
 /// `CLIENT LIST` asked as cachet's own user; `None` when no such connection is listed.
 async fn upstream_client_id(
     upstream: &crate::upstream::Upstream,
-    addr: std::net::SocketAddr,
+    at: crate::context::PinnedAt,
 ) -> Result<Option<u64>, UpstreamError> {
+    let addr = match at {
+        crate::context::PinnedAt::Id(id) => return Ok(Some(id)),
+        crate::context::PinnedAt::Addr(addr) => addr,
+    };
     let limit = upstream.settings().command_timeout;
     let own = upstream.logins.own().clone();
     let mut conn = upstream.connect_as(&own).await?;

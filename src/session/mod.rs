@@ -24,7 +24,6 @@ mod replies;
 mod shared;
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -80,7 +79,7 @@ pub struct Session {
     /// What other sessions may ask of this one (`CLIENT UNBLOCK`, `CLIENT KILL ID`).
     control: Arc<crate::context::SessionControl>,
     /// The pinned connection's address as last told to `control`.
-    pinned_at: Option<SocketAddr>,
+    pinned_at: Option<crate::context::PinnedAt>,
     ctx: Arc<Context>,
     peer: crate::stream::Peer,
     table: Arc<CommandTable>,
@@ -278,7 +277,7 @@ impl Session {
                 break;
             }
             let (want_read, deadline, wake) = self.arm();
-            let pinned_at = self.pinned.as_ref().and_then(|p| p.local);
+            let pinned_at = self.pinned.as_ref().and_then(|p| p.at);
             if pinned_at != self.pinned_at {
                 self.pinned_at = pinned_at;
                 self.control.set_pinned(pinned_at);

@@ -113,8 +113,9 @@ pub enum SessionEffect {
 
 #[derive(Debug)]
 pub struct Pinned {
-    /// The connection's address on cachet's side (how `CLIENT LIST` names it).
-    pub local: Option<std::net::SocketAddr>,
+    /// How the upstream knows the connection (`CLIENT UNBLOCK`, `CLIENT TRACKING …
+    /// REDIRECT` of other sessions).
+    pub at: Option<crate::context::PinnedAt>,
     rd: ReadHalf,
     wr: WriteHalf,
     buf: BytesMut,
@@ -162,11 +163,16 @@ const CONFIRMATIONS: [&[u8]; 6] = [
 ];
 
 impl Pinned {
-    pub fn new(conn: Stream, identity: Identity) -> Pinned {
-        let local = conn.local_addr();
+    /// A dedicated connection; `upstream_id` is its `CLIENT ID` where its address
+    /// cannot tell it apart (a Unix socket).
+    pub fn new(conn: Stream, identity: Identity, upstream_id: Option<u64>) -> Pinned {
+        let at = match (conn.local_addr(), upstream_id) {
+            (Some(addr), _) => Some(crate::context::PinnedAt::Addr(addr)),
+            (None, id) => id.map(crate::context::PinnedAt::Id),
+        };
         let (rd, wr) = conn.split();
         Pinned {
-            local,
+            at,
             rd,
             wr,
             buf: BytesMut::with_capacity(4096),

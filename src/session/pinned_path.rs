@@ -88,8 +88,14 @@ impl Session {
             }
         }
         match self.ctx.upstream.pin(self.identity()).await {
-            Ok(conn) => {
-                let mut p = Pinned::new(conn, self.identity());
+            Ok(mut conn) => {
+                let upstream_id = match conn.local_addr() {
+                    Some(_) => None,
+                    None => {
+                        upstream_id(&mut conn, self.ctx.upstream.settings().command_timeout).await
+                    }
+                };
+                let mut p = Pinned::new(conn, self.identity(), upstream_id);
                 let reason = if self.deferred_multi {
                     PinReason::Transaction
                 } else {
@@ -286,4 +292,17 @@ pub(super) async fn read_pinned(pinned: &mut Option<Pinned>) -> std::io::Result<
         Some(p) => p.read().await,
         None => std::future::pending().await,
     }
+}
+
+/// The `CLIENT ID` of a connection whose address cannot name it (a Unix socket);
+/// `None` if it does not answer in time, which leaves the session unreachable by
+/// `CLIENT UNBLOCK` and `CLIENT TRACKING … REDIRECT`, nothing worse.
+async fn upstream_id(conn: &mut crate::stream::Stream, limit: std::time::Duration) -> Option<u64> {
+    let ask = vec![Bytes::from_static(b"CLIENT"), Bytes::from_static(b"ID")];
+    let replies = tokio::time::timeout(limit, crate::upstream::connect::roundtrip(conn, &[ask]))
+        .await
+        .ok()?
+        .ok()?;
+    let id = crate::resp::reply::int_value(replies.first()?)?;
+    u64::try_from(id).ok()
 }

@@ -240,8 +240,9 @@ pub struct Upstream {
     /// Round trips of shared-connection requests (a metric).
     pub rtt: Arc<Histogram>,
     pub logins: Arc<Logins>,
-    pools: DashMap<Identity, Pool>,
-    idle: DashMap<Identity, Vec<Stream>>,
+    /// By identity, looked up for every batch (foldhash: identities are cachet's own).
+    pools: DashMap<Identity, Pool, foldhash::fast::RandomState>,
+    idle: DashMap<Identity, Vec<Stream>, foldhash::fast::RandomState>,
 }
 
 impl Upstream {
@@ -262,8 +263,8 @@ impl Upstream {
             node_settings: std::sync::RwLock::new(Vec::new()),
             rtt: Arc::new(Histogram::default()),
             logins,
-            pools: DashMap::new(),
-            idle: DashMap::new(),
+            pools: DashMap::default(),
+            idle: DashMap::default(),
         }
     }
 

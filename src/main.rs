@@ -174,8 +174,10 @@ fn reload_on_sighup(ctx: std::sync::Arc<cachet::context::Context>) {
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP received: reloading the configuration");
-            // The outcome is logged by the reload itself.
-            let _ = ctx.reload();
+            // The outcome is logged by the reload itself. Off the runtime's threads:
+            // a reload reads files and may resolve host names, which can block.
+            let ctx = ctx.clone();
+            let _ = tokio::task::spawn_blocking(move || ctx.reload()).await;
         }
     });
 }

@@ -1,6 +1,7 @@
 //! cachet as a sidecar going away: on SIGTERM `/readyz` turns 503 at once while old
 //! and new clients are still served for `[listen] drain_delay`, then a graceful
-//! shutdown; SIGINT stops at once (docs/configuration.md, "Command line").
+//! shutdown; SIGINT stops at once; SIGHUP reloads (docs/configuration.md, "Command
+//! line").
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -119,6 +120,37 @@ fn sigint_stops_at_once() {
     signal(&child, "INT");
     let took = wait_exit(&mut child, Duration::from_secs(5));
     assert!(took < DRAIN, "took {took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGHUP reloads the file (off the runtime's threads) without dropping a client.
+#[test]
+fn sighup_reloads_the_configuration() {
+    let redis = RedisServer::start();
+    let dir = tempdir();
+    let (mut child, addr, _) = start(&redis, &dir);
+    let mut c = Raw::connect(addr);
+    assert_eq!(c.call(&words("ECHO before")), b"$6\r\nbefore\r\n");
+    let config = dir.join("cachet.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[commands]\ndeny = [\"ECHO\"]\n");
+    std::fs::write(&config, text).unwrap();
+    signal(&child, "HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = c.call(&words("ECHO after"));
+        if reply.starts_with(b"-") {
+            assert!(
+                String::from_utf8_lossy(&reply).contains("ECHO"),
+                "{reply:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not reloaded: {reply:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(&child, "INT");
+    wait_exit(&mut child, Duration::from_secs(5));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -5,13 +5,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use std::path::PathBuf;
 use tokio::io::AsyncWriteExt;
-
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{Notify, watch};
 
@@ -197,8 +196,6 @@ impl Server {
             let _guard = guard;
             let peer = incoming.peer();
             let stream = match (tls, incoming) {
-                (None, incoming) => incoming.into_stream(),
-                (Some(_), Incoming::Unix(stream)) => Stream::Unix(stream),
                 // The handshake runs in the client's own task, under a deadline, so a
                 // slow or hostile client delays nobody else.
                 (Some((acceptor, limit)), Incoming::Tcp(stream, _)) => {
@@ -221,6 +218,7 @@ impl Server {
                         }
                     }
                 }
+                (_, incoming) => incoming.into_stream(),
             };
             session::run(ctx, stream, peer).await;
         });

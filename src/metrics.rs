@@ -696,33 +696,28 @@ impl Collector for Scrape {
             counter(&mut enc, name, help, v)?;
         }
         let keyspaces = self.keyspaces.snapshot();
-        {
-            let mut f = enc.encode_descriptor(
+        let families = [
+            (
                 "keyspace_reads",
                 "Reads of keys of each cache keyspace (GET, and each key of MGET), by the keyspace's pattern and outcome (hit or miss).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (pattern, [hits, misses, _, _]) in &keyspaces {
-                for (outcome, v) in [("hit", hits), ("miss", misses)] {
-                    let labels = [("keyspace", pattern.as_str()), ("outcome", outcome)];
-                    f.encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
-                }
-            }
-        }
-        {
-            let mut f = enc.encode_descriptor(
+                ["hit", "miss"],
+                0,
+            ),
+            (
                 "keyspace_fills",
                 "SETs of keys of each cache keyspace that a recorded miss explained, by the keyspace's pattern and outcome (stored, or refused: kept, deleted or dropped).",
-                None,
-                MetricType::Counter,
-            )?;
-            for (pattern, [_, _, stored, refused]) in &keyspaces {
-                for (outcome, v) in [("stored", stored), ("refused", refused)] {
+                ["stored", "refused"],
+                2,
+            ),
+        ];
+        for (name, help, outcomes, first) in families {
+            let mut f = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (pattern, counts) in &keyspaces {
+                for (i, outcome) in outcomes.into_iter().enumerate() {
+                    let v = counts.get(first + i).copied().unwrap_or(0);
                     let labels = [("keyspace", pattern.as_str()), ("outcome", outcome)];
                     f.encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, u64, u64>(v, None)?;
+                        .encode_counter::<NoLabelSet, u64, u64>(&v, None)?;
                 }
             }
         }

@@ -47,12 +47,6 @@ impl std::fmt::Display for Peer {
     }
 }
 
-impl From<std::net::SocketAddr> for Peer {
-    fn from(a: std::net::SocketAddr) -> Peer {
-        Peer::Tcp(a)
-    }
-}
-
 impl From<TcpStream> for Stream {
     fn from(s: TcpStream) -> Stream {
         Stream::Plain(s)

@@ -42,6 +42,13 @@ pub struct Held {
     keys: Vec<Bytes>,
 }
 
+impl Held {
+    /// Whether no token is held.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
         for key in &self.keys {
@@ -58,6 +65,29 @@ impl KeyLocks {
     /// Takes the tokens of `keys` for `owner`, or tells what to wait on. `keys` need not
     /// be sorted or unique.
     pub fn try_acquire(self: &Arc<Self>, owner: u64, keys: &[Bytes]) -> Result<Held, Arc<Notify>> {
+        let mut held = self.none_held(keys.len());
+        self.try_acquire_into(owner, keys, &mut held)?;
+        Ok(held)
+    }
+
+    /// No token yet, with room for `keys`: what `try_acquire_into` adds to.
+    pub fn none_held(self: &Arc<Self>, keys: usize) -> Held {
+        Held {
+            locks: self.clone(),
+            keys: Vec::with_capacity(keys),
+        }
+    }
+
+    /// Takes the tokens of `keys` for `owner` into `held` (tokens of these locks, of the
+    /// same owner: one release for a whole transaction of writes), or tells what to
+    /// wait on and leaves `held` as it was.
+    pub fn try_acquire_into(
+        &self,
+        owner: u64,
+        keys: &[Bytes],
+        held: &mut Held,
+    ) -> Result<(), Arc<Notify>> {
+        debug_assert!(std::ptr::eq(Arc::as_ptr(&held.locks), self));
         let sorted;
         let ordered: &[Bytes] = if keys.len() <= 1 {
             keys
@@ -68,10 +98,7 @@ impl KeyLocks {
             sorted = copy;
             &sorted
         };
-        let mut held = Held {
-            locks: self.clone(),
-            keys: Vec::with_capacity(ordered.len()),
-        };
+        let mark = held.keys.len();
         for key in ordered {
             match self.map.entry(key.clone()) {
                 Entry::Vacant(v) => {
@@ -89,7 +116,10 @@ impl KeyLocks {
                             .get_or_insert_with(|| Arc::new(Notify::new()))
                             .clone();
                         drop(o);
-                        // Dropping `held` gives back what was taken so far.
+                        // What this call took so far is given back.
+                        for taken in held.keys.drain(mark..) {
+                            self.release_one(&taken);
+                        }
                         return Err(notify);
                     }
                     h.count += 1;
@@ -97,7 +127,7 @@ impl KeyLocks {
             }
             held.keys.push(key.clone());
         }
-        Ok(held)
+        Ok(())
     }
 
     /// Takes the tokens, waiting for other connections' writes of these keys to be
@@ -138,15 +168,21 @@ impl KeyLocks {
     }
 
     fn release_one(&self, key: &Bytes) {
-        if let Entry::Occupied(mut o) = self.map.entry(key.clone()) {
-            let h = o.get_mut();
+        // One lookup, and no copy of the key: the count drops, and at zero the entry
+        // goes.
+        let removed = self.map.remove_if_mut(key, |_, h| {
             h.count = h.count.saturating_sub(1);
-            if h.count == 0 {
-                let (_, h) = o.remove_entry();
-                if let Some(released) = h.released {
-                    released.notify_waiters();
-                }
-            }
+            h.count == 0
+        });
+        if let Some((
+            _,
+            Holder {
+                released: Some(released),
+                ..
+            },
+        )) = removed
+        {
+            released.notify_waiters();
         }
     }
 

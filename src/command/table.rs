@@ -39,6 +39,12 @@ impl Hasher for NameHasher {
         }
     }
 
+    /// The length prefix `Hash` writes for a slice: one step, not eight.
+    fn write_usize(&mut self, n: usize) {
+        self.0 ^= n as u64;
+        self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+    }
+
     fn finish(&self) -> u64 {
         self.0
     }
@@ -140,11 +146,7 @@ impl CommandTable {
     /// container itself when the subcommand is missing or unknown.
     pub fn lookup(&self, args: &[Bytes]) -> Option<&Arc<CommandInfo>> {
         let name = args.first()?;
-        // Redis dispatches on top-level names only; `client|setname` is not one.
-        if name.contains(&b'|') {
-            return None;
-        }
-        let entry = self.find(&[name])?;
+        let entry = self.find_top(name)?;
         if entry.has_subcommands
             && let Some(sub) = args.get(1)
             && let Some(sub) = self.find(&[name, b"|", sub])
@@ -199,6 +201,31 @@ impl CommandTable {
     }
 
     /// Looks up the concatenation of `parts`, lowercased.
+    /// A top-level command by the name a client sent: lowercased on the stack in the
+    /// same pass that refuses a `|` (Redis dispatches on top-level names only;
+    /// `client|setname` is not one).
+    fn find_top(&self, name: &[u8]) -> Option<&Entry> {
+        if name.len() > self.longest_name {
+            return None;
+        }
+        let mut stack = [0u8; STACK_NAME];
+        let Some(buf) = stack.get_mut(..name.len()) else {
+            // Only a module command could have a name this long.
+            return if name.contains(&b'|') {
+                None
+            } else {
+                self.find(&[name])
+            };
+        };
+        for (slot, &b) in buf.iter_mut().zip(name) {
+            if b == b'|' {
+                return None;
+            }
+            *slot = b.to_ascii_lowercase();
+        }
+        self.by_name.get(&*buf)
+    }
+
     fn find(&self, parts: &[&[u8]]) -> Option<&Entry> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > self.longest_name {

@@ -13,11 +13,16 @@ pub struct CommandTally {
 
 impl CommandTally {
     pub fn count(&self, outcome: Outcome) {
+        self.count_many(outcome, 1);
+    }
+
+    /// Counts `n` commands of one outcome.
+    pub fn count_many(&self, outcome: Outcome, n: u64) {
         let c = match outcome {
             Outcome::Ok => &self.ok,
             Outcome::Error => &self.error,
         };
-        c.fetch_add(1, Ordering::Relaxed);
+        c.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self, outcome: Outcome) -> u64 {

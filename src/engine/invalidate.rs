@@ -58,8 +58,9 @@ impl Engine {
         info: &CommandInfo,
         keys: &[KeyRef],
         db: u32,
+        only: Option<KeyspaceMode>,
     ) -> Result<Plan, Bytes> {
-        if let Some(plan) = self.strict_write_plan(req, info, keys) {
+        if let Some(plan) = self.strict_write_plan(req, info, keys, only) {
             return Ok(plan);
         }
         self.lock_refusal(req, info, keys)?;
@@ -104,12 +105,14 @@ impl Engine {
     /// The plan of the most common write, built without intermediate lists: a command
     /// cachet sends as is, whose written keys are all `strict`, in the current
     /// database. `MULTI`, the command, one `PUBLISH` per key, `EXEC`; the re-sent
-    /// invalidation is a slice of the same bytes. `None` for anything else.
+    /// invalidation is a slice of the same bytes. `None` for anything else. `only`:
+    /// the mode of the command's one key, when the caller looked it up.
     fn strict_write_plan(
         &self,
         req: &Request,
         info: &CommandInfo,
         keys: &[KeyRef],
+        only: Option<KeyspaceMode>,
     ) -> Option<Plan> {
         if info.flags.contains(CommandFlags::NO_MULTI)
             || !matches!(info.kind, CommandKind::Plain)
@@ -126,7 +129,11 @@ impl Engine {
             {
                 continue;
             }
-            if self.keyspaces().lookup(key).mode != KeyspaceMode::Strict {
+            let mode = match (only, keys.len()) {
+                (Some(mode), 1) => mode,
+                _ => self.keyspaces().lookup(key).mode,
+            };
+            if mode != KeyspaceMode::Strict {
                 return None;
             }
             written.push(key.clone());

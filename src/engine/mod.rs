@@ -389,8 +389,21 @@ impl Engine {
         };
         keys.clear();
         info.keys(&req.args, keys);
-        self.check_reserved(req, keys)?;
-        if self.has_cache && info.arity_ok(req.args.len()) {
+        self.check_reserved(req, info, keys)?;
+        // The one key of most commands, looked up once: outside every `cache`
+        // keyspace it needs neither the read nor the store protocol (both only ever
+        // concern the command's keys).
+        let only = match keys.as_slice() {
+            [k] => req
+                .args
+                .get(k.index)
+                .map(|key| self.keyspaces.lookup(key).mode),
+            _ => None,
+        };
+        if self.has_cache
+            && only.is_none_or(|mode| mode == KeyspaceMode::Cache)
+            && info.arity_ok(req.args.len())
+        {
             if let Some(plan) = self.read_plan(req, info, proto) {
                 return Ok(plan);
             }
@@ -427,23 +440,28 @@ impl Engine {
         if !info.is_write() {
             return Ok(Plan::forward(req));
         }
-        self.write_plan(req, info, keys, db)
+        self.write_plan(req, info, keys, db, only)
     }
 
     /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that
     /// can expand to them, or as arguments of `DEBUG` (which has no key positions but
     /// reads keys: `DEBUG OBJECT`, `DEBUG DIGEST-VALUE`).
-    pub fn check_reserved(&self, req: &Request, keys: &[KeyRef]) -> Result<(), Bytes> {
+    pub fn check_reserved(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &[KeyRef],
+    ) -> Result<(), Bytes> {
         let named = keys.iter().any(|k| {
             req.args
                 .get(k.index)
                 .is_some_and(|a| a.starts_with(&self.prefix))
         });
-        let name = req.args.first().map_or(&[][..], |n| &n[..]);
-        let patterned = (name.eq_ignore_ascii_case(b"SORT")
-            || name.eq_ignore_ascii_case(b"SORT_RO"))
+        // The table's lowercase name: no case-folding compare per command.
+        let name = info.name.as_str();
+        let patterned = matches!(name, "sort" | "sort_ro")
             && reserved::sort_patterns_reach(&req.args, &self.prefix);
-        let debugged = name.eq_ignore_ascii_case(b"DEBUG")
+        let debugged = (name == "debug" || name.starts_with("debug|"))
             && req.args.iter().skip(2).any(|a| a.starts_with(&self.prefix));
         if named || patterned || debugged {
             self.stats

@@ -74,7 +74,7 @@ impl Engine {
         }
         keys.clear();
         info.keys(&req.args, keys);
-        self.check_reserved(req, keys)?;
+        self.check_reserved(req, info, keys)?;
         let arity = info.arity_ok(req.args.len());
         let in_multi = situation == Situation::Transaction;
         if self.has_cache() && arity && situation != Situation::Blocking {

@@ -146,16 +146,25 @@ impl Engine {
                 let keys = args.len().saturating_sub(1) / 2;
                 return self.mset_call(req, StoreKind::MSetNx { keys }, scope, style);
             }
-            name => set_form(name, args)?,
+            // The key's keyspace first: most stores are of `strict` keys, which are
+            // not judged, and need nothing parsed or built.
+            name => {
+                if !matches!(name, "set" | "setex" | "psetex" | "setnx" | "getset") {
+                    return None;
+                }
+                let key = args.get(1)?;
+                self.cache_key_rule(key)?;
+                set_form(name, args)?
+            }
         };
         let value_at = if matches!(info.name.as_str(), "setex" | "psetex") {
             3
         } else {
             2
         };
-        let (check, resend) = acl_check(req, scope, |i| i == value_at);
         let key = args.get(1)?;
         let c = self.cache_key(key)?;
+        let (check, resend) = acl_check(req, scope, |i| i == value_at);
         let mut argv = vec![
             Bytes::from_static(c.policy.as_str().as_bytes()),
             ms_bytes(self.fill_window),

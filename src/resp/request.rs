@@ -174,16 +174,22 @@ impl Decoder {
         let progress = match self.progress.take() {
             Some(p) => p,
             None => {
-                let Some(eol) = find_crlf(buf, 0) else {
-                    if buf.len() as u64 > limits.max_inline_len {
-                        return Err(ProtocolError::TooBigMbulkCount);
+                let (count, eol) = match short_count(buf, 1) {
+                    Some(found) => found,
+                    None => {
+                        let Some(eol) = find_crlf(buf, 0) else {
+                            if buf.len() as u64 > limits.max_inline_len {
+                                return Err(ProtocolError::TooBigMbulkCount);
+                            }
+                            return Ok(Step::Incomplete);
+                        };
+                        let count = buf
+                            .get(1..eol)
+                            .and_then(parse_int)
+                            .ok_or(ProtocolError::InvalidMultibulkLength)?;
+                        (count, eol)
                     }
-                    return Ok(Step::Incomplete);
                 };
-                let count = buf
-                    .get(1..eol)
-                    .and_then(parse_int)
-                    .ok_or(ProtocolError::InvalidMultibulkLength)?;
                 if count > i64::from(i32::MAX)
                     || (count > 0 && count as u64 > limits.max_multibulk_len)
                 {
@@ -219,21 +225,31 @@ impl Decoder {
                 self.progress = Some(p);
                 return Ok(Step::Incomplete);
             }
-            let Some(eol) = find_crlf(buf, p.pos) else {
-                if (buf.len() - p.pos) as u64 > limits.max_inline_len {
-                    return Err(ProtocolError::TooBigBulkCount);
-                }
-                self.progress = Some(p);
-                return Ok(Step::Incomplete);
+            let fast = match buf.get(p.pos) {
+                Some(b'$') => short_count(buf, p.pos + 1),
+                _ => None,
             };
-            let tag = buf.get(p.pos).copied().unwrap_or(b'?');
-            if tag != b'$' {
-                return Err(ProtocolError::ExpectedBulk(char::from(tag)));
-            }
-            let len = buf
-                .get(p.pos + 1..eol)
-                .and_then(parse_int)
-                .ok_or(ProtocolError::InvalidBulkLength)?;
+            let (len, eol) = match fast {
+                Some(found) => found,
+                None => {
+                    let Some(eol) = find_crlf(buf, p.pos) else {
+                        if (buf.len() - p.pos) as u64 > limits.max_inline_len {
+                            return Err(ProtocolError::TooBigBulkCount);
+                        }
+                        self.progress = Some(p);
+                        return Ok(Step::Incomplete);
+                    };
+                    let tag = buf.get(p.pos).copied().unwrap_or(b'?');
+                    if tag != b'$' {
+                        return Err(ProtocolError::ExpectedBulk(char::from(tag)));
+                    }
+                    let len = buf
+                        .get(p.pos + 1..eol)
+                        .and_then(parse_int)
+                        .ok_or(ProtocolError::InvalidBulkLength)?;
+                    (len, eol)
+                }
+            };
             if len < 0 || len as u64 > limits.max_bulk_len {
                 return Err(ProtocolError::InvalidBulkLength);
             }
@@ -339,9 +355,47 @@ pub fn command_name(data: &[u8]) -> Option<&[u8]> {
 }
 
 /// Position of the `\r` of the first `\r\n` at or after `from`.
+/// Bytes of a line looked at one by one before `find_crlf` hands over to `memchr`.
+const SHORT_LINE: usize = 16;
+
+/// The common header of a request: a count of at most nine digits at `from`, without
+/// sign or leading zero, ended by CRLF: its value and where its CRLF is, read in one
+/// pass. `None` for anything else, which the general path (`find_crlf`, `parse_int`)
+/// then reads or refuses exactly as before: both agree wherever this answers
+/// (`tests::short_counts_agree_with_the_general_path`).
+#[inline]
+fn short_count(buf: &[u8], from: usize) -> Option<(i64, usize)> {
+    let digits = buf.get(from..)?;
+    let mut v: i64 = 0;
+    for (i, &b) in digits.iter().enumerate().take(10) {
+        match b {
+            b'0'..=b'9' if !(i == 1 && v == 0) => v = v * 10 + i64::from(b - b'0'),
+            b'\r' if i > 0 => {
+                return (digits.get(i + 1) == Some(&b'\n')).then_some((v, from + i));
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Where the first CRLF at or after `from` starts. Most RESP lines are a few bytes
+/// (`+OK`, `:1`, `$3`), shorter than `memchr`'s set-up, so the first bytes are looked
+/// at one by one.
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
+    let head = hay.get(..SHORT_LINE).unwrap_or(hay);
     let mut i = 0;
+    while let Some(&b) = head.get(i) {
+        if b == b'\r' {
+            match hay.get(i + 1) {
+                Some(b'\n') => return Some(from + i),
+                Some(_) => {}
+                None => return None,
+            }
+        }
+        i += 1;
+    }
     while let Some(off) = hay.get(i..).and_then(|h| memchr::memchr(b'\r', h)) {
         let at = i + off;
         match hay.get(at + 1) {
@@ -496,6 +550,60 @@ fn hex(c: u8) -> Option<u8> {
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Wherever the one-pass count reader answers, the general path answers the
+        /// same count and the same line end.
+        #[test]
+        fn short_counts_agree_with_the_general_path(
+            line in proptest::collection::vec(
+                proptest::sample::select(b"0123456789-+\r\n$* x".to_vec()), 0..16)
+        ) {
+            let mut buf = b"$".to_vec();
+            buf.extend_from_slice(&line);
+            if let Some((v, eol)) = short_count(&buf, 1) {
+                let general = find_crlf(&buf, 0);
+                proptest::prop_assert_eq!(general, Some(eol));
+                proptest::prop_assert_eq!(buf.get(1..eol).and_then(parse_int), Some(v));
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The first CRLF, found one byte at a time or by `memchr`, is the first CRLF.
+        #[test]
+        fn find_crlf_finds_the_first_crlf(
+            hay in proptest::collection::vec(
+                proptest::sample::select(b"ab\r\n".to_vec()), 0..48),
+            from in 0usize..50,
+        ) {
+            let naive = hay
+                .windows(2)
+                .enumerate()
+                .skip(from)
+                .find(|(_, w)| *w == b"\r\n")
+                .map(|(i, _)| i);
+            proptest::prop_assert_eq!(find_crlf(&hay, from), naive);
+        }
+    }
+
+    #[test]
+    fn short_counts_read_the_common_headers_only() {
+        assert_eq!(short_count(b"*3\r\n", 1), Some((3, 2)));
+        assert_eq!(short_count(b"$0\r\n\r\n", 1), Some((0, 2)));
+        assert_eq!(short_count(b"$123456789\r\n", 1), Some((123_456_789, 10)));
+        for other in [
+            &b"$1234567890\r\n"[..],
+            b"$01\r\n",
+            b"$-1\r\n",
+            b"$\r\n",
+            b"$3\r",
+            b"$3\rx",
+            b"$3",
+        ] {
+            assert_eq!(short_count(other, 1), None, "{other:?}");
+        }
+    }
 
     fn decode_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
         let mut d = Decoder::new(Limits::default());

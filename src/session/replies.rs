@@ -79,25 +79,36 @@ pub(super) enum Post {
     },
 }
 
-/// The counters of the commands a slot answers (usually one; a batch has several).
+/// The counters of the commands a slot answers (usually one; a batch has several),
+/// consecutive commands of one counter kept as one entry with their number: a
+/// pipeline of `GET`s is one entry however long it is.
 #[derive(Debug, Default)]
 pub(super) enum Tallies {
     #[default]
     None,
     One(Arc<CommandTally>),
-    Many(Vec<Arc<CommandTally>>),
+    Many(Vec<(Arc<CommandTally>, u32)>),
 }
 
 impl Tallies {
     pub(super) fn push(&mut self, t: Arc<CommandTally>) {
-        *self = match std::mem::take(self) {
-            Tallies::None => Tallies::One(t),
-            Tallies::One(first) => Tallies::Many(vec![first, t]),
-            Tallies::Many(mut v) => {
-                v.push(t);
-                Tallies::Many(v)
+        match self {
+            Tallies::None => *self = Tallies::One(t),
+            Tallies::One(first) => {
+                let mut runs = Vec::with_capacity(4);
+                if Arc::ptr_eq(first, &t) {
+                    runs.push((t, 2));
+                } else {
+                    runs.push((first.clone(), 1));
+                    runs.push((t, 1));
+                }
+                *self = Tallies::Many(runs);
             }
-        };
+            Tallies::Many(runs) => match runs.last_mut() {
+                Some((last, n)) if Arc::ptr_eq(last, &t) => *n += 1,
+                _ => runs.push((t, 1)),
+            },
+        }
     }
 
     /// Counts each command's outcome from its reply frame in `bytes`.
@@ -111,32 +122,34 @@ impl Tallies {
             }),
             // No frame can start with an error marker: every command succeeded,
             // without scanning the replies frame by frame.
-            Tallies::Many(v)
+            Tallies::Many(runs)
                 if !is_error
                     && bytes.len() <= FAST_TALLY_BYTES
                     && !matches!(bytes.first(), Some(b'-' | b'!'))
                     && memchr::memmem::find(bytes, b"\r\n-").is_none()
                     && memchr::memmem::find(bytes, b"\r\n!").is_none() =>
             {
-                for t in v {
-                    t.count(Outcome::Ok);
+                for (t, n) in runs {
+                    t.count_many(Outcome::Ok, u64::from(n));
                 }
             }
-            Tallies::Many(v) => {
+            Tallies::Many(runs) => {
                 let mut rest = bytes;
-                for t in v {
-                    let outcome = if is_error {
-                        Outcome::Error
-                    } else {
-                        match Scanner::default().scan(rest) {
-                            Ok(Some(f)) => {
-                                rest = rest.get(f.len..).unwrap_or_default();
-                                Outcome::of_reply(&[f.kind])
+                for (t, n) in runs {
+                    for _ in 0..n {
+                        let outcome = if is_error {
+                            Outcome::Error
+                        } else {
+                            match Scanner::default().scan(rest) {
+                                Ok(Some(f)) => {
+                                    rest = rest.get(f.len..).unwrap_or_default();
+                                    Outcome::of_reply(&[f.kind])
+                                }
+                                _ => Outcome::Ok,
                             }
-                            _ => Outcome::Ok,
-                        }
-                    };
-                    t.count(outcome);
+                        };
+                        t.count(outcome);
+                    }
                 }
             }
         }

@@ -42,7 +42,8 @@ pub(super) struct ExecBatch {
     db: u32,
     /// Commands each write queued, its own first.
     queued: Vec<u32>,
-    held: Vec<Held>,
+    /// Every write's ordering tokens.
+    held: Held,
     retries: Vec<Retry>,
 }
 
@@ -179,15 +180,8 @@ impl Session {
             // Nothing more was read: a write alone, sent as planned.
             return Some(plan);
         }
-        let held = if plan.written.is_empty() {
-            None
-        } else {
-            let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
-            match self.engine.locks.try_acquire(owner, &plan.written) {
-                Ok(h) => Some(h),
-                Err(_) => return Some(plan),
-            }
-        };
+        let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
+        let locks = &self.engine.locks;
         let queued = plan.frames - 2;
         let joins = match (&self.exec_batch, self.slots.back()) {
             (Some(b), Some(Slot::Await { seq, .. })) => {
@@ -199,9 +193,15 @@ impl Session {
             && let Some(b) = self.exec_batch.as_mut()
             && let Some(Slot::Await { count, tallies, .. }) = self.slots.back_mut()
         {
+            // The transaction's tokens, one set released by its reply.
+            if locks
+                .try_acquire_into(owner, &plan.written, &mut b.held)
+                .is_err()
+            {
+                return Some(plan);
+            }
             b.data.extend_from_slice(inner);
             b.queued.push(queued);
-            b.held.extend(held);
             b.retries.extend(plan.retry);
             *count += 1;
             self.outstanding += 1;
@@ -210,29 +210,31 @@ impl Session {
             }
             return None;
         }
+        // Room for a typical pipeline's writes (redis-py sends 16 or so at a time).
+        let mut held = locks.none_held(16);
+        if locks
+            .try_acquire_into(owner, &plan.written, &mut held)
+            .is_err()
+        {
+            return Some(plan);
+        }
         self.flush_batch();
         self.await_reply(Settle::Translate(Translate::Exec), None, Post::Nothing);
         let mut data =
             // The rest of the read is likely more writes, each about doubled by its
-            // invalidation.
-            BytesMut::with_capacity((plan.data.len() + 2 * self.rbuf.len()).min(MAX_BATCH_HINT));
+            // invalidation (a short key and value: more than doubled).
+            BytesMut::with_capacity((plan.data.len() + 3 * self.rbuf.len()).min(MAX_BATCH_HINT));
         data.extend_from_slice(MULTI);
         data.extend_from_slice(inner);
-        // Room for a typical pipeline's writes (redis-py sends 16 or so at a time).
-        let (mut queued_each, mut helds, mut retries) = (
-            Vec::with_capacity(16),
-            Vec::with_capacity(16),
-            Vec::with_capacity(16),
-        );
+        let (mut queued_each, mut retries) = (Vec::with_capacity(16), Vec::with_capacity(16));
         queued_each.push(queued);
-        helds.extend(held);
         retries.extend(plan.retry);
         self.exec_batch = Some(ExecBatch {
             seq: self.next_seq,
             data,
             db: self.db,
             queued: queued_each,
-            held: helds,
+            held,
             retries,
         });
         None

@@ -40,10 +40,20 @@ pub struct Scanner {
 const MAX_ELEMENTS: usize = 1 << 40;
 
 impl Scanner {
+    /// Whether no frame is partly scanned (the next `scan` starts a new one).
+    pub fn is_idle(&self) -> bool {
+        self.kind.is_none()
+    }
+
     /// Looks for one complete frame at the start of `buf` (which must be the same buffer,
     /// only grown, since the last call that returned `Ok(None)`).
     pub fn scan(&mut self, buf: &[u8]) -> Result<Option<Frame>, FrameError> {
         if self.kind.is_none() {
+            if let Some(&kind @ (b'+' | b'-' | b':')) = buf.first() {
+                // A one-line frame (most replies: `+OK`, `:1`, `+QUEUED`, errors): its
+                // line is all of it, and an incomplete one is simply looked at again.
+                return Ok(find_crlf(buf, 0).map(|eol| Frame { len: eol + 2, kind }));
+            }
             self.pos = 0;
             self.pending = 1;
         }

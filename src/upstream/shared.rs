@@ -622,6 +622,9 @@ fn note_reply(health: &Health, frame: &[u8]) {
 }
 
 /// The reader's buffer and how far into the current job's reply it has scanned.
+/// The reply to a command queued in a transaction.
+const QUEUED: &[u8] = b"+QUEUED\r\n";
+
 struct Framing {
     buf: BytesMut,
     scanner: Scanner,
@@ -647,6 +650,20 @@ impl Framing {
             let Some(rest) = self.buf.get(self.scanned..) else {
                 break;
             };
+            if self.scanner.is_idle() && rest.starts_with(QUEUED) {
+                // A transaction's `+QUEUED` replies, one per queued command, come in a
+                // row: counted by comparison, each a whole frame, without the scanner.
+                let wanted = cur.job.frames.max(1).saturating_sub(self.frames_seen);
+                let run = rest
+                    .chunks_exact(QUEUED.len())
+                    .take(wanted as usize)
+                    .take_while(|c| *c == QUEUED)
+                    .count();
+                self.scanned += run * QUEUED.len();
+                self.frames_seen += run as u32;
+                self.complete_if_answered(current, rtt);
+                continue;
+            }
             let frame = match self.scanner.scan(rest) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
@@ -666,17 +683,24 @@ impl Framing {
             }
             self.scanned += frame.len;
             self.frames_seen += 1;
-            if self.frames_seen >= cur.job.frames.max(1) {
-                let bytes = self.buf.split_to(self.scanned).freeze();
-                if let Some(done) = current.take() {
-                    rtt.observe(done.sent_at.elapsed());
-                    done.job.complete(bytes);
-                }
-                self.scanned = 0;
-                self.frames_seen = 0;
-            }
+            self.complete_if_answered(current, rtt);
         }
         Ok(())
+    }
+
+    /// Hands the current job its reply once all its frames are in.
+    fn complete_if_answered(&mut self, current: &mut Option<Pending>, rtt: &Histogram) {
+        let Some(cur) = current.as_ref() else { return };
+        if self.frames_seen < cur.job.frames.max(1) {
+            return;
+        }
+        let bytes = self.buf.split_to(self.scanned).freeze();
+        if let Some(done) = current.take() {
+            rtt.observe(done.sent_at.elapsed());
+            done.job.complete(bytes);
+        }
+        self.scanned = 0;
+        self.frames_seen = 0;
     }
 }
 

@@ -359,8 +359,12 @@ def main():
         p.stop()
     shutil.rmtree(work, ignore_errors=True)
 
-    lines = [f"Machine: {os.cpu_count()} cores. Command: `python3 benches/load.py --rounds {args.rounds} "
-             f"--requests {args.requests}`. Medians of {args.rounds} rounds; targets alternate within a round.", "",
+    command = f"python3 benches/load.py --rounds {args.rounds} --requests {args.requests}"
+    if args.baseline:
+        command += " --baseline <the build before>"
+    if args.focus:
+        command += " --focus"
+    lines = [f"Machine: {os.cpu_count()} cores. Command: `{command}`. Medians of {args.rounds} rounds; targets alternate within a round.", "",
              "| test | target | requests/s | × direct | p50 ms | p99 ms | p99.9 ms |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:

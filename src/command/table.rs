@@ -200,7 +200,6 @@ impl CommandTable {
         self.by_name.insert(name, entry).is_none()
     }
 
-    /// Looks up the concatenation of `parts`, lowercased.
     /// A top-level command by the name a client sent: lowercased on the stack in the
     /// same pass that refuses a `|` (Redis dispatches on top-level names only;
     /// `client|setname` is not one).
@@ -226,6 +225,7 @@ impl CommandTable {
         self.by_name.get(&*buf)
     }
 
+    /// Looks up the concatenation of `parts`, lowercased.
     fn find(&self, parts: &[&[u8]]) -> Option<&Entry> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if len > self.longest_name {

@@ -354,7 +354,6 @@ pub fn command_name(data: &[u8]) -> Option<&[u8]> {
     data.get(len_end + 2..len_end + 2 + len)
 }
 
-/// Position of the `\r` of the first `\r\n` at or after `from`.
 /// Bytes of a line looked at one by one before `find_crlf` hands over to `memchr`.
 const SHORT_LINE: usize = 16;
 
@@ -379,9 +378,9 @@ fn short_count(buf: &[u8], from: usize) -> Option<(i64, usize)> {
     None
 }
 
-/// Where the first CRLF at or after `from` starts. Most RESP lines are a few bytes
-/// (`+OK`, `:1`, `$3`), shorter than `memchr`'s set-up, so the first bytes are looked
-/// at one by one.
+/// Position of the `\r` of the first `\r\n` at or after `from`. Most RESP lines are
+/// a few bytes (`+OK`, `:1`, `$3`), shorter than `memchr`'s set-up, so the first bytes
+/// are looked at one by one.
 pub(crate) fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     let hay = buf.get(from..)?;
     let head = hay.get(..SHORT_LINE).unwrap_or(hay);

@@ -621,10 +621,10 @@ fn note_reply(health: &Health, frame: &[u8]) {
     }
 }
 
-/// The reader's buffer and how far into the current job's reply it has scanned.
 /// The reply to a command queued in a transaction.
 const QUEUED: &[u8] = b"+QUEUED\r\n";
 
+/// The reader's buffer and how far into the current job's reply it has scanned.
 struct Framing {
     buf: BytesMut,
     scanner: Scanner,

@@ -321,6 +321,12 @@ impl Session {
                 tracing::debug!(session = self.id, peer = %self.peer, error = %e, "client write failed");
                 break;
             }
+            // That write may have taken what a client held back for not reading owed
+            // (as `Event::Wrote` does): decoding goes on now, since with nothing left
+            // to write and no reading armed no event would ever wake it.
+            if self.paused && self.out.len() < MAX_OUT / 2 {
+                self.resume().await;
+            }
             if self.rbuf.is_empty() && self.rbuf.capacity() > KEEP_CAPACITY {
                 self.rbuf = BytesMut::new();
             }

@@ -325,7 +325,12 @@ impl Engine {
         if !self.has_cache {
             return None;
         }
-        match self.keyspaces.lookup(key) {
+        self.cache_rule_of(self.keyspaces.lookup(key), key)
+    }
+
+    /// [`Engine::cache_key_rule`] from `key`'s keyspace, already looked up.
+    pub(crate) fn cache_rule_of(&self, m: KeyspaceMatch<'_>, key: &[u8]) -> Option<RuleOf> {
+        match m {
             KeyspaceMatch {
                 mode: KeyspaceMode::Cache,
                 rule: Some((index, _)),
@@ -394,17 +399,14 @@ impl Engine {
         // keyspace it needs neither the read nor the store protocol (both only ever
         // concern the command's keys).
         let only = match keys.as_slice() {
-            [k] => req
-                .args
-                .get(k.index)
-                .map(|key| self.keyspaces.lookup(key).mode),
+            [k] => req.args.get(k.index).map(|key| self.keyspaces.lookup(key)),
             _ => None,
         };
         if self.has_cache
-            && only.is_none_or(|mode| mode == KeyspaceMode::Cache)
+            && only.is_none_or(|m| m.mode == KeyspaceMode::Cache)
             && info.arity_ok(req.args.len())
         {
-            if let Some(plan) = self.read_plan(req, info, proto) {
+            if let Some(plan) = self.read_plan(req, info, proto, only) {
                 return Ok(plan);
             }
             if let Some(plan) = self.store_plan(req, info, scope) {
@@ -440,7 +442,7 @@ impl Engine {
         if !info.is_write() {
             return Ok(Plan::forward(req));
         }
-        self.write_plan(req, info, keys, db, only)
+        self.write_plan(req, info, keys, db, only.map(|m| m.mode))
     }
 
     /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that

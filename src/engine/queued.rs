@@ -89,7 +89,7 @@ impl Engine {
                     ..Queued::default()
                 });
             }
-            if let Some(plan) = self.read_plan(req, info, proto) {
+            if let Some(plan) = self.read_plan(req, info, proto, None) {
                 if !in_multi {
                     return Ok(Queued {
                         settle: plan.settle,

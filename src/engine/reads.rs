@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::settle::{FollowUp, Settle, SettleContext, Settled, is_null, null, slice_of};
 use super::{Engine, Plan, RuleOf, evalsha, ms_bytes};
 use crate::command::CommandInfo;
+use crate::keyspace::KeyspaceMatch;
 use crate::resp::Request;
 use crate::resp::reply::{elements, int_value, push_header};
 
@@ -55,7 +56,14 @@ enum Round {
 
 impl Engine {
     /// The plan of a `GET` or `MGET` with at least one key in a `cache` keyspace.
-    pub(super) fn read_plan(&self, req: &Request, info: &CommandInfo, proto: u8) -> Option<Plan> {
+    /// `only`: the keyspace of the command's one key, when the caller looked it up.
+    pub(super) fn read_plan(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        proto: u8,
+        only: Option<KeyspaceMatch<'_>>,
+    ) -> Option<Plan> {
         let (keys, mget) = match info.name.as_str() {
             "get" => (req.args.get(1..2)?, false),
             "mget" => (req.args.get(1..)?, true),
@@ -65,7 +73,10 @@ impl Engine {
             // A `GET`: most are hits, which need nothing but the key's mode; the rest of
             // the read's state is made only for a miss.
             let key = keys.first()?;
-            let rule = self.cache_key_rule(key)?;
+            let rule = match only {
+                Some(m) => self.cache_rule_of(m, key)?,
+                None => self.cache_key_rule(key)?,
+            };
             return Some(Plan {
                 settle: Settle::Get(key.clone(), proto, rule),
                 ..Plan::forward(req)

@@ -6,8 +6,9 @@
 # (defaults: target/release/cachet, set, 16). Runs BINARY under callgrind in front of
 # its own redis-server (free ports, the default keyspaces: `key:N` is strict), drives it
 # with redis-benchmark -c 50 -r 10000 for 20,000 and then 60,000 requests (TEST is a
-# redis-benchmark -t name), and prints the difference of the two totals divided by the
-# 40,000 requests between them: start-up and shut-down cancel out. Needs valgrind.
+# redis-benchmark -t name, or `cache-hit`: a `GET` of 10,000 keys of the default `cache`
+# keyspace `:1:*`, all present), and prints the difference of the two totals divided by
+# the 40,000 requests between them: start-up and shut-down cancel out. Needs valgrind.
 set -euo pipefail
 bin=${1:-target/release/cachet}
 test=${2:-set}
@@ -31,11 +32,23 @@ total() {
     valgrind --tool=callgrind --callgrind-out-file="$work/out.$1" "$bin" --config "$work/cachet.toml" >"$work/cachet.log" 2>&1 &
     local pid=$!
     for _ in $(seq 1 150); do redis-cli -p "$cport" ping >/dev/null 2>&1 && break; sleep 0.2; done
-    redis-benchmark -p "$cport" -t "$test" -P "$pipeline" -c 50 -n "$1" -r 10000 -q >/dev/null
+    if [ "$test" = cache-hit ]; then
+        redis-benchmark -p "$cport" -P "$pipeline" -c 50 -n "$1" -r 10000 -q GET ':1:key:__rand_int__' >/dev/null
+    else
+        redis-benchmark -p "$cport" -t "$test" -P "$pipeline" -c 50 -n "$1" -r 10000 -q >/dev/null
+    fi
     kill -INT "$pid"
     wait "$pid" || true
     callgrind_annotate "$work/out.$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
+if [ "$test" = cache-hit ]; then
+    # Every key redis-benchmark will draw (`__rand_int__` is 12 digits), written directly.
+    python3 -c 'import sys
+for i in range(10000):
+    k = b":1:key:%012d" % i
+    sys.stdout.buffer.write(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$3\r\nhit\r\n" % (len(k), k))' |
+        redis-cli -p "$rport" --pipe >/dev/null
+fi
 small=$(total 20000)
 large=$(total 60000)
 echo "$test P=$pipeline: $(( (large - small) / 40000 )) instructions per command"

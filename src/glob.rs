@@ -49,7 +49,7 @@ impl Matcher {
     pub fn matches(&self, key: &[u8]) -> bool {
         match self {
             Matcher::All => true,
-            Matcher::Prefix(prefix) => key.starts_with(prefix),
+            Matcher::Prefix(prefix) => has_prefix(key, prefix),
             Matcher::Exact(literal) => key == literal.as_slice(),
             Matcher::General(pattern) => glob_match(pattern, key),
         }
@@ -82,6 +82,16 @@ impl Matcher {
                 literal
             }
         }
+    }
+}
+
+/// `key.starts_with(prefix)`, most keys told apart by their first byte without a
+/// call to `memcmp` (asked of every key against every keyspace rule).
+#[inline]
+pub fn has_prefix(key: &[u8], prefix: &[u8]) -> bool {
+    match (key.first(), prefix.first()) {
+        (Some(k), Some(p)) if k != p => false,
+        _ => key.starts_with(prefix),
     }
 }
 
@@ -493,6 +503,11 @@ mod tests {
             if !key.is_empty() {
                 prop_assert_eq!(Matcher::compile(&pattern).matches(&key), reference(&pattern, &key));
             }
+        }
+
+        #[test]
+        fn has_prefix_is_starts_with(key in key_bytes(), prefix in key_bytes()) {
+            prop_assert_eq!(has_prefix(&key, &prefix), key.starts_with(&prefix));
         }
     }
 }

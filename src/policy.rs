@@ -93,9 +93,19 @@ impl Policy {
         }
     }
 
+    /// Whether no command is renamed or disabled ([`rename`](Self::rename) runs
+    /// every request as sent).
+    pub fn renames_nothing(&self) -> bool {
+        self.renamed.is_empty()
+    }
+
     /// The refusal of a command by the deny list or the script policy; `first` is the
     /// name as sent, `table_name` the command table's (`script|load`).
     pub fn refusal(&self, first: &[u8], table_name: Option<&str>) -> Option<Bytes> {
+        // Nothing denied and scripts allowed (the default): asked of every command.
+        if self.deny.names.is_empty() && !self.refuse_scripts {
+            return None;
+        }
         let sent = || String::from_utf8_lossy(first).into_owned();
         if self.deny.denies(first, table_name) {
             return Some(reply::error(&format!(

@@ -278,24 +278,21 @@ fn five_thousand_malformed_connections_leave_cachet_serving_and_lean() {
     // Nothing is allocated for what a client merely announces (625 clients announce
     // 512 MiB each), and a connection that has not filled a small first read buffer
     // holds no full-size one: the peak stays within 6 KiB per connection (about 3.5
-    // measured; 8 when every connection got a 16 KiB read buffer).
-    assert!(
-        peak1 <= rss_base + 6 * CONNECTIONS as u64,
-        "peak {peak1} KiB"
-    );
+    // measured; 8 when every connection got a 16 KiB read buffer), in both floods.
+    for peak in [peak1, peak2] {
+        assert!(
+            peak <= rss_base + 6 * CONNECTIONS as u64,
+            "peak {peak} KiB (flood peaks {peak1} and {peak2} KiB)"
+        );
+    }
     // Once the connections are gone their memory goes back to the system: cachet is
-    // back at its baseline after each flood (see `settle`), and the second flood costs
-    // what the first did.
+    // back at its baseline after each flood (see `settle`).
     for (after, settled) in [(after1, settled1), (after2, settled2)] {
         assert!(
             after <= rss_base + BASELINE_SLACK_KIB,
             "RSS {after} KiB {settled:?} after a flood, baseline {rss_base} KiB"
         );
     }
-    assert!(
-        peak2 <= peak1 + 4 * 1024,
-        "peak {peak1} KiB in the first flood, {peak2} KiB in the second"
-    );
     let (median, _) = pings(&mut Raw::connect(cachet.addr), 5);
     assert!(median < Duration::from_millis(50), "PING took {median:?}");
     // Generous: a debug build on a busy machine; a hang would be far longer.

@@ -68,6 +68,42 @@ pub enum FindKeys {
 
 /// Appends the keys of `args` for `info`, as `COMMAND GETKEYS` reports them.
 pub(crate) fn extract(info: &CommandInfo, args: &[Bytes], out: &mut Vec<KeyRef>) {
+    match one_fixed_key(&info.key_specs, args) {
+        Some(key) => out.push(key),
+        None => extract_walking(info, args, out),
+    }
+}
+
+/// The key of the most common shape, one key at a fixed position (`GET k`, `SET k v`,
+/// `INCR k`), found without the general walk, which would find exactly it; `None` for
+/// any other shape, or when the position is past the arguments.
+fn one_fixed_key(specs: &[KeySpec], args: &[Bytes]) -> Option<KeyRef> {
+    let [
+        KeySpec {
+            begin: BeginSearch::Index(pos),
+            find:
+                FindKeys::Range {
+                    lastkey: 0,
+                    keystep: 1..,
+                    ..
+                },
+            flags,
+        },
+    ] = specs
+    else {
+        return None;
+    };
+    let index = usize::try_from(*pos).ok().filter(|&i| i < args.len())?;
+    (!flags.intersects(KeyFlags::NOT_KEY | KeyFlags::VARIABLE_FLAGS | KeyFlags::INCOMPLETE))
+        .then_some(KeyRef {
+            index,
+            flags: *flags,
+        })
+}
+
+/// [`extract`] by walking every key specification (then the command's own procedure,
+/// or the legacy positions, as Redis falls back).
+pub(crate) fn extract_walking(info: &CommandInfo, args: &[Bytes], out: &mut Vec<KeyRef>) {
     let specs = &info.key_specs;
     let has_keyspec = specs.iter().any(|s| !s.flags.contains(KeyFlags::NOT_KEY));
     let has_variable_flags = specs

@@ -156,6 +156,26 @@ pub(crate) fn is_blocking(name: &str, flags: CommandFlags, args: &[Bytes]) -> bo
     }
 }
 
+/// Whether every invocation of this command is a plain read: no kind of its own, no
+/// write, never blocking (by name or flag), not served beside a busy script, and none
+/// of the reads cachet treats by name: `RANDOMKEY` (drawn again by a script),
+/// `SORT`/`SORT_RO` and `DEBUG` (checked for reserved keys beyond their key
+/// positions), `XREAD`/`XREADGROUP` (blocking by argument), `CACHET` (cachet's own).
+/// Such a command goes to the shared connection as sent unless the engine treats its
+/// keys (the engine's `plan_read`).
+pub(crate) fn plain_read(name: &str, flags: CommandFlags, kind: CommandKind) -> bool {
+    let special = matches!(
+        name,
+        "randomkey" | "sort" | "sort_ro" | "xread" | "xreadgroup" | "cachet"
+    ) || name == "debug"
+        || name.starts_with("debug|");
+    kind == CommandKind::Plain
+        && !flags
+            .intersects(CommandFlags::WRITE | CommandFlags::BLOCKING | CommandFlags::ALLOW_BUSY)
+        && !special
+        && !is_blocking(name, flags, &[])
+}
+
 /// Follows the option parsing of Redis's `xreadCommand` up to `STREAMS`, so that a
 /// group, consumer or count that happens to be spelt "block" is not taken for the
 /// option.

@@ -50,6 +50,9 @@ pub struct CommandInfo {
     /// First key, last key, step, as reported (what Redis 6 offers instead of specs).
     pub legacy_keys: (i32, i32, i32),
     pub kind: CommandKind,
+    /// A plain read in every invocation ([`kind::plain_read`]): what the session may
+    /// forward on its shared connection without the general routing.
+    pub plain_read: bool,
     /// This command's reply counters (see `metrics.rs`); ignored by equality.
     pub tally: tally::Tally,
 }

@@ -203,6 +203,7 @@ fn parse_entry(frame: &OwnedFrame, container: Option<&str>) -> Result<Parsed, Ta
         }
     }
     let kind = CommandKind::classify(&name);
+    let plain_read = super::kind::plain_read(&name, command_flags, kind);
     Ok(Parsed {
         info: CommandInfo {
             name,
@@ -211,6 +212,7 @@ fn parse_entry(frame: &OwnedFrame, container: Option<&str>) -> Result<Parsed, Ta
             key_specs,
             legacy_keys,
             kind,
+            plain_read,
             tally: Default::default(),
         },
         subcommands,

@@ -107,6 +107,19 @@ impl Plan {
     }
 }
 
+/// What [`Engine::plan_read`] makes of a plain read.
+#[derive(Debug)]
+pub enum ReadPlan {
+    /// Forwarded as sent ([`Plan::forward`]), so that it can share one upstream
+    /// request with its neighbours.
+    AsSent,
+    /// Its plan, for a read that writes nothing and runs no script: a `GET` of a
+    /// `cache` key, answered by the plain read and settled by the fill protocol.
+    Planned(Plan),
+    /// Any other case: left to [`Engine::plan`].
+    Other,
+}
+
 /// A key of a `cache` keyspace, as the fill protocol needs it.
 #[derive(Debug, Clone)]
 pub(crate) struct CacheKey {
@@ -445,6 +458,65 @@ impl Engine {
         self.write_plan(req, info, keys, db, only.map(|m| m.mode))
     }
 
+    /// For a command whose every invocation is a plain read
+    /// ([`CommandInfo::plain_read`]) with the right number of arguments: what
+    /// [`plan`](Self::plan) would make of it, decided without the general planning when
+    /// it is one of the common cases ([`ReadPlan`]). A command naming a reserved key is
+    /// refused as `plan` refuses it. Fills `keys`, as `plan` does.
+    pub fn plan_read(
+        &self,
+        req: &Request,
+        info: &CommandInfo,
+        keys: &mut Vec<KeyRef>,
+        proto: u8,
+    ) -> Result<ReadPlan, Bytes> {
+        keys.clear();
+        info.keys(&req.args, keys);
+        self.check_reserved(req, info, keys)?;
+        let found = if !self.has_cache {
+            ReadPlan::AsSent
+        } else {
+            match keys.as_slice() {
+                [k] => match req.args.get(k.index).map(|key| self.keyspaces.lookup(key)) {
+                    Some(m) if m.mode != KeyspaceMode::Cache => ReadPlan::AsSent,
+                    Some(m) => match self.read_plan(req, info, proto, Some(m)) {
+                        Some(plan)
+                            if plan.written.is_empty()
+                                && plan.retry.is_none()
+                                && !plan.script
+                                && plan.frames == 1 =>
+                        {
+                            ReadPlan::Planned(plan)
+                        }
+                        _ => ReadPlan::Other,
+                    },
+                    None => ReadPlan::Other,
+                },
+                _ => ReadPlan::Other,
+            }
+        };
+        #[cfg(debug_assertions)]
+        {
+            let scope = Scope {
+                proto,
+                ..Scope::default()
+            };
+            let full = self.plan(req, Some(info), &mut Vec::new(), scope);
+            let agrees = match (&found, &full) {
+                (ReadPlan::AsSent, Ok(p)) => p.is_plain() && p.data == req.raw && p.frames == 1,
+                (ReadPlan::Planned(mine), Ok(p)) => format!("{mine:?}") == format!("{p:?}"),
+                (ReadPlan::Other, _) => true,
+                _ => false,
+            };
+            assert!(
+                agrees,
+                "{:?}: {found:?} where the plan is {full:?}",
+                info.name
+            );
+        }
+        Ok(found)
+    }
+
     /// Refuses commands naming cachet's reserved keys: as keys, as `SORT` patterns that
     /// can expand to them, or as arguments of `DEBUG` (which has no key positions but
     /// reads keys: `DEBUG OBJECT`, `DEBUG DIGEST-VALUE`).
@@ -457,7 +529,7 @@ impl Engine {
         let named = keys.iter().any(|k| {
             req.args
                 .get(k.index)
-                .is_some_and(|a| a.starts_with(&self.prefix))
+                .is_some_and(|a| crate::glob::has_prefix(a, &self.prefix))
         });
         // The table's lowercase name: no case-folding compare per command.
         let name = info.name.as_str();

@@ -1,12 +1,14 @@
 //! One command: where it goes (`dispatch.rs` decides) and the session acting on it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 use super::dispatch::{self, Change, Route as Dispatched, View};
 use super::pinned::Pinned;
 use super::replies::Post;
 use super::{Session, admin_cmd};
-use crate::command::CommandKind;
+use crate::command::{CommandInfo, CommandKind};
 use crate::metrics::Outcome;
 use crate::policy::Renamed;
 use crate::resp::Request;
@@ -24,25 +26,28 @@ impl Session {
             req
         };
         let info = self.table.lookup(&req.args).cloned();
+        self.handle_named(req, info).await
+    }
+
+    /// [`handle`](Self::handle) once the command is named (renamed already): `info`
+    /// is its entry in the command table.
+    pub(super) async fn handle_named(
+        &mut self,
+        req: Request,
+        info: Option<Arc<CommandInfo>>,
+    ) -> Option<Request> {
         self.current = info.clone();
         self.tally = Some(match &info {
             Some(i) => i.tally.0.clone(),
             None => self.ctx.metrics.commands.unknown.0.clone(),
         });
-        let view = View {
-            id: self.id,
-            authed: self.logged_in(),
-            auth_enabled: self.auth.enabled(),
-            in_multi: self.pinned.as_ref().is_some_and(|p| p.multi) || self.deferred_multi,
-            resp2_subscribed: self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed),
-            pinned: self.pinned.is_some() || self.deferred_multi,
-            proto: self.proto,
-            name: self.name.as_ref(),
-            reply_mode: self.reply_mode,
-            databases: self.server.0,
-            has_setinfo: self.server.1,
-        };
-        let route = dispatch::dispatch(&req, info.as_deref(), &self.table, &self.policy, &view);
+        let route = dispatch::dispatch(
+            &req,
+            info.as_deref(),
+            &self.table,
+            &self.policy,
+            &self.view(),
+        );
         let kind = info.as_ref().map_or(CommandKind::Plain, |i| i.kind);
         match route {
             Dispatched::Admin => self.admin(req),
@@ -84,6 +89,23 @@ impl Session {
                 self.client_kill_id(id);
                 None
             }
+        }
+    }
+
+    /// What the session is in, as the dispatch decision needs it.
+    pub(super) fn view(&self) -> View<'_> {
+        View {
+            id: self.id,
+            authed: self.logged_in(),
+            auth_enabled: self.auth.enabled(),
+            in_multi: self.pinned.as_ref().is_some_and(|p| p.multi) || self.deferred_multi,
+            resp2_subscribed: self.pinned.as_ref().is_some_and(Pinned::resp2_subscribed),
+            pinned: self.pinned.is_some() || self.deferred_multi,
+            proto: self.proto,
+            name: self.name.as_ref(),
+            reply_mode: self.reply_mode,
+            databases: self.server.0,
+            has_setinfo: self.server.1,
         }
     }
 

@@ -481,7 +481,17 @@ impl Session {
                     }
                 },
             };
-            let stalled = self.handle(req, fresh).await;
+            // With nothing renamed, the command is named once, for the common case
+            // and, failing that, for the full path.
+            let stalled = if fresh && self.policy.renames_nothing() {
+                let info = self.table.lookup(&req.args).cloned();
+                match self.forward_plain_read(req, info) {
+                    Ok(()) => None,
+                    Err((req, info)) => self.handle_named(req, info).await,
+                }
+            } else {
+                self.handle(req, fresh).await
+            };
             match stalled {
                 Some(req) => {
                     // Counted when it runs.

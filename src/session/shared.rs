@@ -3,6 +3,7 @@
 //! commands read in one go share one job; follow-up requests the engine asks for are
 //! sent on the command's behalf.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -11,10 +12,10 @@ use tokio::time::Instant;
 use super::replies::{Post, Slot};
 use super::{Route, Session};
 use crate::command::CommandInfo;
-use crate::engine::{Retry, Scope, Settle, Translate};
+use crate::engine::{ReadPlan, Retry, Scope, Settle, Translate};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
-use crate::upstream::{Capability, Job, MULTI, UpstreamError, connect};
+use crate::upstream::{Capability, Identity, Job, MULTI, UpstreamError, connect};
 
 /// Before a cluster: whether a command is fanned out, and a `SCAN`'s node, cursor and
 /// reply rewrite (`Session::cluster_route`).
@@ -99,18 +100,7 @@ impl Session {
             Some((_, on_node, post)) => (on_node, post),
             None => (req, Post::Nothing),
         };
-        self.route = Some(route);
-        if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
-            self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
-        }
-        if self.inflight == 0
-            && let Some((_, conn)) = &self.shared
-            && let Some(other) = self.ctx.upstream.unstuck(id, conn)
-        {
-            // Another client's long request holds this connection up; nothing of ours
-            // is outstanding on it, so moving keeps our order.
-            self.shared = Some((id, other));
-        }
+        self.bind_shared(id);
         let scope = self.scope();
         let plan = match self.engine.plan(&req, info, &mut self.keys, scope) {
             Ok(plan) => plan,
@@ -156,6 +146,84 @@ impl Session {
         };
         self.send_plan(plan, post).await;
         None
+    }
+
+    /// The common case without the general routing: a plain read
+    /// ([`CommandInfo::plain_read`]; `info` is the command's entry) just decoded, from
+    /// a client in no mode of its own, sent as `handle` would send it: as sent in the
+    /// batch for its shared connection, or as the engine's plan of a `GET` of a
+    /// `cache` key (debug builds check that the dispatch decision and the engine's plan
+    /// agree). Gives the request and its entry back, untouched, for `handle_named`
+    /// otherwise.
+    pub(super) fn forward_plain_read(
+        &mut self,
+        req: Request,
+        info: Option<Arc<CommandInfo>>,
+    ) -> Result<(), (Request, Option<Arc<CommandInfo>>)> {
+        let Some(info) = info else {
+            return Err((req, None));
+        };
+        if !info.plain_read
+            || self.pinned.is_some()
+            || self.deferred_multi
+            || self.handling_part
+            || self.reply_mode != super::local::ReplyMode::On
+            || self.ctx.upstream.cluster.is_some()
+            || !self.logged_in()
+        {
+            return Err((req, Some(info)));
+        }
+        let first = req.args.first().map_or(&b""[..], |a| &a[..]);
+        if !info.arity_ok(req.args.len()) || self.policy.refusal(first, Some(&info.name)).is_some()
+        {
+            return Err((req, Some(info)));
+        }
+        let id = self.identity();
+        if self.inflight > 0 && self.route != Some(Route::Shared(id)) {
+            return Err((req, Some(info)));
+        }
+        // A reserved key is refused here, once (the refusal is counted).
+        let verdict = self
+            .engine
+            .plan_read(&req, &info, &mut self.keys, self.proto);
+        if matches!(verdict, Ok(ReadPlan::Other)) {
+            return Err((req, Some(info)));
+        }
+        debug_assert_eq!(
+            super::dispatch::dispatch(&req, Some(&info), &self.table, &self.policy, &self.view()),
+            super::dispatch::Route::Shared
+        );
+        self.tally = Some(info.tally.0.clone());
+        // What the slow-command log times, as `handle` keeps it.
+        self.current = (!self.slow.is_zero()).then_some(info);
+        self.bind_shared(id);
+        match verdict {
+            Ok(ReadPlan::Planned(plan)) => {
+                // As `send_plan` sends it: nothing to take, nothing to check.
+                self.flush_batch();
+                self.send_planned(plan, None, Post::Nothing);
+            }
+            Ok(_) => self.batch_plain(&req.raw, 1),
+            Err(refusal) => self.reply(refusal),
+        }
+        Ok(())
+    }
+
+    /// Sends from now on over the shared connection for `id`: the one the session
+    /// has, or, while nothing of its own is outstanding, one no long request holds up.
+    fn bind_shared(&mut self, id: Identity) {
+        self.route = Some(Route::Shared(id));
+        if !matches!(&self.shared, Some((cid, _)) if *cid == id) {
+            self.shared = Some((id, self.ctx.upstream.shared(id, self.id)));
+        }
+        if self.inflight == 0
+            && let Some((_, conn)) = &self.shared
+            && let Some(other) = self.ctx.upstream.unstuck(id, conn)
+        {
+            // Another client's long request holds this connection up; nothing of ours
+            // is outstanding on it, so moving keeps our order.
+            self.shared = Some((id, other));
+        }
     }
 
     /// Adds a write planned as its own `MULTI … EXEC` to the transaction of the writes
@@ -285,6 +353,13 @@ impl Session {
             let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
             self.take_tokens(owner, &plan.written).await?
         };
+        self.send_planned(plan, held, post);
+        Some(())
+    }
+
+    /// Sends a plan whose ordering tokens are `held` (after any pending batch) and
+    /// awaits its reply.
+    fn send_planned(&mut self, plan: crate::engine::Plan, held: Option<Held>, post: Post) {
         let sent = plan.script.then(|| plan.data.clone());
         let on_fail = plan.retry.map(|r| self.retry_on_fail(r, self.db));
         let kept = self
@@ -305,7 +380,6 @@ impl Session {
         if let Some(data) = kept {
             self.keep_for_redirect(&data, plan.frames);
         }
-        Some(())
     }
 
     /// Before a Redis Cluster: the node the command goes to (`self.node`), whether it is

@@ -294,6 +294,7 @@ fn hostile_specs_from_an_odd_upstream_do_not_hang_or_panic() {
             key_specs: vec![key_spec],
             legacy_keys: (i32::MAX, i32::MIN, 0),
             kind: CommandKind::Plain,
+            plain_read: false,
             tally: Default::default(),
         };
         let mut out = Vec::new();
@@ -365,6 +366,10 @@ proptest! {
             for key in &out {
                 prop_assert!(key.index < invocation.len());
             }
+            // The one-fixed-key shortcut finds what the full walk finds.
+            let mut walked = Vec::new();
+            crate::command::keys::extract_walking(candidate, &invocation, &mut walked);
+            prop_assert_eq!(&out, &walked);
             let _ = candidate.is_blocking(&invocation);
             let _ = candidate.arity_ok(invocation.len());
         }

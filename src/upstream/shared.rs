@@ -443,10 +443,6 @@ async fn write_loop(
             if batch.is_empty() {
                 continue;
             }
-            // Let the clients already woken queue their commands first, so that one
-            // write carries them all (Redis then reads and answers in fewer, larger
-            // batches).
-            tokio::task::yield_now().await;
         }
         gather(&mut buf, &mut batch, jobs, carried, &pending, health);
         checks = 0;

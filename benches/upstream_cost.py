@@ -10,7 +10,9 @@ the CPU Redis spent (`INFO cpu`, medians over rounds):
 - direct: the plain `SET`s;
 - multi: what cachet sends for a client's pipeline of strict writes (one `MULTI`, each
   `SET` with its `PUBLISH <channel> <key>`, `EXEC`);
-- multi-no-publish: the same transaction without the invalidations;
+- multi-per-write: each write in a transaction of its own (`MULTI`, `SET`, `PUBLISH`,
+  `EXEC`), which is what one Redis read carries of many unpipelined clients' writes;
+- multi-no-publish: the same transaction as multi without the invalidations;
 - set+publish: each `SET` and its `PUBLISH`, no transaction;
 - script-per-batch: one `EVALSHA` running the 16 writes and their `PUBLISH`es;
 - script-per-write: one `EVALSHA` per write (`SET` and `PUBLISH`).
@@ -90,6 +92,8 @@ def batch(form, base, shas):
         return b"".join(enc("SET", k, value) for k in keys)
     if form == "multi":
         return enc("MULTI") + b"".join(enc("SET", k, value) + enc("PUBLISH", CHANNEL, k) for k in keys) + enc("EXEC")
+    if form == "multi-per-write":
+        return b"".join(enc("MULTI") + enc("SET", k, value) + enc("PUBLISH", CHANNEL, k) + enc("EXEC") for k in keys)
     if form == "multi-no-publish":
         return enc("MULTI") + b"".join(enc("SET", k, value) for k in keys) + enc("EXEC")
     if form == "set+publish":
@@ -123,7 +127,7 @@ def main():
         else:
             sys.exit("redis-server did not start")
         shas = [conn.call("SCRIPT", "LOAD", PER_BATCH), conn.call("SCRIPT", "LOAD", PER_WRITE)]
-        forms = ["direct", "multi", "multi-no-publish", "set+publish", "script-per-batch", "script-per-write"]
+        forms = ["direct", "multi", "multi-per-write", "multi-no-publish", "set+publish", "script-per-batch", "script-per-write"]
         cost = {f: [] for f in forms}
         batches = args.writes // BATCH
         for rnd in range(args.rounds):

@@ -78,6 +78,44 @@ impl Default for ServerInfo {
     }
 }
 
+/// How many times a [`Swapped`] value changed, in any context of the process: a
+/// session re-reads its copies of them only when this moved.
+static SWAPS: AtomicU64 = AtomicU64::new(0);
+
+/// The number of changes to [`Swapped`] values so far. Read it before the values: a
+/// change made meanwhile then shows as a different number next time.
+pub fn swaps() -> u64 {
+    SWAPS.load(Ordering::Acquire)
+}
+
+/// A value a reload or a discovery replaces whole (`ArcSwap`), whose every change is
+/// counted in [`swaps`].
+#[derive(Debug)]
+pub struct Swapped<T> {
+    value: ArcSwap<T>,
+}
+
+impl<T> Swapped<T> {
+    pub fn from_pointee(value: T) -> Swapped<T> {
+        Swapped {
+            value: ArcSwap::from_pointee(value),
+        }
+    }
+
+    pub fn load(&self) -> arc_swap::Guard<Arc<T>> {
+        self.value.load()
+    }
+
+    pub fn load_full(&self) -> Arc<T> {
+        self.value.load_full()
+    }
+
+    pub fn store(&self, value: Arc<T>) {
+        self.value.store(value);
+        SWAPS.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// Process-wide state handed to every session.
 #[derive(Debug)]
 pub struct Context {
@@ -85,19 +123,19 @@ pub struct Context {
     /// Swapped whole by a reload; its ordering tokens, counters and retry queue are
     /// shared by every generation (`Engine::reconfigured`). Sessions load it once per
     /// batch of commands.
-    pub engine: ArcSwap<Engine>,
-    pub table: ArcSwap<CommandTable>,
-    pub server: ArcSwap<ServerInfo>,
+    pub engine: Swapped<Engine>,
+    pub table: Swapped<CommandTable>,
+    pub server: Swapped<ServerInfo>,
     /// Applies to sessions that start after a reload.
     pub limits: ArcSwap<Limits>,
     /// `[commands]`: denied, renamed and disabled commands, scripts.
-    pub policy: ArcSwap<Policy>,
+    pub policy: Swapped<Policy>,
     /// `[auth]`: the credentials clients log in with.
-    pub auth: ArcSwap<Auth>,
+    pub auth: Swapped<Auth>,
     /// `[listen] max_clients`, read by the listener for every new client.
     pub max_clients: AtomicUsize,
     /// The configuration running now (after command-line overrides).
-    pub config: ArcSwap<Config>,
+    pub config: Swapped<Config>,
     /// Where the configuration came from, for reloads (none: not reloadable).
     pub source: OnceLock<ConfigSource>,
     /// Changes the log filter on reload (installed by `main.rs`).
@@ -180,14 +218,14 @@ impl Context {
         metrics.commands.attach(&mut table);
         Context {
             upstream,
-            engine: ArcSwap::from_pointee(engine),
-            table: ArcSwap::from_pointee(table),
-            server: ArcSwap::from_pointee(ServerInfo::default()),
+            engine: Swapped::from_pointee(engine),
+            table: Swapped::from_pointee(table),
+            server: Swapped::from_pointee(ServerInfo::default()),
             limits: ArcSwap::from_pointee(limits),
-            policy: ArcSwap::from_pointee(Policy::default()),
-            auth: ArcSwap::from_pointee(Auth::default()),
+            policy: Swapped::from_pointee(Policy::default()),
+            auth: Swapped::from_pointee(Auth::default()),
             max_clients: AtomicUsize::new(usize::MAX),
-            config: ArcSwap::from_pointee(Config::default()),
+            config: Swapped::from_pointee(Config::default()),
             source: OnceLock::new(),
             log_reloader: OnceLock::new(),
             metrics,

@@ -103,7 +103,7 @@ pub async fn start(config: &Config) -> Result<Started, ServerError> {
     let upstream = Upstream::with_cluster(settings, cluster);
     let mut ctx = Context::new(upstream, engine, limits, url.db, shutdown_rx);
     ctx.idle_timeout = config.listen.idle_timeout;
-    ctx.config = arc_swap::ArcSwap::from_pointee(config.clone());
+    ctx.config = crate::context::Swapped::from_pointee(config.clone());
     ctx.set_access(config);
     ctx.max_clients = AtomicUsize::new(config.listen.max_clients);
     ctx.tls_files = crate::tls::files_digest(config);

@@ -96,7 +96,7 @@ impl Engine {
             data: data.freeze(),
             frames: 3 + (inval.commands.len() + caps.len()) as u32,
             settle: Settle::Translate(settle),
-            retry: Retry::of(&inval.retry, inval.written.clone()),
+            retry: Retry::of(&inval.retry),
             written: inval.written,
             script: false,
         })
@@ -164,7 +164,7 @@ impl Engine {
                 data: data.slice(start..end),
                 frames: n,
                 db: 0,
-                keys: written.clone(),
+                keys: Vec::new(),
             }),
             written,
             data,

@@ -48,7 +48,7 @@ use crate::metrics::{KeyspaceCounters, KeyspaceTallies};
 use crate::resp::Request;
 use crate::resp::request::encode_command;
 pub use queued::{Queued, Situation};
-pub use retry::Retry;
+pub use retry::{JoinedRetry, Retry};
 pub use scripts::Scripts;
 pub use settle::{FollowUp, Settle, Settled};
 pub use stats::Stats;
@@ -78,7 +78,9 @@ pub struct Plan {
     pub settle: Settle,
     /// Keys whose ordering token the write needs (empty for reads).
     pub written: Vec<Bytes>,
-    /// The write's invalidation alone, re-sent if the write's fate becomes unknown.
+    /// The write's invalidation alone, re-sent if the write's fate becomes unknown. The
+    /// keys it protects are `written`, moved in by [`take_retry`](Self::take_retry)
+    /// once the ordering tokens are taken (one list per write, not two).
     pub retry: Option<Retry>,
     /// `data` calls one of cachet's scripts by SHA (kept for `NOSCRIPT` recovery).
     pub script: bool,
@@ -95,6 +97,14 @@ impl Plan {
             retry: None,
             script: false,
         }
+    }
+
+    /// The write's invalidation, with the keys it protects (`written`, which is left
+    /// empty).
+    pub fn take_retry(&mut self) -> Option<Retry> {
+        let mut retry = self.retry.take()?;
+        retry.keys = std::mem::take(&mut self.written);
+        Some(retry)
     }
 
     /// Whether the plan sends the client's bytes and answers with Redis's reply, so

@@ -34,9 +34,10 @@ pub struct Retry {
 }
 
 impl Retry {
-    /// `commands` as one retry for `keys` (the database is the session's, set when the
-    /// write is sent); `None` when there is nothing to re-send.
-    pub fn of(commands: &[Vec<Bytes>], keys: Vec<Bytes>) -> Option<Retry> {
+    /// `commands` as one retry (the database is the session's, set when the write is
+    /// sent; the keys are the plan's, moved in by `Plan::take_retry`); `None` when
+    /// there is nothing to re-send.
+    pub fn of(commands: &[Vec<Bytes>]) -> Option<Retry> {
         if commands.is_empty() {
             return None;
         }
@@ -48,7 +49,7 @@ impl Retry {
             data: data.freeze(),
             frames: commands.len() as u32,
             db: 0,
-            keys,
+            keys: Vec::new(),
         })
     }
 
@@ -68,6 +69,39 @@ impl Retry {
             db,
             keys,
         }
+    }
+}
+
+/// The invalidations of several writes joined into one [`Retry`] as the writes come
+/// (the writes of one transaction): each write's commands and keys are moved in, so
+/// that nothing of a write's own retry outlives it.
+#[derive(Debug, Default)]
+pub struct JoinedRetry {
+    data: BytesMut,
+    frames: u32,
+    keys: Vec<Bytes>,
+}
+
+impl JoinedRetry {
+    pub fn push(&mut self, retry: Retry) {
+        if self.frames == 0 {
+            // Room for a typical pipeline's writes (16 or so).
+            self.data.reserve(16 * retry.data.len());
+            self.keys.reserve(16 * retry.keys.len());
+        }
+        self.data.extend_from_slice(&retry.data);
+        self.frames += retry.frames;
+        self.keys.extend(retry.keys);
+    }
+
+    /// The joined retry (its database set when sent), or `None` if nothing was pushed.
+    pub fn finish(self) -> Option<Retry> {
+        (self.frames > 0).then(|| Retry {
+            data: self.data.freeze(),
+            frames: self.frames,
+            db: 0,
+            keys: self.keys,
+        })
     }
 }
 
@@ -296,7 +330,9 @@ mod tests {
         q.keep_recent(std::time::Duration::from_secs(10));
         for key in ["a", "b", "c"] {
             let cmd = vec![Bytes::from_static(b"DEL"), Bytes::from(key)];
-            q.remember(&Retry::of(&[cmd], vec![Bytes::from(key)]).unwrap());
+            let mut retry = Retry::of(&[cmd]).unwrap();
+            retry.keys.push(Bytes::from(key));
+            q.remember(&retry);
         }
         let only_b = q.replay_where(|k| (k == b"b").then_some(7));
         assert_eq!(only_b, 1);

@@ -188,7 +188,7 @@ impl Engine {
                 keys: vec![key.clone()],
             },
             written: vec![key.clone()],
-            retry: Retry::of(&[retry], vec![key.clone()]),
+            retry: Retry::of(&[retry]),
         })
     }
 
@@ -264,7 +264,7 @@ impl Engine {
                 resend,
                 keys: written.clone(),
             },
-            retry: Retry::of(&[retry], written.clone()),
+            retry: Retry::of(&[retry]),
             written,
         })
     }

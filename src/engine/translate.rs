@@ -91,6 +91,18 @@ pub fn frames(bytes: &Bytes) -> Option<Vec<Bytes>> {
 /// frame by frame, without collecting them.
 fn exec_first(reply: &Bytes) -> Option<Bytes> {
     let mut scanner = Scanner::default();
+    // The common shape, `+OK`, `+QUEUED`…, an `EXEC` array of as many elements: its
+    // first element, found without scanning the frames before it.
+    if let Some((1.., at)) = crate::resp::reply::plain_transaction_of_any(reply) {
+        let f = scanner.scan(reply.get(at..)?).ok()??;
+        return Some(reply.slice(at..at + f.len));
+    }
+    exec_first_scanned(reply)
+}
+
+/// [`exec_first`] for a reply of any shape, frame by frame.
+fn exec_first_scanned(reply: &Bytes) -> Option<Bytes> {
+    let mut scanner = Scanner::default();
     let mut pos = 0;
     let mut queued = None;
     let mut last = (0, 0);
@@ -219,6 +231,26 @@ mod tests {
             b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:0\r\n",
         );
         assert!(t.apply(runtime).starts_with(b"-WRONGTYPE"));
+    }
+
+    #[test]
+    fn exec_first_of_the_common_shape_is_what_the_scan_finds() {
+        let queued = |n: usize| "+QUEUED\r\n".repeat(n);
+        for reply in [
+            format!("+OK\r\n{}*2\r\n+OK\r\n:0\r\n", queued(2)),
+            format!(
+                "+OK\r\n{}*3\r\n*2\r\n$1\r\na\r\n_\r\n:1\r\n:1\r\n",
+                queued(3)
+            ),
+            format!("+OK\r\n{}*2\r\n%1\r\n+a\r\n:1\r\n:0\r\n", queued(2)),
+            format!("+OK\r\n{}*1\r\n$-1\r\n", queued(1)),
+            format!("+OK\r\n{}*-1\r\n", queued(2)),
+            format!("+OK\r\n{}*3\r\n:1\r\n:1\r\n", queued(2)),
+            "+OK\r\n*0\r\n".to_string(),
+        ] {
+            let reply = Bytes::from(reply);
+            assert_eq!(exec_first(&reply), exec_first_scanned(&reply), "{reply:?}");
+        }
     }
 
     #[test]

@@ -235,6 +235,18 @@ pub fn plain_transaction(buf: &[u8], n: usize) -> Option<usize> {
     (exec.first() == Some(&b'*') && usize::try_from(count).ok()? == n).then_some(exec_at + eol + 2)
 }
 
+/// As [`plain_transaction`], for a transaction whose number of queued commands is not
+/// known: that number (the run of `+QUEUED` after `+OK`) and where the `EXEC` array's
+/// elements start.
+pub fn plain_transaction_of_any(buf: &[u8]) -> Option<(usize, usize)> {
+    let n = buf
+        .get(MULTI_OK.len()..)?
+        .chunks_exact(QUEUED.len())
+        .take_while(|c| *c == QUEUED)
+        .count();
+    Some((n, plain_transaction(buf, n)?))
+}
+
 /// The payload of a simple string, bulk string or verbatim string frame.
 pub fn string_value(frame: &[u8]) -> Option<&[u8]> {
     let eol = find_crlf(frame, 0)?;

@@ -108,6 +108,10 @@ pub struct Session {
     /// Whether cachet's own upstream user has every right (`ServerInfo`), so that the
     /// writes a client pipelines as that user may share a transaction.
     own_unrestricted: bool,
+    /// `context::swaps()` when the session last read the values a reload or a
+    /// discovery may swap (its table, engine, policy, credentials, server facts and
+    /// settings); `u64::MAX` before the first read.
+    swaps_seen: u64,
     /// `[limits] client_output_buffer`: a subscriber (or monitor) owing more than this
     /// is disconnected, as Redis does with its pub/sub output buffer limit.
     output_limit: u64,
@@ -207,6 +211,7 @@ pub async fn run(ctx: Arc<Context>, stream: Stream, peer: crate::stream::Peer) {
         current: None,
         server: (16, false),
         own_unrestricted: false,
+        swaps_seen: u64::MAX,
         slow: std::time::Duration::ZERO,
         output_limit: u64::MAX,
         peer,
@@ -440,15 +445,21 @@ impl Session {
     }
 
     async fn process_buffered(&mut self) {
-        self.table = self.ctx.table.load_full();
-        self.engine = self.ctx.engine.load_full();
-        self.load_access();
-        let server = self.ctx.server.load();
-        self.server = (server.databases, server.has_setinfo);
-        self.own_unrestricted = server.own_user_unrestricted;
-        let config = self.ctx.config.load();
-        self.slow = config.log.slow_command;
-        self.output_limit = config.limits.client_output_buffer;
+        // What a reload or a discovery swapped since the last read (re-read only then:
+        // six loads cost an unpipelined command about as much as its key lookup).
+        let swaps = crate::context::swaps();
+        if swaps != self.swaps_seen {
+            self.swaps_seen = swaps;
+            self.table = self.ctx.table.load_full();
+            self.engine = self.ctx.engine.load_full();
+            self.load_access();
+            let server = self.ctx.server.load();
+            self.server = (server.databases, server.has_setinfo);
+            self.own_unrestricted = server.own_user_unrestricted;
+            let config = self.ctx.config.load();
+            self.slow = config.log.slow_command;
+            self.output_limit = config.limits.client_output_buffer;
+        }
         // Handling time is sampled: the first command of each read (the whole story
         // for a client that does not pipeline) and every 16th after it. Reading the
         // clock for every pipelined command cost more than the rest of its decoding.

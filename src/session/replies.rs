@@ -242,15 +242,24 @@ impl Session {
         };
         let settle = std::mem::take(settle);
         let sent_before = sent.take();
-        if matches!(settle, Settle::Forward) && sent_before.is_none() {
-            // The common case: the reply is the client's as it is.
-            let post = match self.slots.get_mut(idx) {
-                Some(Slot::Await { post, .. }) => std::mem::replace(post, Post::Nothing),
-                _ => Post::Nothing,
-            };
-            self.finish(idx, bytes, post, false);
-            return;
-        }
+        let settle = match settle {
+            // The common cases: the reply is the client's as it is, or as a rule
+            // rewrites it (what `Engine::settle` makes of them when no script was sent,
+            // without the clock it reads for the others).
+            Settle::Forward | Settle::Translate(_) if sent_before.is_none() => {
+                let bytes = match settle {
+                    Settle::Translate(t) => t.apply(bytes),
+                    _ => bytes,
+                };
+                let post = match self.slots.get_mut(idx) {
+                    Some(Slot::Await { post, .. }) => std::mem::replace(post, Post::Nothing),
+                    _ => Post::Nothing,
+                };
+                self.finish(idx, bytes, post, false);
+                return;
+            }
+            other => other,
+        };
         let cx = SettleContext {
             now: Instant::now(),
             may_wait: last,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::replies::{Post, Slot};
 use super::{Route, Session};
 use crate::command::CommandInfo;
-use crate::engine::{ReadPlan, Retry, Scope, Settle, Translate};
+use crate::engine::{JoinedRetry, ReadPlan, Retry, Scope, Settle, Translate};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
 use crate::upstream::{Capability, Identity, Job, MULTI, UpstreamError, connect};
@@ -45,7 +45,8 @@ pub(super) struct ExecBatch {
     queued: Vec<u32>,
     /// Every write's ordering tokens.
     held: Held,
-    retries: Vec<Retry>,
+    /// Every write's invalidation, joined as they come.
+    retry: JoinedRetry,
 }
 
 /// Whether a write's plan can share a transaction with the client's neighbouring
@@ -233,7 +234,7 @@ impl Session {
     /// the transaction is larger, never split. Only for a plan that may share a
     /// transaction at all (see `send_shared`), and only when the keys' ordering tokens
     /// are free now. Gives the plan back otherwise.
-    fn join_exec(&mut self, plan: crate::engine::Plan) -> Option<crate::engine::Plan> {
+    fn join_exec(&mut self, mut plan: crate::engine::Plan) -> Option<crate::engine::Plan> {
         let (Some(inner), true) = (
             plan.data
                 .strip_prefix(MULTI)
@@ -270,7 +271,9 @@ impl Session {
             }
             b.data.extend_from_slice(inner);
             b.queued.push(queued);
-            b.retries.extend(plan.retry);
+            if let Some(r) = plan.take_retry() {
+                b.retry.push(r);
+            }
             *count += 1;
             self.outstanding += 1;
             if let Some(t) = self.tally.take() {
@@ -294,16 +297,19 @@ impl Session {
             BytesMut::with_capacity((plan.data.len() + 3 * self.rbuf.len()).min(MAX_BATCH_HINT));
         data.extend_from_slice(MULTI);
         data.extend_from_slice(inner);
-        let (mut queued_each, mut retries) = (Vec::with_capacity(16), Vec::with_capacity(16));
+        let mut queued_each = Vec::with_capacity(16);
         queued_each.push(queued);
-        retries.extend(plan.retry);
+        let mut retry = JoinedRetry::default();
+        if let Some(r) = plan.take_retry() {
+            retry.push(r);
+        }
         self.exec_batch = Some(ExecBatch {
             seq: self.next_seq,
             data,
             db: self.db,
             queued: queued_each,
             held,
-            retries,
+            retry,
         });
         None
     }
@@ -326,11 +332,7 @@ impl Session {
         {
             *settle = Settle::Translate(Translate::ExecEach(b.queued));
         }
-        let on_fail = match b.retries.len() {
-            0 => None,
-            1 => b.retries.pop().map(|r| self.retry_on_fail(r, b.db)),
-            _ => Some(self.retry_on_fail(Retry::joined(&b.retries, b.db), b.db)),
-        };
+        let on_fail = b.retry.finish().map(|r| self.retry_on_fail(r, b.db));
         let held =
             (!b.held.is_empty()).then(|| Box::new(b.held) as Box<dyn std::any::Any + Send + Sync>);
         self.send_job(Job {
@@ -359,9 +361,9 @@ impl Session {
 
     /// Sends a plan whose ordering tokens are `held` (after any pending batch) and
     /// awaits its reply.
-    fn send_planned(&mut self, plan: crate::engine::Plan, held: Option<Held>, post: Post) {
+    fn send_planned(&mut self, mut plan: crate::engine::Plan, held: Option<Held>, post: Post) {
         let sent = plan.script.then(|| plan.data.clone());
-        let on_fail = plan.retry.map(|r| self.retry_on_fail(r, self.db));
+        let on_fail = plan.take_retry().map(|r| self.retry_on_fail(r, self.db));
         let kept = self
             .ctx
             .upstream

@@ -121,8 +121,9 @@ impl<T> Swapped<T> {
 pub struct Context {
     pub upstream: Upstream,
     /// Swapped whole by a reload; its ordering tokens, counters and retry queue are
-    /// shared by every generation (`Engine::reconfigured`). Sessions load it once per
-    /// batch of commands.
+    /// shared by every generation (`Engine::reconfigured`). A session loads it again,
+    /// with the other swapped values, before the first command it reads after any
+    /// of them changed ([`swaps`]).
     pub engine: Swapped<Engine>,
     pub table: Swapped<CommandTable>,
     pub server: Swapped<ServerInfo>,

@@ -52,28 +52,10 @@ impl Retry {
             keys: Vec::new(),
         })
     }
-
-    /// Several retries of the database `db` as one, in order.
-    pub fn joined(retries: &[Retry], db: u32) -> Retry {
-        let mut data = BytesMut::with_capacity(retries.iter().map(|r| r.data.len()).sum());
-        let mut keys = Vec::with_capacity(retries.iter().map(|r| r.keys.len()).sum());
-        let mut frames = 0;
-        for r in retries {
-            data.extend_from_slice(&r.data);
-            frames += r.frames;
-            keys.extend(r.keys.iter().cloned());
-        }
-        Retry {
-            data: data.freeze(),
-            frames,
-            db,
-            keys,
-        }
-    }
 }
 
-/// The invalidations of several writes joined into one [`Retry`] as the writes come
-/// (the writes of one transaction): each write's commands and keys are moved in, so
+/// Several retries joined into one, in order, as they come (the writes of one
+/// transaction, a chunk of a replay): each one's commands and keys are moved in, so
 /// that nothing of a write's own retry outlives it.
 #[derive(Debug, Default)]
 pub struct JoinedRetry {
@@ -94,14 +76,18 @@ impl JoinedRetry {
         self.keys.extend(retry.keys);
     }
 
-    /// The joined retry (its database set when sent), or `None` if nothing was pushed.
-    pub fn finish(self) -> Option<Retry> {
-        (self.frames > 0).then(|| Retry {
+    pub fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// The joined retry, of the database `db`.
+    pub fn finish(self, db: u32) -> Retry {
+        Retry {
             data: self.data.freeze(),
             frames: self.frames,
-            db: 0,
+            db,
             keys: self.keys,
-        })
+        }
     }
 }
 
@@ -211,7 +197,9 @@ impl RetryQueue {
         }
         for ((db, _), retries) in chosen {
             for chunk in retries.chunks(REPLAY_CHUNK) {
-                self.submit(Retry::joined(chunk, db));
+                let mut joined = JoinedRetry::default();
+                chunk.iter().cloned().for_each(|r| joined.push(r));
+                self.submit(joined.finish(db));
             }
         }
         n

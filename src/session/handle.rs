@@ -36,7 +36,12 @@ impl Session {
         req: Request,
         info: Option<Arc<CommandInfo>>,
     ) -> Option<Request> {
-        self.current = info.clone();
+        // Kept for the slow-command log only.
+        self.current = if self.slow.is_zero() {
+            None
+        } else {
+            info.clone()
+        };
         self.tally = Some(match &info {
             Some(i) => i.tally.0.clone(),
             None => self.ctx.metrics.commands.unknown.0.clone(),

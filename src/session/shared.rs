@@ -332,7 +332,7 @@ impl Session {
         {
             *settle = Settle::Translate(Translate::ExecEach(b.queued));
         }
-        let on_fail = b.retry.finish().map(|r| self.retry_on_fail(r, b.db));
+        let on_fail = (!b.retry.is_empty()).then(|| self.retry_on_fail(b.retry.finish(b.db), b.db));
         let held =
             (!b.held.is_empty()).then(|| Box::new(b.held) as Box<dyn std::any::Any + Send + Sync>);
         self.send_job(Job {

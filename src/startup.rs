@@ -283,8 +283,7 @@ fn spawn_retries(ctx: &Arc<Context>) {
                 data,
                 frames,
                 reply: Some(tx),
-                held: None,
-                on_fail: None,
+                guard: None,
             });
             let reply = replies.recv().await.and_then(Result::ok);
             // A slot that moved: the map learns where, and the next try goes there.

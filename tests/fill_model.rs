@@ -77,10 +77,11 @@ enum Writer {
     Deleted {
         at: u8,
     },
-    /// Its invalidation's connection broke; cachet re-sends it. `applied`: it ran
-    /// before the connection broke.
+    /// Its invalidation's connection broke; cachet re-sends it, with `sent`, when it
+    /// was sent (the re-send deletes the key unless it was written since).
     Unknown {
         v: u8,
+        sent: u8,
     },
     Done,
 }
@@ -124,7 +125,8 @@ enum Action {
         lost: bool,
         ran: bool,
     },
-    /// The re-sent invalidation lands (as a real one: the key deleted).
+    /// The re-sent invalidation lands (as a real one: the key deleted, unless it was
+    /// written since the lost invalidation was sent).
     Retry(usize),
     SetNew(usize),
     RestartUpstream,
@@ -303,7 +305,7 @@ impl Model for FillModel {
                 }
                 s.writers[w].1 = match s.writers[w] {
                     (WriterKind::BeforeCommit, _) => Writer::Deleted { at: s.now },
-                    (_, Writer::Committed { v, .. }) if lost => Writer::Unknown { v },
+                    (_, Writer::Committed { v, .. }) if lost => Writer::Unknown { v, sent: s.now },
                     (_, Writer::Committed { v, .. }) => {
                         s.floor = s.floor.max(v);
                         Writer::Done
@@ -312,11 +314,12 @@ impl Model for FillModel {
                 };
             }
             Action::Retry(w) => {
-                let (_, Writer::Unknown { v }) = s.writers[w] else {
+                let (_, Writer::Unknown { v, sent }) = s.writers[w] else {
                     return None;
                 };
-                fill::invalidate(&mut s.st, now, WIN);
-                s.cached = None;
+                if fill::resend(&mut s.st, now, WIN, u64::from(sent)) {
+                    s.cached = None;
+                }
                 s.floor = s.floor.max(v);
                 s.writers[w].1 = Writer::Done;
             }
@@ -408,6 +411,21 @@ fn delete_after_commit_with_lost_invalidations_and_an_upstream_restart() {
         policy: Policy::Set,
         max_time: 6,
         upstream_restarts: 1,
+        lost_invalidations: true,
+    });
+    checker.assert_properties();
+}
+
+/// A lost invalidation re-sent after another writer deleted the key (before its own
+/// commit): the re-send leaves the key to that writer's invalidation, which covers it.
+#[test]
+fn a_lost_invalidation_and_a_delete_before_commit() {
+    let checker = check(FillModel {
+        readers: 2,
+        writers: vec![WriterKind::BeforeCommit, WriterKind::AfterCommit],
+        policy: Policy::Set,
+        max_time: 6,
+        upstream_restarts: 0,
         lost_invalidations: true,
     });
     checker.assert_properties();

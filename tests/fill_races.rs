@@ -324,13 +324,19 @@ fn a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused() {
     assert_ne!(upstream(&redis, ":1:item"), b"$3\r\nold\r\n");
 }
 
+/// A cachet whose connections to the one Redis pass through a shim that can stall
+/// them, giving up on a command after 300 ms.
+fn cachet_behind_a_shim(up: &Upstream) -> (Shim, Cachet) {
+    let shim = Shim::start(up.one().addr());
+    let mut config = config(&with_admin(&shim.url()));
+    config.upstream.command_timeout = Duration::from_millis(300);
+    (shim, Cachet::start_with(config))
+}
+
 fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
     let up = start_redis();
     let redis = up.one();
-    let shim = Shim::start(redis.addr());
-    let mut config = config(&with_admin(&shim.url()));
-    config.upstream.command_timeout = Duration::from_millis(300);
-    let a = Cachet::start_with(config);
+    let (shim, a) = cachet_behind_a_shim(&up);
     let mut direct = admin(redis);
     assert_eq!(direct.call(&words("SET :1:item old")), OK);
     let mut writer = client(&a);
@@ -358,6 +364,69 @@ fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A write of unknown fate whose re-sent invalidation lands after another client's
+/// later write of the key leaves that write in place: a `cache.add` mutex taken, and
+/// a counter incremented, through another cachet meanwhile (deleting either would lose
+/// an acknowledged write: a second holder could take the mutex).
+fn a_re_sent_invalidation_leaves_a_later_write_in_place() {
+    let up = start_redis();
+    let redis = up.one();
+    let (shim, a) = cachet_behind_a_shim(&up);
+    let b = cachet(&up);
+    let mut direct = admin(redis);
+    assert_eq!(direct.call(&words("SET :1:hits 5")), OK);
+    let (mut one, mut two) = (client(&a), client(&b));
+    assert_eq!(one.call(&words("DEL :1:other")), b":0\r\n");
+    let mut sub = admin(redis);
+    sub.call(&words("SUBSCRIBE cachet:invalidate"));
+    for (lost, later, reply, key, kept) in [
+        (
+            "SET :1:lock one NX EX 30",
+            "SET :1:lock two NX EX 30",
+            OK,
+            ":1:lock",
+            "two",
+        ),
+        (
+            "INCR :1:hits",
+            "INCR :1:hits",
+            &b":6\r\n"[..],
+            ":1:hits",
+            "6",
+        ),
+    ] {
+        // The first client's write is lost on a stalled connection.
+        shim.set(Fault::Stall {
+            to_server: true,
+            to_client: true,
+        });
+        let r = one.call(&words(lost));
+        assert!(r.starts_with(b"-ERR cachet: upstream"), "{lost}: {r:?}");
+        shim.reset_all();
+        // Meanwhile the second client writes the key through its own cachet.
+        assert_eq!(two.call(&words(later)), reply);
+        let published = format!("${}\r\n{key}\r\n", key.len());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let mut wait_for_message = || loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let msg = sub.try_frame(left).expect("the invalidation is published");
+            if msg.ends_with(published.as_bytes()) {
+                break;
+            }
+        };
+        // (The second client's own invalidation.)
+        wait_for_message();
+        // The first cachet's re-sent invalidation lands...
+        shim.set(Fault::Pass);
+        wait_for_message();
+        // ...and leaves the later write in place.
+        let want = format!("${}\r\n{kept}\r\n", kept.len());
+        assert_eq!(upstream(&up, key), want.as_bytes(), "{lost}");
+    }
+    // The mutex is still the second client's.
+    assert_eq!(one.call(&words("SET :1:lock one NX EX 30")), NIL);
 }
 
 fn a_refused_set_nx_never_claims_the_mutex() {
@@ -426,4 +495,5 @@ races!(
     a_fill_on_a_third_pooled_connection_after_a_later_fill_is_refused,
     a_refused_set_nx_never_claims_the_mutex;
     one_redis: an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete,
+    a_re_sent_invalidation_leaves_a_later_write_in_place,
 );

@@ -76,15 +76,15 @@ fn write_state(c: &mut Raw, key: &[u8], st: &KeyState, now: u64) {
         return;
     }
     let f = |v: u64| v.to_string().into_bytes();
-    let (m, s, t, l, w) = (f(st.m), f(st.s), f(st.t), f(st.l), f(st.w));
+    let (m, s, t, l, w, x) = (f(st.m), f(st.s), f(st.t), f(st.l), f(st.w), f(st.x));
     c.call(&cmd(&[
-        b"HSET", key, b"m", &m, b"s", &s, b"t", &t, b"l", &l, b"w", &w,
+        b"HSET", key, b"m", &m, b"s", &s, b"t", &t, b"l", &l, b"w", &w, b"x", &x,
     ]));
     c.call(&cmd(&[b"PEXPIREAT", key, &f(st.expires_at())]));
 }
 
 fn read_state(c: &mut Raw, key: &[u8]) -> KeyState {
-    let r = c.call(&cmd(&[b"HMGET", key, b"m", b"s", b"t", b"l", b"w"]));
+    let r = c.call(&cmd(&[b"HMGET", key, b"m", b"s", b"t", b"l", b"w", b"x"]));
     let el = elements(&r).unwrap();
     let v = |i: usize| -> u64 {
         string_value(el[i]).map_or(0, |b| std::str::from_utf8(b).unwrap().parse().unwrap())
@@ -95,6 +95,7 @@ fn read_state(c: &mut Raw, key: &[u8]) -> KeyState {
         t: v(2),
         l: v(3),
         w: v(4),
+        x: v(5),
     }
 }
 
@@ -108,6 +109,7 @@ fn same_state(script: &KeyState, rust: &KeyState) -> bool {
         && close(script.t, rust.t)
         && close(script.l, rust.l)
         && close(script.w, rust.w)
+        && close(script.x, rust.x)
 }
 
 fn eval(c: &mut Raw, body: &Bytes, keys: &[&[u8]], argv: &[&[u8]]) -> Vec<u8> {
@@ -125,6 +127,7 @@ fn random_state(r: &mut Rng, now: u64) -> KeyState {
         t: horizon(r, now),
         l: horizon(r, now),
         w: horizon(r, now),
+        x: horizon(r, now),
     }
 }
 
@@ -267,23 +270,53 @@ fn invalidate_script_and_invalidate_agree() {
     let scripts = Scripts::default();
     let mut r = Rng(13);
     let (key, state) = (&b"k"[..], &b"__cachet:{k}:s:k"[..]);
-    for case in 0..500 {
+    let (mut deleted, mut kept) = (0, 0);
+    for case in 0..800 {
         let now = now_ms(&mut c);
         let st = random_state(&mut r, now);
         write_state(&mut c, state, &st, now);
-        let hold = WIN.hold_off.to_string();
+        c.call(&cmd(&[b"SET", key, b"v"]));
+        // The write's own invalidation, or one re-sent for a write sent at `sent`
+        // (chosen so that `sent + fill` lies clear of every horizon `random_state`
+        // draws, by more than the two clocks' slack).
+        let sent = r.pick(&[
+            None,
+            Some(now - 45_000),
+            Some(now - 32_000),
+            Some(now - 18_000),
+        ]);
+        let mode = sent.map_or_else(|| b"keep".to_vec(), |t| t.to_string().into_bytes());
+        let (fill, hold) = (WIN.fill.to_string(), WIN.hold_off.to_string());
         eval(
             &mut c,
             &scripts.invalidate.body,
             &[key, state],
-            &[b"keep", b"chan", hold.as_bytes()],
+            &[&mode, b"chan", fill.as_bytes(), hold.as_bytes()],
         );
         let mut want_st = st;
-        fill::invalidate(&mut want_st, now, WIN);
+        let want_deleted = match sent {
+            None => {
+                fill::invalidate(&mut want_st, now, WIN);
+                false
+            }
+            Some(sent) => fill::resend(&mut want_st, now, WIN, sent),
+        };
         let after = read_state(&mut c, state);
         assert!(
             same_state(&after, &want_st),
-            "case {case}: {after:?} want {want_st:?}"
+            "case {case}: {after:?} want {want_st:?} (sent {sent:?})"
         );
+        let exists = int_value(&c.call(&cmd(&[b"EXISTS", key]))).unwrap() == 1;
+        assert_eq!(
+            !exists, want_deleted,
+            "case {case}: from {st:?}, sent {sent:?}"
+        );
+        if want_deleted {
+            deleted += 1;
+        } else if sent.is_some() {
+            kept += 1;
+        }
     }
+    // A re-sent invalidation both deleted keys and left keys written since in place.
+    assert!(deleted > 50 && kept > 50, "deleted {deleted}, kept {kept}");
 }

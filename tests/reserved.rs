@@ -300,7 +300,7 @@ fn every_key_position_refuses_reserved_keys() {
     make_leases(&mut c, 1);
     let r = "__cachet:{:1:miss0}:s::1:miss0";
     let before = direct.call(&words(&format!("HGETALL {r}")));
-    assert!(before.starts_with(b"*10\r\n"), "the state key exists");
+    assert!(before.starts_with(b"*12\r\n"), "the state key exists");
     let dump = direct.call(&words(&format!("DUMP {r}")));
     let payload = dump.split(|&b| b == b'\n').nth(1).unwrap();
     let payload = &payload[..payload.len() - 1];

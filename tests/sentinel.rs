@@ -181,13 +181,27 @@ fn an_invalidation_the_new_primary_never_got_is_sent_again() {
     wait_until(Duration::from_secs(5), "the entry is replicated", || {
         get(&w.replica, ":1:item") == b"$2\r\nv1\r\n"
     });
+    // The key's fill-protocol state as the replica has it before the delete.
+    let state = "__cachet:{:1:item}:s::1:item";
+    let mut replica = Raw::connect(w.replica.addr());
+    let before = replica.call(&words(&format!("HGETALL {state}")));
+    let fields = cachet::resp::reply::elements(&before).expect("the state hash");
+    assert!(!fields.is_empty(), "the write recorded itself");
     assert_eq!(c.call(&words("DEL :1:item")), b":1\r\n");
     wait_until(Duration::from_secs(5), "the delete is replicated", || {
         get(&w.replica, ":1:item") == b"$-1\r\n"
     });
-    // The replica as if the delete had been lost on the way.
-    let mut replica = Raw::connect(w.replica.addr());
+    // The replica as if the delete's transaction (the key's deletion and its state's
+    // update) had been lost on the way.
     assert_eq!(replica.call(&words("SET :1:item v1")), OK);
+    let mut restore = vec![b"HSET".to_vec(), state.as_bytes().to_vec()];
+    restore.extend(fields.iter().map(|f| {
+        cachet::resp::reply::string_value(f)
+            .expect("a field or value")
+            .to_vec()
+    }));
+    let restore: Vec<&[u8]> = restore.iter().map(Vec::as_slice).collect();
+    replica.call(&support::raw::cmd(&restore));
     w.fail_over();
     // Sentinel names the new primary within its own timing (a few seconds under load);
     // cachet polls every 250 ms and replays at once.

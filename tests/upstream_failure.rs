@@ -226,8 +226,7 @@ async fn a_command_queued_after_a_retarget_reaches_the_new_upstream() {
             data: data.into(),
             frames: 1,
             reply: Some(tx),
-            held: None,
-            on_fail: None,
+            guard: None,
         });
         async move { rx.recv().await.unwrap().unwrap() }
     };

@@ -20,7 +20,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// From the replies to `EXISTS key`, `HMGET state m s t l w` and `TIME`.
+    /// From the replies to `EXISTS key`, `HMGET state m s t l w x` and `TIME`.
     pub fn read(exists: &[u8], fields: &[u8], time: &[u8]) -> Option<Snapshot> {
         let exists = int_value(exists)? == 1;
         let f = elements(fields)?;
@@ -44,6 +44,7 @@ impl Snapshot {
             t: field(2),
             l: field(3),
             w: field(4),
+            x: field(5),
         }
         .at(now);
         Some(Snapshot { exists, state, now })
@@ -73,7 +74,7 @@ impl Engine {
         };
         let _ = write!(
             s,
-            "exists:{}\r\nstate_key:{}\r\nmiss_horizon:{}\r\nstale_horizon:{}\r\ntombstone:{}\r\nlease:{}\r\ncollapse_horizon:{}\r\nwrite_through:{}\r\nhold_off_ms:{}\r\n",
+            "exists:{}\r\nstate_key:{}\r\nmiss_horizon:{}\r\nstale_horizon:{}\r\ntombstone:{}\r\nlease:{}\r\ncollapse_horizon:{}\r\nwrite_horizon:{}\r\nwrite_through:{}\r\nhold_off_ms:{}\r\n",
             if snap.exists { "yes" } else { "no" },
             String::from_utf8_lossy(&c.state),
             when(st.m),
@@ -81,6 +82,7 @@ impl Engine {
             when(st.t),
             when(st.l),
             when(st.w),
+            when(st.x),
             c.policy.as_str(),
             c.hold_off.as_millis(),
         );

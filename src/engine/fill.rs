@@ -18,6 +18,7 @@
 //! | `t` | tombstone: `hold_off` after the latest invalidation; a miss before it can never be filled |
 //! | `l` | herd lease: while ahead, another client is filling, and missers wait for it |
 //! | `w` | collapse horizon (`write_through = "collapse"`): a write-through within it deletes the key |
+//! | `x` | write horizon: the latest write of the key (its own invalidation, or a `SET` stored as a write), plus `fill_window`. A re-sent invalidation of a write sent before that write leaves the key in place |
 //!
 //! All misses share one lifetime, so "some live miss is older than the latest
 //! invalidation" is exactly "the latest miss before it is still live": invalidating
@@ -36,12 +37,18 @@ pub struct KeyState {
     pub t: Ms,
     pub l: Ms,
     pub w: Ms,
+    pub x: Ms,
 }
 
 impl KeyState {
     /// When the hash expires upstream: once every horizon has passed it says nothing.
     pub fn expires_at(&self) -> Ms {
-        self.m.max(self.s).max(self.t).max(self.l).max(self.w)
+        self.m
+            .max(self.s)
+            .max(self.t)
+            .max(self.l)
+            .max(self.w)
+            .max(self.x)
     }
 
     /// The state as it reads at `now` (an expired hash is gone).
@@ -236,6 +243,8 @@ pub fn judge_set(
         Verdict::StoredWrite | Verdict::StoredFill => {
             if verdict == Verdict::StoredFill {
                 st.s = st.m;
+            } else {
+                st.x = now + win.fill;
             }
             st.l = 0;
         }
@@ -255,9 +264,25 @@ pub fn judge_set(
 }
 
 /// Any other write of the key, or its deletion (the `INVALIDATE` script): every live
-/// miss is now older than an invalidation, a tombstone is left for `hold_off`, and the
-/// lease is void.
+/// miss is now older than an invalidation, a tombstone is left for `hold_off`, the
+/// lease is void, and the write is recorded for `fill_window` (`x`).
 pub fn invalidate(st: &mut KeyState, now: Ms, win: Windows) {
+    void(st, now, win);
+    st.x = now + win.fill;
+}
+
+/// The invalidation of a write of unknown fate, re-sent (the `INVALIDATE` script with a
+/// sending time): the same invalidation, and whether the key is to be deleted too. It
+/// is, unless the key was written at or after `sent` (no earlier than when the lost
+/// write was planned, in the upstream's clock): that write came after the lost one,
+/// is acknowledged, and ran its own invalidation. Deleting it would lose it; leaving
+/// it leaves nothing older than the lost write in place. Not itself a write.
+pub fn resend(st: &mut KeyState, now: Ms, win: Windows, sent: Ms) -> bool {
+    void(st, now, win);
+    st.x < sent.saturating_add(win.fill)
+}
+
+fn void(st: &mut KeyState, now: Ms, win: Windows) {
     *st = st.at(now);
     st.s = st.s.max(st.m);
     st.t = now + win.hold_off;

@@ -268,13 +268,25 @@ impl Engine {
         }
     }
 
-    /// The `INVALIDATE` script's call (as `EVAL`) for `keys`; `del`: delete them too.
-    pub(crate) fn invalidate_command(&self, keys: &[(Bytes, CacheKey)], del: bool) -> Vec<Bytes> {
+    /// The `INVALIDATE` script's call (as `EVAL`) for `keys`. `resend`: the form re-sent
+    /// if the write's fate becomes unknown, which deletes the keys too unless they are
+    /// written at or after now (the upstream's clock as last read, an upper bound: a
+    /// write that ran then came after this one was planned).
+    pub(crate) fn invalidate_command(
+        &self,
+        keys: &[(Bytes, CacheKey)],
+        resend: bool,
+    ) -> Vec<Bytes> {
         let mut script_keys: Vec<Bytes> = keys.iter().map(|(k, _)| k.clone()).collect();
         script_keys.extend(keys.iter().map(|(_, c)| c.state.clone()));
         let mut argv = vec![
-            Bytes::from_static(if del { b"del" } else { b"keep" }),
+            if resend {
+                Bytes::from(self.upstream.now_ms().to_string())
+            } else {
+                Bytes::from_static(b"keep")
+            },
             self.channel.clone(),
+            ms_bytes(self.fill_window),
         ];
         argv.extend(keys.iter().map(|(_, c)| ms_bytes(c.hold_off)));
         eval_args(&self.scripts.invalidate, &script_keys, &argv)

@@ -227,15 +227,25 @@ impl UpstreamLife {
     /// upstream's clock as last read plus the time since, or this host's clock when no
     /// connection has read it yet.
     pub fn lost(&self) {
-        let now = match self.clock.lock().ok().and_then(|c| *c) {
+        let until = self
+            .now_ms()
+            .saturating_add(self.fill_window.load(Ordering::Relaxed));
+        self.amnesia_until.fetch_max(until, Ordering::Relaxed);
+        self.stats.upstream_restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The upstream's clock now, as last read plus the time since (or this host's
+    /// clock when no connection has read it yet). A connection tells its reading as an
+    /// upper bound (`TIME` plus the time since it was asked), so this is no earlier
+    /// than the upstream's own clock, and no later than it by more than `TIME`'s way
+    /// there: what a re-sent invalidation needs (`fill::resend`).
+    pub fn now_ms(&self) -> u64 {
+        match self.clock.lock().ok().and_then(|c| *c) {
             Some((ms, at)) => ms.saturating_add(at.elapsed().as_millis() as u64),
             None => std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
-        };
-        let until = now.saturating_add(self.fill_window.load(Ordering::Relaxed));
-        self.amnesia_until.fetch_max(until, Ordering::Relaxed);
-        self.stats.upstream_restarts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -34,10 +34,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 local function load(S, now)
-  local f = redis.call('HMGET', S, 'm', 's', 't', 'l', 'w')
+  local f = redis.call('HMGET', S, 'm', 's', 't', 'l', 'w', 'x')
   local st = {m = tonumber(f[1]) or 0, s = tonumber(f[2]) or 0, t = tonumber(f[3]) or 0,
-              l = tonumber(f[4]) or 0, w = tonumber(f[5]) or 0}
-  if math.max(st.m, st.s, st.t, st.l, st.w) <= now then st.m, st.s, st.t, st.l, st.w = 0, 0, 0, 0, 0 end
+              l = tonumber(f[4]) or 0, w = tonumber(f[5]) or 0, x = tonumber(f[6]) or 0}
+  if math.max(st.m, st.s, st.t, st.l, st.w, st.x) <= now then
+    st.m, st.s, st.t, st.l, st.w, st.x = 0, 0, 0, 0, 0, 0
+  end
   return st
 end
 -- Whether the client's own user may run its command, the c arguments after ARGV[at]
@@ -50,9 +52,9 @@ local function may_run(at, c)
 end
 local DENIED = 'NOPERM this user has no permissions to run this command'
 local function save(S, st, now)
-  local e = math.max(st.m, st.s, st.t, st.l, st.w)
+  local e = math.max(st.m, st.s, st.t, st.l, st.w, st.x)
   if e <= now then redis.call('DEL', S) return end
-  redis.call('HSET', S, 'm', st.m, 's', st.s, 't', st.t, 'l', st.l, 'w', st.w)
+  redis.call('HSET', S, 'm', st.m, 's', st.s, 't', st.t, 'l', st.l, 'w', st.w, 'x', st.x)
   redis.call('PEXPIREAT', S, e)
 end
 "#;
@@ -155,7 +157,7 @@ end
 if v == 1 or v == 2 then
   local r = redis.pcall('SET', k, unpack(ARGV, 8 + c))
   if type(r) == 'table' and r.err then return r end
-  if v == 2 then st.s = st.m end
+  if v == 2 then st.s = st.m else st.x = now + W end
   st.l = 0
   redis.call('PUBLISH', chan, k)
 elseif v == 4 or v == 7 then
@@ -214,7 +216,7 @@ local function judge(i, apply)
   if not apply then return v end
   if v == 1 or v == 2 then
     redis.call('SET', k, value)
-    if v == 2 then st.s = st.m end
+    if v == 2 then st.s = st.m else st.x = now + W end
     st.l = 0
     redis.call('PUBLISH', chan, k)
   elseif v == 4 or v == 7 then
@@ -253,19 +255,24 @@ return out
 "#;
 
 /// The invalidation of written `cache` keys (`fill::invalidate`), run in the write's
-/// own transaction. KEYS: the n keys, then their n state keys. ARGV: `del` to delete the
-/// keys too (an invalidation re-sent after a write of unknown fate) or `keep`, the
-/// channel, then each key's `hold_off` (ms). Publishes one message per key.
+/// own transaction. KEYS: the n keys, then their n state keys. ARGV: `keep` (the
+/// write's own invalidation, which records the write) or, for an invalidation re-sent
+/// after a write of unknown fate (`fill::resend`), a time no earlier than when that
+/// write was planned: each key is then deleted too, unless it was written since; the
+/// channel; the fill window (ms); then each key's `hold_off` (ms). Publishes one
+/// message per key.
 const INVALIDATE: &str = r#"
 local n = #KEYS / 2
-local del, chan = ARGV[1] == 'del', ARGV[2]
+local sent, chan, W = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 for i = 1, n do
   local S = KEYS[n + i]
   local st = load(S, now)
+  local del = sent and st.x < sent + W
   st.s = math.max(st.s, st.m)
-  st.t = now + tonumber(ARGV[2 + i])
+  st.t = now + tonumber(ARGV[3 + i])
   st.l = 0
+  if not sent then st.x = now + W end
   save(S, st, now)
   if del then redis.call('DEL', KEYS[i]) end
   redis.call('PUBLISH', chan, KEYS[i])

@@ -89,7 +89,7 @@ fn help() -> Bytes {
 pub fn explain_query(engine: &Engine, key: &Bytes) -> Option<Vec<Vec<Bytes>>> {
     let c = engine.cache_key_state(key)?;
     let mut hmget = vec![Bytes::from_static(b"HMGET"), c];
-    hmget.extend(["m", "s", "t", "l", "w"].map(|f| Bytes::from_static(f.as_bytes())));
+    hmget.extend(["m", "s", "t", "l", "w", "x"].map(|f| Bytes::from_static(f.as_bytes())));
     Some(vec![
         vec![Bytes::from_static(b"EXISTS"), key.clone()],
         hmget,

@@ -462,8 +462,7 @@ impl Session {
                     data,
                     frames,
                     reply: Some(rtx),
-                    held: None,
-                    on_fail: None,
+                    guard: None,
                 },
             ));
             waiting.push((rrx, first, n, ask));
@@ -599,8 +598,7 @@ impl Session {
             data,
             frames,
             reply: Some(rtx),
-            held: None,
-            on_fail: None,
+            guard: None,
         };
         // Sent now, not from the task: redirected commands of one pipeline reach the
         // new node in their order.
@@ -674,8 +672,7 @@ impl Session {
                     data: data.clone(),
                     frames,
                     reply: Some(rtx),
-                    held: None,
-                    on_fail: None,
+                    guard: None,
                 });
                 waiting.push(rrx);
             }

@@ -49,6 +49,27 @@ pub(super) struct ExecBatch {
     retry: JoinedRetry,
 }
 
+/// What a job of writes keeps (`Session::write_guard`): dropped with the job, it
+/// releases the ordering tokens; told of a failure that may have applied the writes,
+/// it queues their invalidation for re-sending first.
+struct WriteGuard {
+    _held: Option<Held>,
+    retry: Option<(Arc<crate::engine::retry::RetryQueue>, Retry)>,
+}
+
+impl crate::upstream::Guard for WriteGuard {
+    fn failed(self: Box<Self>, err: &UpstreamError) {
+        let WriteGuard { _held: held, retry } = *self;
+        if let Some((queue, retry)) = retry
+            && err.maybe_applied()
+        {
+            queue.submit(retry);
+        }
+        // The tokens go once the keys' fills are refused.
+        drop(held);
+    }
+}
+
 /// Whether a write's plan can share a transaction with the client's neighbouring
 /// writes: `MULTI`, the command, cachet's commands, `EXEC`, with the client's reply
 /// the first of the `EXEC` array, for a command Redis knows with the right number of
@@ -332,15 +353,13 @@ impl Session {
         {
             *settle = Settle::Translate(Translate::ExecEach(b.queued));
         }
-        let on_fail = (!b.retry.is_empty()).then(|| self.retry_on_fail(b.retry.finish(b.db), b.db));
-        let held =
-            (!b.held.is_empty()).then(|| Box::new(b.held) as Box<dyn std::any::Any + Send + Sync>);
+        let retry = (!b.retry.is_empty()).then(|| b.retry.finish(b.db));
+        let guard = self.write_guard((!b.held.is_empty()).then_some(b.held), retry, b.db);
         self.send_job(Job {
             data: b.data.freeze(),
             frames,
             reply: Some(self.reply_tx.clone()),
-            held,
-            on_fail,
+            guard,
         });
     }
 
@@ -363,7 +382,7 @@ impl Session {
     /// awaits its reply.
     fn send_planned(&mut self, mut plan: crate::engine::Plan, held: Option<Held>, post: Post) {
         let sent = plan.script.then(|| plan.data.clone());
-        let on_fail = plan.take_retry().map(|r| self.retry_on_fail(r, self.db));
+        let guard = self.write_guard(held, plan.take_retry(), self.db);
         let kept = self
             .ctx
             .upstream
@@ -374,8 +393,7 @@ impl Session {
             data: plan.data,
             frames: plan.frames,
             reply: Some(self.reply_tx.clone()),
-            held: held.map(|h| Box::new(h) as Box<dyn std::any::Any + Send + Sync>),
-            on_fail,
+            guard,
         };
         self.send_job(job);
         self.await_reply(plan.settle, sent, post);
@@ -410,18 +428,25 @@ impl Session {
         Some((info.and_then(super::cluster::FanOut::of), scan))
     }
 
-    /// What a job does if its write's fate becomes unknown: its invalidation is queued
-    /// for re-sending (and fills of its keys are refused here until it lands).
-    fn retry_on_fail(&self, mut retry: Retry, db: u32) -> crate::upstream::OnFail {
-        retry.db = db;
-        let queue = self.engine.retries.clone();
-        // Kept for a while when a failover could lose the write (Sentinel).
-        queue.remember(&retry);
-        Box::new(move |err: &UpstreamError| {
-            if err.maybe_applied() {
-                queue.submit(retry);
-            }
-        })
+    /// What a job of writes keeps: their ordering tokens, and their invalidation, queued
+    /// for re-sending if their fate becomes unknown (fills of their keys are refused here
+    /// until it lands). `None` when it keeps nothing.
+    fn write_guard(
+        &self,
+        held: Option<Held>,
+        retry: Option<Retry>,
+        db: u32,
+    ) -> Option<Box<dyn crate::upstream::Guard>> {
+        let retry = retry.map(|mut retry| {
+            retry.db = db;
+            // Kept for a while when a failover could lose the write (Sentinel).
+            self.engine.retries.remember(&retry);
+            (self.engine.retries.clone(), retry)
+        });
+        if held.is_none() && retry.is_none() {
+            return None;
+        }
+        Some(Box::new(WriteGuard { _held: held, retry }))
     }
 
     fn send_job(&self, job: Job) {
@@ -488,8 +513,7 @@ impl Session {
             data,
             frames,
             reply: Some(self.reply_tx.clone()),
-            held: None,
-            on_fail: None,
+            guard: None,
         });
     }
 
@@ -566,8 +590,7 @@ impl Session {
                 data,
                 frames,
                 reply: Some(rtx),
-                held: None,
-                on_fail: None,
+                guard: None,
             });
             let reply = rrx.recv().await.unwrap_or(Err(UpstreamError::Lost));
             let _ = tx.send((seq, reply));
@@ -594,8 +617,7 @@ impl Session {
             data: data.freeze(),
             frames: commands.len() as u32,
             reply: None,
-            held: None,
-            on_fail: None,
+            guard: None,
         });
     }
 }
@@ -716,8 +738,7 @@ async fn ask(
         data,
         frames: 1,
         reply: Some(tx),
-        held: None,
-        on_fail: None,
+        guard: None,
     });
     match tokio::time::timeout(limit + Duration::from_millis(100), rx.recv()).await {
         Ok(Some(r)) => r,

@@ -151,8 +151,13 @@ pub type Reply = Result<Bytes, UpstreamError>;
 pub type ReplyTx = mpsc::UnboundedSender<Reply>;
 pub type ReplyRx = mpsc::UnboundedReceiver<Reply>;
 
-/// What a job's owner does when the job fails (with the error).
-pub type OnFail = Box<dyn FnOnce(&UpstreamError) + Send + Sync>;
+/// What a job keeps for its owner until it is answered or fails (the ordering tokens
+/// of the keys it writes, released when it is dropped), and what the owner does if
+/// its fate becomes unknown. One box per job, however much it holds.
+pub trait Guard: Send + Sync {
+    /// The job failed (`err`): its connection broke, or its `MULTI` was refused.
+    fn failed(self: Box<Self>, err: &UpstreamError);
+}
 
 /// One request for a shared connection: encoded command bytes and how many reply frames
 /// they produce (1 for a plain command; more for a rewritten block such as
@@ -163,11 +168,8 @@ pub struct Job {
     /// Where the reply goes; `None` for requests nobody waits for (an invalidation
     /// that follows a blocking write).
     pub reply: Option<ReplyTx>,
-    /// Held until the job is answered or fails, then dropped (the owner's guard: key
-    /// ordering tokens of the keys it writes).
-    pub held: Option<Box<dyn std::any::Any + Send + Sync>>,
-    /// Called if the job fails (the owner decides what an unknown fate means).
-    pub on_fail: Option<OnFail>,
+    /// Kept until the job is answered (then dropped) or fails (then told why).
+    pub guard: Option<Box<dyn Guard>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -175,8 +177,7 @@ impl std::fmt::Debug for Job {
         f.debug_struct("Job")
             .field("bytes", &self.data.len())
             .field("frames", &self.frames)
-            .field("held", &self.held.is_some())
-            .field("on_fail", &self.on_fail.is_some())
+            .field("guard", &self.guard.is_some())
             .finish()
     }
 }
@@ -192,9 +193,9 @@ impl Job {
         // connection had broken, and its owner re-sends the invalidation.
         if bytes.first() == Some(&b'-')
             && self.data.starts_with(MULTI)
-            && let Some(on_fail) = self.on_fail.take()
+            && let Some(guard) = self.guard.take()
         {
-            on_fail(&UpstreamError::Io(
+            guard.failed(&UpstreamError::Io(
                 "the upstream refused MULTI; the write may have run outside its transaction".into(),
             ));
         }
@@ -204,8 +205,8 @@ impl Job {
     }
 
     pub fn fail(mut self, err: &UpstreamError) {
-        if let Some(on_fail) = self.on_fail.take() {
-            on_fail(err);
+        if let Some(guard) = self.guard.take() {
+            guard.failed(err);
         }
         if let Some(tx) = &self.reply {
             let _ = tx.send(Err(err.clone()));

@@ -512,8 +512,7 @@ fn probe_job(health: &Arc<Health>) -> Job {
         data: bytes::Bytes::from_static(PING),
         frames: 1,
         reply: Some(tx),
-        held: None,
-        on_fail: None,
+        guard: None,
     }
 }
 
@@ -552,15 +551,17 @@ fn role_job(health: &Arc<Health>, on_connect: bool) -> Job {
         data: bytes::Bytes::from_static(ROLE),
         frames: 1,
         reply: Some(tx),
-        held: None,
-        on_fail: None,
+        guard: None,
     }
 }
 
 /// `INFO server` and `TIME` on a new connection: the upstream's run id (it changes when
-/// the upstream restarts) and clock, for the observer.
+/// the upstream restarts) and clock, for the observer. The clock is told as an upper
+/// bound of the upstream's now: `TIME`'s reading (rounded up to the millisecond) plus
+/// the time since it was asked, since Redis answered it after that.
 fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Job {
     let (tx, mut rx) = mpsc::unbounded_channel::<super::Reply>();
+    let asked = std::time::Instant::now();
     tokio::spawn(async move {
         let Some(Ok(reply)) = rx.recv().await else {
             return;
@@ -581,7 +582,8 @@ fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Jo
             let micros = crate::resp::reply::string_value(el.get(1)?)?;
             let secs: u64 = std::str::from_utf8(secs).ok()?.parse().ok()?;
             let micros: u64 = std::str::from_utf8(micros).ok()?.parse().ok()?;
-            Some(secs * 1000 + micros / 1000)
+            let since = u64::try_from(asked.elapsed().as_millis()).unwrap_or(u64::MAX);
+            Some((secs * 1000 + micros / 1000 + 1).saturating_add(since))
         });
         if let (Some(run_id), Some(clock)) = (run_id, clock) {
             (observer.0)(node.as_deref().unwrap_or(""), &run_id, clock);
@@ -593,8 +595,7 @@ fn identity_job(observer: super::UpstreamObserver, node: Option<Arc<str>>) -> Jo
         ),
         frames: 2,
         reply: Some(tx),
-        held: None,
-        on_fail: None,
+        guard: None,
     }
 }
 

@@ -10,6 +10,8 @@ the CPU Redis spent (`INFO cpu`, medians over rounds):
 - direct: the plain `SET`s;
 - multi: what cachet sends for a client's pipeline of strict writes (one `MULTI`, each
   `SET` with its `PUBLISH <channel> <key>`, `EXEC`);
+- multi-mset: what cachet sends for a client's pipeline of plain strict `SET`s (one
+  `MULTI`, one `MSET` of the 16, each key's `PUBLISH`, `EXEC`);
 - multi-per-write: each write in a transaction of its own (`MULTI`, `SET`, `PUBLISH`,
   `EXEC`), which is what one Redis read carries of many unpipelined clients' writes;
 - multi-no-publish: the same transaction as multi without the invalidations;
@@ -92,6 +94,9 @@ def batch(form, base, shas):
         return b"".join(enc("SET", k, value) for k in keys)
     if form == "multi":
         return enc("MULTI") + b"".join(enc("SET", k, value) + enc("PUBLISH", CHANNEL, k) for k in keys) + enc("EXEC")
+    if form == "multi-mset":
+        pairs = [a for k in keys for a in (k, value)]
+        return enc("MULTI") + enc("MSET", *pairs) + b"".join(enc("PUBLISH", CHANNEL, k) for k in keys) + enc("EXEC")
     if form == "multi-per-write":
         return b"".join(enc("MULTI") + enc("SET", k, value) + enc("PUBLISH", CHANNEL, k) + enc("EXEC") for k in keys)
     if form == "multi-no-publish":
@@ -127,7 +132,7 @@ def main():
         else:
             sys.exit("redis-server did not start")
         shas = [conn.call("SCRIPT", "LOAD", PER_BATCH), conn.call("SCRIPT", "LOAD", PER_WRITE)]
-        forms = ["direct", "multi", "multi-per-write", "multi-no-publish", "set+publish", "script-per-batch", "script-per-write"]
+        forms = ["direct", "multi", "multi-mset", "multi-per-write", "multi-no-publish", "set+publish", "script-per-batch", "script-per-write"]
         cost = {f: [] for f in forms}
         batches = args.writes // BATCH
         for rnd in range(args.rounds):

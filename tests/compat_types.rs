@@ -687,11 +687,7 @@ fn multi_key_writes_of_many_keys() {
 fn pipelined_writes_are_answered_one_by_one() {
     let pair = Pair::start();
     for proto in ["2", "3"] {
-        let mut c = pair.twin();
-        c.call_with(
-            &support::raw::words(&format!("HELLO {proto}")),
-            support::compare::hello_without_id,
-        );
+        let mut c = twin_speaking(&pair, proto);
         let mut script = Vec::new();
         for i in 0..600u32 {
             let line = match i % 15 {
@@ -722,6 +718,67 @@ fn pipelined_writes_are_answered_one_by_one() {
         "{} transactions for 1,200 pipelined writes",
         calls("exec")
     );
+}
+
+/// Runs of plain `SET key value` in a pipeline (a bulk loader's, a benchmark's) go
+/// upstream as one `MSET` per run, each `SET` still answered as Redis answers it alone:
+/// a key set twice in a run keeps the later value, a TTL set before the run is cleared,
+/// lowercase and inline `SET`s join the run, `SET`s with options and other writes
+/// around them keep their own replies, in both protocols. Out of memory, every `SET`
+/// of a run gets the refusal it would get alone. The keys are compared value by value
+/// and TTL by TTL.
+#[test]
+fn runs_of_plain_sets_are_answered_one_by_one() {
+    let pair = Pair::start();
+    for proto in ["2", "3"] {
+        let mut c = twin_speaking(&pair, proto);
+        let mut script = Vec::new();
+        for i in 0..400u32 {
+            let k = i % 13;
+            script.push(match i % 40 {
+                7 => support::raw::words(&format!("EXPIRE r{k} 1000")),
+                13 => support::raw::words(&format!("SET r{k} x{i} NX")),
+                19 => support::raw::words(&format!("set r{k} lower{i}")),
+                23 => format!("SET r{k} inline{i}\r\n").into_bytes(),
+                29 => support::raw::words(&format!("INCR r{k}")),
+                31 => support::raw::words(&format!("SET r{k} v{i} KEEPTTL")),
+                37 => support::raw::words(&format!("GET r{k}")),
+                _ => support::raw::words(&format!("SET r{k} v{i}")),
+            });
+        }
+        c.pipeline(&script);
+        let check: Vec<Vec<u8>> = (0..13)
+            .flat_map(|k| {
+                [
+                    support::raw::words(&format!("GET r{k}")),
+                    support::raw::words(&format!("TTL r{k}")),
+                ]
+            })
+            .collect();
+        c.script(&check);
+    }
+    assert!(
+        calls(&pair.upstream, "mset") > 20,
+        "{} MSETs",
+        calls(&pair.upstream, "mset")
+    );
+    assert!(calls(&pair.upstream, "set") < 150);
+    // Out of memory: Redis refuses each `SET`, cachet each of the `MSET`'s, alike.
+    for redis in [&pair.direct, &pair.upstream] {
+        support::raw::Raw::connect(redis.addr())
+            .call(&support::raw::words("CONFIG SET maxmemory 1"));
+    }
+    let mut c = pair.twin();
+    let mut script: Vec<Vec<u8>> = (0..20)
+        .map(|i| support::raw::words(&format!("SET r{} full{i}", i % 5)))
+        .collect();
+    script.push(support::raw::words("GET r1"));
+    c.pipeline(&script);
+    for redis in [&pair.direct, &pair.upstream] {
+        support::raw::Raw::connect(redis.addr())
+            .call(&support::raw::words("CONFIG SET maxmemory 0"));
+    }
+    c.script(&[support::raw::words("GET r1"), support::raw::words("GET r2")]);
 }
 
 /// Forty clients writing at once, one command at a time each: every client gets the
@@ -759,6 +816,16 @@ fn writes_of_many_clients_are_answered_each_its_own() {
     let writes = clients * rounds;
     assert_eq!(calls("publish"), writes, "one invalidation per write");
     assert_eq!(calls("exec"), writes, "one transaction per client's write");
+}
+
+/// A new client of each side, speaking RESP `proto` (`HELLO`, compared).
+fn twin_speaking(pair: &Pair, proto: &str) -> support::compare::Twin {
+    let mut c = pair.twin();
+    c.call_with(
+        &support::raw::words(&format!("HELLO {proto}")),
+        support::compare::hello_without_id,
+    );
+    c
 }
 
 /// How many times Redis ran the command `name` (`INFO commandstats`).

@@ -52,7 +52,7 @@ pub use retry::{JoinedRetry, Retry};
 pub use scripts::Scripts;
 pub use settle::{FollowUp, Settle, Settled};
 pub use stats::Stats;
-pub use translate::Translate;
+pub use translate::{JoinedWrite, Translate};
 
 /// How many random keys the `RANDOMKEY` script draws before it scans for a visible one.
 const RANDOM_KEY_DRAWS: &[u8] = b"64";

@@ -19,9 +19,9 @@ pub enum Translate {
     /// As `Exec`, then translated by the inner rule.
     ExecFirst(Box<Translate>),
     /// Several writes planned as `Exec`, sent in one `MULTI … EXEC` (the session joins
-    /// consecutive ones): write `i` queued `n[i]` commands, its own first. The reply
-    /// is each write's, in order, as `Exec` gives it ([`exec_each`]).
-    ExecEach(Vec<u32>),
+    /// consecutive ones), each as [`JoinedWrite`] says. The reply is each write's, in order,
+    /// as `Exec` gives it ([`exec_each`]).
+    ExecEach(Vec<JoinedWrite>),
     /// The client's reply is the first of several frames (cachet's own commands
     /// followed the client's).
     FirstFrame,
@@ -34,6 +34,26 @@ pub enum Translate {
     /// The reply is this, whatever the upstream said (a refusal made to look like the
     /// upstream's, such as a denied command queued in a transaction).
     Replace(Bytes),
+}
+
+/// What one write of a joined transaction (`Translate::ExecEach`) queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JoinedWrite {
+    /// Commands it queued: its own first, then its invalidations.
+    pub commands: u32,
+    /// Its command is the previous write's too (plain `SET`s sent as one `MSET`): its
+    /// reply is the previous write's, and its `commands` are its invalidations only.
+    pub shares_previous: bool,
+}
+
+impl JoinedWrite {
+    /// A write that queued its own command and `commands - 1` invalidations.
+    pub fn own(commands: u32) -> JoinedWrite {
+        JoinedWrite {
+            commands,
+            shares_previous: false,
+        }
+    }
 }
 
 impl Translate {
@@ -138,11 +158,12 @@ fn exec_first_scanned(reply: &Bytes) -> Option<Bytes> {
 /// when its command was queued if that was an error (what it would have said to the
 /// command alone), else the first error any command of the transaction got (Redis
 /// refuses the commands of one read alike: out of memory, a read-only replica, a busy
-/// script). A reply of any other shape becomes one error per write, never a count of
-/// replies the client does not expect.
-fn exec_each(reply: &Bytes, queued: &[u32]) -> Bytes {
+/// script). A write that shares its command with the one before gets that one's reply.
+/// A reply of any other shape becomes one error per write, never a count of replies
+/// the client does not expect.
+fn exec_each(reply: &Bytes, queued: &[JoinedWrite]) -> Bytes {
     let writes = queued.len();
-    let total: usize = queued.iter().map(|&n| n as usize).sum();
+    let total: usize = queued.iter().map(|q| q.commands as usize).sum();
     if let Some(elements_at) = crate::resp::reply::plain_transaction(reply, total)
         && let Some(picked) = exec_each_plain(reply, queued, elements_at)
     {
@@ -158,53 +179,58 @@ fn exec_each(reply: &Bytes, queued: &[u32]) -> Bytes {
     let (Some(exec), true) = (frames.last(), frames.len() == total + 2) else {
         return malformed();
     };
-    let mut out = BytesMut::with_capacity(reply.len());
-    if exec.starts_with(b"*") && !exec.starts_with(b"*-1") {
-        let Some(elements) = crate::resp::reply::elements(exec) else {
-            return malformed();
-        };
-        if elements.len() != total {
-            return malformed();
+    let array = exec.starts_with(b"*") && !exec.starts_with(b"*-1");
+    let elements = if array {
+        match crate::resp::reply::elements(exec) {
+            Some(elements) if elements.len() == total => elements,
+            _ => return malformed(),
         }
-        let mut at = 0;
-        for &n in queued {
-            if let Some(own) = elements.get(at) {
-                out.extend_from_slice(own);
-            }
-            at += n as usize;
-        }
-        return out.freeze();
-    }
+    } else {
+        Vec::new()
+    };
     let queue_replies = frames.get(1..=total).unwrap_or_default();
     let first_error = queue_replies
         .iter()
         .find(|f| f.starts_with(b"-"))
         .unwrap_or(exec);
+    let mut out = BytesMut::with_capacity(reply.len());
     let mut at = 0;
-    for &n in queued {
-        match queue_replies.get(at) {
-            Some(own) if own.starts_with(b"-") => out.extend_from_slice(own),
-            _ => out.extend_from_slice(first_error),
-        }
-        at += n as usize;
+    let mut previous: Option<&[u8]> = None;
+    for q in queued {
+        let own: &[u8] = match previous {
+            Some(p) if q.shares_previous => p,
+            _ if array => match elements.get(at) {
+                Some(own) => own,
+                None => return malformed(),
+            },
+            _ => match queue_replies.get(at) {
+                Some(own) if own.starts_with(b"-") => own,
+                _ => first_error,
+            },
+        };
+        out.extend_from_slice(own);
+        previous = Some(own);
+        at += q.commands as usize;
     }
     out.freeze()
 }
 
 /// [`exec_each`] of the common reply (every command queued, an `EXEC` array whose
 /// elements start at `elements_at`), scanning each element once.
-fn exec_each_plain(reply: &Bytes, queued: &[u32], elements_at: usize) -> Option<Bytes> {
+fn exec_each_plain(reply: &Bytes, queued: &[JoinedWrite], elements_at: usize) -> Option<Bytes> {
     let mut scanner = Scanner::default();
     let mut pos = elements_at;
     let mut out = BytesMut::with_capacity(reply.len() - elements_at);
-    for &n in queued {
-        for i in 0..n {
+    let mut own = None;
+    for q in queued {
+        for i in 0..q.commands {
             let len = scanner.scan(reply.get(pos..)?).ok()??.len;
-            if i == 0 {
-                out.extend_from_slice(reply.get(pos..pos + len)?);
+            if i == 0 && !q.shares_previous {
+                own = Some(pos..pos + len);
             }
             pos += len;
         }
+        out.extend_from_slice(reply.get(own.clone()?)?);
     }
     (pos == reply.len()).then(|| out.freeze())
 }
@@ -255,7 +281,7 @@ mod tests {
 
     #[test]
     fn exec_each_answers_every_write_in_order() {
-        let t = Translate::ExecEach(vec![2, 3, 2]);
+        let t = Translate::ExecEach(own(&[2, 3, 2]));
         let queued = "+QUEUED\r\n".repeat(7);
         let ok = format!(
             "+OK\r\n{queued}*7\r\n+OK\r\n:0\r\n:2\r\n:1\r\n:1\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n:0\r\n"
@@ -265,7 +291,7 @@ mod tests {
             b"+OK\r\n:2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
         );
         // RESP3 elements of any type, nested included.
-        let t = Translate::ExecEach(vec![2, 2]);
+        let t = Translate::ExecEach(own(&[2, 2]));
         let resp3 = "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n%1\r\n+a\r\n*1\r\n:1\r\n:0\r\n_\r\n:0\r\n";
         assert_eq!(
             &t.apply(Bytes::from(resp3))[..],
@@ -273,9 +299,54 @@ mod tests {
         );
     }
 
+    fn own(counts: &[u32]) -> Vec<JoinedWrite> {
+        counts.iter().map(|&n| JoinedWrite::own(n)).collect()
+    }
+
+    /// Plain `SET`s sent as one `MSET`: `MSET`, then each write's `PUBLISH`; every
+    /// write answered with the `MSET`'s reply, the writes around them with their own.
+    #[test]
+    fn exec_each_answers_writes_that_share_a_command() {
+        let shared = JoinedWrite {
+            commands: 1,
+            shares_previous: true,
+        };
+        let t = Translate::ExecEach(vec![
+            JoinedWrite::own(2),
+            JoinedWrite::own(2),
+            shared,
+            shared,
+            JoinedWrite::own(2),
+        ]);
+        let queued = "+QUEUED\r\n".repeat(8);
+        let ok = format!("+OK\r\n{queued}*8\r\n:3\r\n:0\r\n+OK\r\n:0\r\n:0\r\n:0\r\n$-1\r\n:0\r\n");
+        assert_eq!(
+            &t.apply(Bytes::from(ok))[..],
+            b":3\r\n+OK\r\n+OK\r\n+OK\r\n$-1\r\n"
+        );
+        // The same through the general path (a reply not in the common shape), with an
+        // error where the `MSET`'s reply was: every write of the `MSET` gets it.
+        let queued = format!("+queued\r\n{}", "+QUEUED\r\n".repeat(7));
+        let odd =
+            format!("+OK\r\n{queued}*8\r\n:3\r\n:0\r\n-ERR x\r\n:0\r\n:0\r\n:0\r\n$-1\r\n:0\r\n");
+        assert_eq!(
+            &t.apply(Bytes::from(odd))[..],
+            b":3\r\n-ERR x\r\n-ERR x\r\n-ERR x\r\n$-1\r\n"
+        );
+        // Refused when queued: the `MSET`'s error is each of its writes'.
+        let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
+        let r = format!(
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n{oom}+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n-EXECABORT Transaction discarded because of previous errors.\r\n"
+        );
+        assert_eq!(
+            t.apply(Bytes::from(r)),
+            Bytes::from(format!("{oom}{oom}{oom}{oom}{oom}"))
+        );
+    }
+
     #[test]
     fn exec_each_of_a_refused_transaction() {
-        let t = Translate::ExecEach(vec![2, 2]);
+        let t = Translate::ExecEach(own(&[2, 2]));
         // Out of memory: every queued command is refused alike.
         let oom = "-OOM command not allowed when used memory > 'maxmemory'.\r\n";
         let r = format!(

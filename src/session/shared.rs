@@ -3,6 +3,7 @@
 //! commands read in one go share one job; follow-up requests the engine asks for are
 //! sent on the command's behalf.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tokio::time::Instant;
 use super::replies::{Post, Slot};
 use super::{Route, Session};
 use crate::command::CommandInfo;
-use crate::engine::{JoinedRetry, ReadPlan, Retry, Scope, Settle, Translate};
+use crate::engine::{JoinedRetry, JoinedWrite, ReadPlan, Retry, Scope, Settle, Translate};
 use crate::key_lock::{Held, LockTimeout};
 use crate::resp::{Request, reply};
 use crate::upstream::{Capability, Identity, Job, MULTI, UpstreamError, connect};
@@ -41,8 +42,14 @@ pub(super) struct ExecBatch {
     /// The database the writes ran in (their invalidations' if re-sent; the session
     /// may have switched since).
     db: u32,
-    /// Commands each write queued, its own first.
-    queued: Vec<u32>,
+    /// What each write queued.
+    queued: Vec<JoinedWrite>,
+    /// Commands queued in all (`MULTI` and `EXEC` aside).
+    commands: u32,
+    /// The run of plain `SET`s `data` ends with, if any.
+    sets: Option<SetRun>,
+    /// That run's invalidations, which follow it.
+    set_invalidations: BytesMut,
     /// Every write's ordering tokens.
     held: Held,
     /// Every write's invalidation, joined as they come.
@@ -94,6 +101,104 @@ fn joins_transaction(
                     CommandKind::FlushDb | CommandKind::FlushAll | CommandKind::SwapDb
                 )
         })
+}
+
+/// A plain `SET key value` (three arguments, in an array as cachet forwards it, inline
+/// commands re-encoded): where its key starts and where it ends in its bytes, which a
+/// transaction of writes may join with its neighbours' in one `MSET` (`SetRun`).
+fn plain_set(req: &Request, info: Option<&CommandInfo>) -> Option<(usize, usize)> {
+    const HEAD: usize = b"*3\r\n$3\r\nSET\r\n".len();
+    (req.args.len() == 3
+        && info.is_some_and(|i| i.name == "set")
+        && req.raw.starts_with(b"*3\r\n$3\r\n")
+        && req.raw.len() > HEAD)
+        .then_some((HEAD, req.raw.len()))
+}
+
+/// Consecutive plain `SET key value`s of a transaction of writes, sent as one `MSET`
+/// followed by their invalidations: one command where there were as many as writes,
+/// with the same effect (keys set in order, each without a TTL, each notified as
+/// `set`), the same reply (`+OK`, the `MSET`'s for each) and the same refusals (both
+/// are writes refused out of memory and on a replica; cachet's user may run both).
+#[derive(Debug, Clone, Copy)]
+struct SetRun {
+    /// Where the writes' keys and values start in the transaction's bytes.
+    start: usize,
+    writes: u32,
+}
+
+impl ExecBatch {
+    /// Adds a write's commands, `queued` of them: `set`, where a plain `SET`'s key and
+    /// its invalidations start in them, if it is one.
+    fn add(&mut self, commands: &[u8], set: Option<(usize, usize)>, queued: u32) {
+        match set.and_then(|(key, cut)| Some((commands.get(key..cut)?, commands.get(cut..)?))) {
+            Some((set, invalidation)) => self.push_set(set, invalidation, queued),
+            None => self.push(commands, queued),
+        }
+    }
+
+    /// Adds a write's commands.
+    fn push(&mut self, commands: &[u8], queued: u32) {
+        self.close_sets();
+        self.data.extend_from_slice(commands);
+        self.queued.push(JoinedWrite::own(queued));
+        self.commands += queued;
+    }
+
+    /// Adds a plain `SET`: its key and value as sent (`*3 $3 SET` stripped), then its
+    /// invalidations (`queued - 1` commands).
+    fn push_set(&mut self, set: &[u8], invalidation: &[u8], queued: u32) {
+        match &mut self.sets {
+            Some(run) => {
+                run.writes += 1;
+                self.queued.push(JoinedWrite {
+                    commands: queued - 1,
+                    shares_previous: true,
+                });
+                self.commands += queued - 1;
+            }
+            None => {
+                // Room for a typical pipeline's run (redis-py sends 16 or so at a time).
+                self.set_invalidations.reserve(16 * invalidation.len());
+                self.sets = Some(SetRun {
+                    start: self.data.len(),
+                    writes: 1,
+                });
+                self.queued.push(JoinedWrite::own(queued));
+                self.commands += queued;
+            }
+        }
+        self.data.extend_from_slice(set);
+        self.set_invalidations.extend_from_slice(invalidation);
+    }
+
+    /// Ends the run of plain `SET`s, if any: its command's header (`SET` for one
+    /// write) before the keys and values, its invalidations after.
+    fn close_sets(&mut self) {
+        let Some(run) = self.sets.take() else {
+            return;
+        };
+        let mut mset = [0u8; 24];
+        let head: &[u8] = if run.writes == 1 {
+            b"*3\r\n$3\r\nSET\r\n"
+        } else {
+            let mut w = &mut mset[..];
+            // Fewer than `MAX_JOINED_COMMANDS` writes, so at most 16 bytes.
+            let written = write!(w, "*{}\r\n$4\r\nMSET\r\n", 1 + 2 * run.writes);
+            debug_assert!(written.is_ok());
+            let len = 24 - w.len();
+            mset.get(..len).unwrap_or_default()
+        };
+        let end = self.data.len();
+        self.data.extend_from_slice(head);
+        self.data
+            .copy_within(run.start..end, run.start + head.len());
+        if let Some(at) = self.data.get_mut(run.start..run.start + head.len()) {
+            at.copy_from_slice(head);
+        }
+        self.data.extend_from_slice(&self.set_invalidations);
+        self.set_invalidations.clear();
+    }
 }
 
 impl Session {
@@ -159,7 +264,7 @@ impl Session {
             && self.own_unrestricted
             && !self.acts_for_other()
         {
-            match self.join_exec(plan) {
+            match self.join_exec(plan, &req, info) {
                 None => return None,
                 Some(plan) => plan,
             }
@@ -254,8 +359,15 @@ impl Session {
     /// job and one reply slot for all. Each write stays atomic with its invalidation;
     /// the transaction is larger, never split. Only for a plan that may share a
     /// transaction at all (see `send_shared`), and only when the keys' ordering tokens
-    /// are free now. Gives the plan back otherwise.
-    fn join_exec(&mut self, mut plan: crate::engine::Plan) -> Option<crate::engine::Plan> {
+    /// are free now. Gives the plan back otherwise. A plain `SET key value` (`req`,
+    /// `info`) may share an `MSET` with the plain `SET`s before it if its plan is only
+    /// the client's bytes and its invalidation.
+    fn join_exec(
+        &mut self,
+        mut plan: crate::engine::Plan,
+        req: &Request,
+        info: Option<&CommandInfo>,
+    ) -> Option<crate::engine::Plan> {
         let (Some(inner), true) = (
             plan.data
                 .strip_prefix(MULTI)
@@ -270,12 +382,19 @@ impl Session {
             // Nothing more was read: a write alone, sent as planned.
             return Some(plan);
         }
+        // A plain `SET` whose plan is its bytes and then its re-sendable invalidation
+        // (a `PUBLISH`) and nothing else: where they part.
+        let set = plain_set(req, info).and_then(|(head, end)| {
+            let retry = plan.retry.as_ref()?;
+            let cut = inner.len().checked_sub(retry.data.len())?;
+            (cut == end && inner.get(cut..)? == &retry.data[..]).then_some((head, cut))
+        });
         let owner = self.shared.as_ref().map_or(0, |(_, c)| c.id());
         let locks = &self.engine.locks;
         let queued = plan.frames - 2;
         let joins = match (&self.exec_batch, self.slots.back()) {
             (Some(b), Some(Slot::Await { seq, .. })) => {
-                b.seq == *seq && b.queued.iter().sum::<u32>() + queued <= MAX_JOINED_COMMANDS
+                b.seq == *seq && b.commands + queued <= MAX_JOINED_COMMANDS
             }
             _ => false,
         };
@@ -290,8 +409,7 @@ impl Session {
             {
                 return Some(plan);
             }
-            b.data.extend_from_slice(inner);
-            b.queued.push(queued);
+            b.add(inner, set, queued);
             if let Some(r) = plan.take_retry() {
                 b.retry.push(r);
             }
@@ -317,21 +435,22 @@ impl Session {
             // invalidation (a short key and value: more than doubled).
             BytesMut::with_capacity((plan.data.len() + 3 * self.rbuf.len()).min(MAX_BATCH_HINT));
         data.extend_from_slice(MULTI);
-        data.extend_from_slice(inner);
-        let mut queued_each = Vec::with_capacity(16);
-        queued_each.push(queued);
-        let mut retry = JoinedRetry::default();
-        if let Some(r) = plan.take_retry() {
-            retry.push(r);
-        }
-        self.exec_batch = Some(ExecBatch {
+        let mut b = ExecBatch {
             seq: self.next_seq,
             data,
             db: self.db,
-            queued: queued_each,
+            queued: Vec::with_capacity(16),
+            commands: 0,
+            sets: None,
+            set_invalidations: BytesMut::new(),
             held,
-            retry,
-        });
+            retry: JoinedRetry::default(),
+        };
+        b.add(inner, set, queued);
+        if let Some(r) = plan.take_retry() {
+            b.retry.push(r);
+        }
+        self.exec_batch = Some(b);
         None
     }
 
@@ -342,8 +461,9 @@ impl Session {
         let Some(mut b) = self.exec_batch.take() else {
             return;
         };
+        b.close_sets();
         b.data.extend_from_slice(EXEC);
-        let frames = 2 + b.queued.iter().sum::<u32>();
+        let frames = 2 + b.commands;
         if b.queued.len() > 1
             && let Some(Slot::Await { settle, .. }) = self
                 .slots

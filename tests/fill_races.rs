@@ -333,6 +333,12 @@ fn cachet_behind_a_shim(up: &Upstream) -> (Shim, Cachet) {
     (shim, Cachet::start_with(config))
 }
 
+/// How long a re-sent invalidation may take to land once the upstream is reachable
+/// again: the connection attempts made while it was not back off to a second each, the
+/// re-send's own attempts too, and a loaded CI machine runs thirty of these tests at
+/// once. What the tests check is where the re-send leaves the key, not how fast.
+const RESENT_WITHIN: Duration = Duration::from_secs(20);
+
 fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
     let up = start_redis();
     let redis = up.one();
@@ -356,7 +362,7 @@ fn an_invalidation_lost_on_a_broken_connection_is_re_sent_as_a_delete() {
     assert_eq!(upstream(&up, ":1:item"), b"$3\r\nold\r\n");
     // Once the upstream is reachable again, cachet's re-sent invalidation deletes it.
     shim.set(Fault::Pass);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + RESENT_WITHIN;
     while upstream(&up, ":1:item") != NIL {
         assert!(
             std::time::Instant::now() < deadline,
@@ -408,7 +414,7 @@ fn a_re_sent_invalidation_leaves_a_later_write_in_place() {
         // Meanwhile the second client writes the key through its own cachet.
         assert_eq!(two.call(&words(later)), reply);
         let published = format!("${}\r\n{key}\r\n", key.len());
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + RESENT_WITHIN;
         let mut wait_for_message = || loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let msg = sub.try_frame(left).expect("the invalidation is published");
